@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (Python 3.10+, PyPI reachable):
+#   make demo   creates .venv, installs gunctl, and runs the whole job on built-in demo data
+#   make test   creates .venv with the test extras and runs the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= artifacts
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/gunctl ingest --source demo --force --out $(OUT)
+	$(BIN)/gunctl split --out $(OUT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(OUT)/raw $(OUT)/splits $(OUT)/runs $(OUT)/models

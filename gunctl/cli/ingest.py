@@ -1,0 +1,88 @@
+"""gunctl ingest: bring the data set into <out>/raw and check it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gunctl.cli import render
+from gunctl.cli.options import Json, Out, Quiet, Seed
+from gunctl.config import IngestConfig, Layout
+from gunctl.core.labels import PROBLEM_KINDS
+
+_RULES = "\n\n".join(f"{kind}: {what}." for kind, what in PROBLEM_KINDS.items())
+
+
+def ingest(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            help="kaggle (download with kagglehub), demo (synthetic, offline), "
+            "or a local folder or .zip in the Kaggle layout.",
+        ),
+    ] = "kaggle",
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Kaggle data set version to pin.")
+    ] = None,
+    out: Out = Layout().root,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing raw/ tree.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on any problem instead of repairing it.")
+    ] = False,
+    seed: Seed = IngestConfig.seed,
+    count: Annotated[
+        int, typer.Option("--count", min=1, help="Number of demo images (--source demo).")
+    ] = IngestConfig.count,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Bring the data set into <out>/raw: Kaggle, a folder, a zip or demo data."""
+    from gunctl.core.ingest import ingest as run_ingest
+
+    config = IngestConfig(
+        source=source,
+        version=version,
+        layout=Layout(out),
+        force=force,
+        strict=strict,
+        seed=seed,
+        count=count,
+    )
+    with render.task_progress("checking files", enabled=not (quiet or json_out)) as progress:
+        report = run_ingest(config, progress=progress)
+    if json_out:
+        render.print_json(_payload(report))
+        return
+    for problem in report.problems[:20]:
+        render.warn(str(problem))
+    if len(report.problems) > 20:
+        render.warn(f"... and {len(report.problems) - 20} more problems (see the table below)")
+    if not quiet:
+        render.console.print(render.ingest_table(report))
+        table = render.problems_table(report)
+        if table is not None:
+            render.console.print(table)
+        render.console.print(f"Wrote {report.raw_dir} and {config.layout.manifest}")
+
+
+ingest.__doc__ += (
+    "\n\nWhat happens to each kind of problem (--strict makes any of them fatal):\n\n" + _RULES
+)
+
+
+def _payload(report) -> dict:
+    return {
+        "source": report.source,
+        "version": report.version,
+        "raw_dir": str(report.raw_dir),
+        "images": report.images,
+        "boxes": report.boxes,
+        "empty_images": report.empty_images,
+        "converted": report.converted,
+        "smallest": report.smallest,
+        "largest": report.largest,
+        "problem_counts": report.problem_counts(),
+        "problems": [str(p) for p in report.problems],
+    }

@@ -1,0 +1,29 @@
+"""Options shared by several commands, defined once so they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Out = Annotated[
+    Path,
+    typer.Option("--out", help="Output root: raw/, splits/, runs/ and models/ live under it."),
+]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables; errors only.")]
+Subset = Annotated[
+    int | None,
+    typer.Option("--subset", min=2, help="Use a seeded sample of N images (quick runs)."),
+]
+Device = Annotated[
+    str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")
+]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")]
+BatchSize = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
+]

@@ -1,0 +1,1 @@
+"""gunctl's core: data, model and training. Knows nothing of Typer or Rich."""

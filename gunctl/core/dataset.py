@@ -1,0 +1,102 @@
+"""A torch Dataset over the raw tree and one part of a split.
+
+Items are ``(image, target)``: a float32 CxHxW tensor in [0, 1] and the target dict that
+torchvision's detectors expect. No device moves happen here, so DataLoader workers can
+decode in parallel; the trainer moves batches to the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gunctl.core import tree
+from gunctl.core.images import ImageProblem, decode_rgb
+from gunctl.core.labels import read_boxes
+from gunctl.core.transforms import EvalTransform
+from gunctl.errors import DataError
+
+MAX_PIXELS = 50_000_000  # the same limit as ingest (config.IngestConfig.max_pixels)
+
+
+class GunDataset(torch.utils.data.Dataset):
+    """Index with ``i`` or ``(epoch, i)``; the epoch seeds the random augmentation."""
+
+    def __init__(self, raw_dir: Path, items: Sequence[dict], transform=None, seed: int = 0):
+        self.raw_dir = Path(raw_dir)
+        self.items = list(items)
+        self.transform = transform or EvalTransform()
+        self.seed = seed
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        image, boxes = self._load(index)
+        target = make_target(boxes, index)
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
+        return self.transform(image, target, generator)
+
+    def cache_all(self) -> None:
+        """Decode every image once and keep it (uint8) in memory: for small data sets."""
+        for index in range(len(self)):
+            self._cache[index] = self._load(index)
+
+    def image_name(self, index: int) -> str:
+        return self.items[index]["image"]
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image, from the split's sizes when stored, else decoded."""
+        ratios = []
+        for index, item in enumerate(self.items):
+            if "width" in item and "height" in item:
+                ratios.append(item["width"] / item["height"])
+            else:
+                image, _ = self._load(index)
+                ratios.append(image.shape[-1] / image.shape[-2])
+        return ratios
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index in self._cache:
+            return self._cache[index]
+        item = self.items[index]
+        image_path = self.raw_dir / tree.IMAGES / item["image"]
+        label_path = self.raw_dir / tree.LABELS / item["label"]
+        try:
+            rgb, info = decode_rgb(image_path.read_bytes(), MAX_PIXELS)
+            label_bytes = label_path.read_bytes()
+        except ImageProblem as problem:
+            raise DataError(f"{image_path}: {problem.detail or problem.kind}") from None
+        except OSError as exc:
+            raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
+        pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+        boxes = read_boxes(label_bytes, info.width, info.height, str(label_path))
+        return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def make_target(boxes: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+    count = boxes.shape[0]
+    return {
+        "boxes": boxes,
+        "labels": torch.ones(count, dtype=torch.int64),  # 1 = gun; 0 is the background
+        "image_id": torch.tensor(index, dtype=torch.int64),
+        "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+        "iscrowd": torch.zeros(count, dtype=torch.int64),
+    }
+
+
+def collate(batch):
+    """Detection batches are lists: images differ in size, targets in box count."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+def _mix(seed: int, epoch: int, index: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)

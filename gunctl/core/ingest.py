@@ -1,0 +1,383 @@
+"""Bring the data set into ``<out>/raw`` from Kaggle, a folder, a zip or the demo generator.
+
+Every source goes through the same checks (``labels``, ``images``); the checked tree is
+staged in a temporary folder beside ``raw/`` and renamed into place, so ``raw/`` is
+never half-written and an existing one survives a failed ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gunctl.config import IngestConfig, Layout
+from gunctl.core import tree
+from gunctl.core.images import ImageProblem, decode_rgb, format_matches
+from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
+from gunctl.errors import DataError, OutputError, SourceError, UsageError
+
+MANIFEST_FORMAT = "gunctl-raw"
+MANIFEST_SCHEMA = 1
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # no single image or label of this data set comes near it
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str  # "Images/1.jpeg" or "Labels/1.txt", relative to the layout's root
+    read: Callable[[], bytes]
+
+
+@dataclass
+class IngestReport:
+    source: str
+    version: int | None
+    raw_dir: Path
+    images: int = 0
+    boxes: int = 0
+    empty_images: int = 0
+    converted: int = 0  # grayscale, CMYK, palette or alpha images (decoded to RGB)
+    smallest: tuple[int, int] | None = None  # (width, height) of the smallest image
+    largest: tuple[int, int] | None = None
+    problems: list[Problem] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list, repr=False)  # the manifest's file list
+
+    def problem_counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems))
+
+
+def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
+    """Check the source, stage the raw tree, and move it into place. Returns the report."""
+    layout = config.layout
+    if layout.raw.exists() and not config.force:
+        raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
+    _make_dirs(layout.root)
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=layout.root) as scratch:
+        label, version, files, problems = _open_source(config, Path(scratch))
+        stage = Path(tempfile.mkdtemp(prefix=".raw-staging-", dir=layout.root))
+        try:
+            report = _build_tree(config, files, stage, progress)
+            report.source, report.version = label, version
+            report.problems[:0] = problems
+            if config.strict and report.problems:
+                raise DataError(
+                    f"{label}: {len(report.problems)} problem(s) under --strict, "
+                    f"first: {report.problems[0]}"
+                )
+            if report.images == 0:
+                raise DataError(f"{label}: no usable image with a label file was found")
+            _write_manifest(stage, report, config)
+            _swap_into_place(stage, layout.raw)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    report.raw_dir = layout.raw
+    return report
+
+
+def read_manifest(layout: Layout) -> dict:
+    """The manifest of the ingested tree; a DataError names the file when it is unusable."""
+    path = layout.manifest
+    if not path.exists():
+        raise DataError(f"{path}: no ingested data set; run `gunctl ingest` first")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path}: not a gunctl manifest")
+    return manifest
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+def _open_source(config: IngestConfig, scratch: Path):
+    """(label for reports, version, files, problems found while listing)."""
+    if config.source == "demo":
+        from gunctl.core import demo
+
+        demo.generate(scratch / "demo", count=config.count, seed=config.seed)
+        files, problems = _folder_files(scratch / "demo")
+        return f"demo (seed {config.seed}, {config.count} images)", None, files, problems
+    if config.source == "kaggle":
+        path, version = _kaggle_download(config.handle, config.version)
+        files, problems = _folder_files(_require_root(path))
+        return f"kaggle:{config.handle}", version, files, problems
+    if config.version is not None:
+        raise UsageError("--version applies to --source kaggle only")
+    path = Path(config.source).expanduser()
+    if path.is_dir():
+        files, problems = _folder_files(_require_root(path))
+        return str(path), None, files, problems
+    if path.is_file() and zipfile.is_zipfile(path):
+        return str(path), None, _zip_files(path), []
+    if path.exists():
+        raise SourceError(f"{path}: not a folder or a .zip archive")
+    raise SourceError(
+        f"{config.source}: no such folder or .zip (sources: kaggle, demo, or a local path)"
+    )
+
+
+def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None]:
+    import kagglehub
+
+    full = f"{handle}/versions/{version}" if version is not None else handle
+    try:
+        path = Path(kagglehub.dataset_download(full))
+    except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise SourceError(
+            f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
+            "offline, `--source PATH` ingests a local folder or .zip"
+        ) from None
+    found = re.search(r"versions/(\d+)$", path.as_posix())
+    return path, int(found.group(1)) if found else version
+
+
+def _require_root(path: Path) -> Path:
+    root = tree.find_root(path)
+    if root is None:
+        raise DataError(f"{path}: no Images/ and Labels/ folders (the Kaggle layout)")
+    return root
+
+
+def _folder_files(root: Path) -> tuple[list[SourceFile], list[Problem]]:
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    resolved_root = root.resolve()
+    for folder in (tree.IMAGES, tree.LABELS):
+        for entry in sorted(tree.child_dir(root, folder).iterdir()):
+            name = f"{folder}/{entry.name}"
+            if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+                problems.append(Problem(name, "unsafe_path", f"symlink to {os.readlink(entry)}"))
+            elif entry.is_file():
+                files.append(SourceFile(name, _reader(entry)))
+    return files, problems
+
+
+def _reader(path: Path) -> Callable[[], bytes]:
+    return lambda: _read_bounded(path.open("rb"), path.name)
+
+
+def _zip_files(path: Path) -> list[SourceFile]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{path}: unreadable zip ({exc})") from None
+    for member in members:
+        _refuse_hostile(path, member)
+    prefix = _zip_prefix(path, [m.filename for m in members])
+    files = []
+    for member in members:
+        rest = member.filename[len(prefix) :]
+        parts = rest.split("/")
+        if member.is_dir() or len(parts) != 2 or not member.filename.startswith(prefix):
+            continue
+        folder = {"images": tree.IMAGES, "labels": tree.LABELS}.get(parts[0].lower())
+        if folder:
+            files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(path, member.filename)))
+    return files
+
+
+def _refuse_hostile(path: Path, member: zipfile.ZipInfo) -> None:
+    name = member.filename
+    is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+    if (
+        name.startswith(("/", "\\"))
+        or re.match(r"^[A-Za-z]:", name)
+        or ".." in re.split(r"[/\\]", name)
+    ):
+        raise SourceError(f"{path}: refused member {name!r}: its path leads outside the archive")
+    if is_link:
+        raise SourceError(f"{path}: refused member {name!r}: symbolic links are not accepted")
+
+
+def _zip_prefix(path: Path, names: list[str]) -> str:
+    """'' when Images/ and Labels/ are at the top, 'folder/' when one folder holds them."""
+    found: dict[str, set[str]] = {}
+    for name in names:
+        parts = name.split("/")
+        if len(parts) in (2, 3) and parts[-2].lower() in ("images", "labels") and parts[-1]:
+            prefix = "/".join(parts[:-2])
+            found.setdefault(prefix + "/" if prefix else "", set()).add(parts[-2].lower())
+    complete = [p for p, folders in found.items() if folders == {"images", "labels"}]
+    if len(complete) != 1:
+        raise DataError(
+            f"{path}: no single Images/ and Labels/ pair in the archive (Kaggle layout)"
+        )
+    return complete[0]
+
+
+def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with zipfile.ZipFile(path) as archive:
+            return _read_bounded(archive.open(member), member)
+
+    return read
+
+
+def _read_bounded(handle, name: str) -> bytes:
+    with handle:
+        data = handle.read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise SourceError(f"{name}: larger than {MAX_MEMBER_BYTES // 2**20} MiB")
+    return data
+
+
+# --- checking and staging ------------------------------------------------------------------
+
+
+def _build_tree(config, files: list[SourceFile], stage: Path, progress) -> IngestReport:
+    report = IngestReport(source="", version=None, raw_dir=stage)
+    images, labels = _index_files(files, report.problems)
+    stems = sorted(set(images) | set(labels), key=tree.natural_key)
+    (stage / tree.IMAGES).mkdir()
+    (stage / tree.LABELS).mkdir()
+    entries = []
+    for done, stem in enumerate(stems, start=1):
+        entry = _ingest_pair(stem, images.get(stem), labels.get(stem), stage, config, report)
+        if entry is not None:
+            entries.append(entry)
+        if progress:
+            progress(done, len(stems))
+    report.entries = entries
+    return report
+
+
+def _index_files(files: list[SourceFile], problems: list[Problem]):
+    images: dict[str, SourceFile] = {}
+    labels: dict[str, SourceFile] = {}
+    for file in sorted(files, key=lambda f: f.name):
+        if tree.is_hidden(file.name):
+            continue
+        is_image_folder = file.name.startswith(tree.IMAGES + "/")
+        if is_image_folder and not tree.is_image_name(file.name):
+            problems.append(Problem(file.name, "not_an_image"))
+            continue
+        if not is_image_folder and not tree.is_label_name(file.name):
+            continue  # README files and the like beside the labels
+        target = images if is_image_folder else labels
+        stem = tree.stem_of(file.name)
+        if stem in target:
+            problems.append(
+                Problem(file.name, "duplicate_stem", f"same stem as {target[stem].name}")
+            )
+            continue
+        target[stem] = file
+    return images, labels
+
+
+def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage, config, report):
+    if label is None:
+        report.problems.append(Problem(image.name, "image_without_label"))
+        return None
+    if image is None:
+        report.problems.append(Problem(label.name, "label_without_image"))
+        return None
+    data = image.read()
+    try:
+        _, info = decode_rgb(data, config.max_pixels)
+    except ImageProblem as problem:
+        report.problems.append(Problem(image.name, problem.kind, problem.detail))
+        return None
+    extension = Path(image.name).suffix
+    if not format_matches(extension, info.format):
+        report.problems.append(Problem(image.name, "format_mismatch", f"{info.format} content"))
+    parsed = parse_label(label.read(), label.name)
+    report.problems.extend(parsed.problems)
+    if not parsed.usable:
+        return None
+    boxes, box_problems = check_boxes(parsed.boxes, info.width, info.height, label.name)
+    report.problems.extend(box_problems)
+    image_name = Path(image.name).name
+    label_bytes = format_label(boxes).encode()
+    (stage / tree.IMAGES / image_name).write_bytes(data)
+    (stage / tree.LABELS / f"{stem}.txt").write_bytes(label_bytes)
+    _count(report, info, len(boxes))
+    return {
+        "stem": stem,
+        "image": image_name,
+        "label": f"{stem}.txt",
+        "width": info.width,
+        "height": info.height,
+        "boxes": len(boxes),
+        "image_sha256": hashlib.sha256(data).hexdigest(),
+        "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
+    }
+
+
+def _count(report: IngestReport, info, boxes: int) -> None:
+    report.images += 1
+    report.boxes += boxes
+    report.empty_images += boxes == 0
+    report.converted += info.mode != "RGB"
+    size = (info.width, info.height)
+    if report.smallest is None or size[0] * size[1] < report.smallest[0] * report.smallest[1]:
+        report.smallest = size
+    if report.largest is None or size[0] * size[1] > report.largest[0] * report.largest[1]:
+        report.largest = size
+
+
+def data_checksum(entries: list[dict]) -> str:
+    """The data's identity: a hash of the file list with its checksums (not of timestamps)."""
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> None:
+    from gunctl import __version__
+
+    entries = report.entries
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "schema": MANIFEST_SCHEMA,
+        "gunctl": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": report.source,
+        "version": report.version,
+        "strict": config.strict,
+        "counts": {
+            "images": report.images,
+            "boxes": report.boxes,
+            "empty_images": report.empty_images,
+            "problems": report.problem_counts(),
+        },
+        "checksum": data_checksum(entries),
+        "files": entries,
+    }
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _swap_into_place(stage: Path, raw: Path) -> None:
+    """Rename the staged tree over ``raw``; the old tree is removed only once the new one is in."""
+    old = raw.with_name(f".raw-old-{os.getpid()}")
+    if raw.exists():
+        os.replace(raw, old)
+    try:
+        os.replace(stage, raw)
+    except OSError:
+        if old.exists():
+            os.replace(old, raw)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None

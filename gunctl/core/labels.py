@@ -1,0 +1,156 @@
+"""Read and check the Kaggle label format.
+
+A label file ``Labels/<stem>.txt`` holds the box count on line 1, then one box per line
+as ``x1 y1 x2 y2`` in pixels. The rules, written once (also in ``gunctl ingest --help``):
+
+- Accepted as they are: CRLF line ends, a UTF-8 BOM, trailing spaces, blank lines,
+  ``0`` boxes (a valid negative image), float coordinates (kept, not rounded).
+- Repaired, reported, and an error under ``--strict``:
+  a count that disagrees with the box lines (the box lines win); a line that is not
+  four numbers (dropped); corners given as x2 < x1 or y2 < y1 (swapped); boxes partly
+  outside the image, negative coordinates included (clipped); boxes wholly outside the
+  image or of zero area (dropped).
+- Skipped, reported: an empty or undecodable label file (its image is left out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Box = tuple[float, float, float, float]
+
+# kind -> what gunctl did about it (shown in the ingest summary)
+PROBLEM_KINDS: dict[str, str] = {
+    "image_without_label": "image has no label file: image left out",
+    "label_without_image": "label file has no image: label left out",
+    "unreadable_image": "image cannot be decoded (corrupt, truncated or empty): left out",
+    "not_an_image": "file in Images/ is not a .jpeg/.jpg/.png image: left out",
+    "image_too_large": "image above the pixel limit (decompression bomb?): left out",
+    "format_mismatch": "image content does not match its extension: decoded by content",
+    "duplicate_stem": "two images share a stem: the second is left out",
+    "unsafe_path": "symlink or path that leads outside the source: left out",
+    "empty_label": "label file is empty or not text: image left out",
+    "malformed_line": "line is not a count or four numbers: line dropped",
+    "count_mismatch": "count on line 1 disagrees with the box lines: box lines kept",
+    "swapped_corners": "x2 < x1 or y2 < y1: corners swapped",
+    "box_clipped": "box crosses the image border: clipped",
+    "box_outside": "box lies wholly outside the image: dropped",
+    "zero_area_box": "box has zero area: dropped",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with one file (and line), and what was done about it."""
+
+    file: str  # e.g. "Labels/12.txt"
+    kind: str  # a key of PROBLEM_KINDS
+    detail: str = ""
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        text = PROBLEM_KINDS[self.kind]
+        return f"{where}: {self.detail}; {text}" if self.detail else f"{where}: {text}"
+
+
+@dataclass(frozen=True)
+class ParsedLabel:
+    boxes: list[tuple[Box, int]]  # each box with its 1-based line number
+    problems: list[Problem]
+    usable: bool  # False for empty or undecodable files
+
+
+def parse_label(data: bytes, name: str) -> ParsedLabel:
+    """Parse a label file's bytes; never raises on bad content."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return ParsedLabel([], [Problem(name, "empty_label", "not UTF-8 text")], usable=False)
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    lines = [(n, line) for n, line in lines if line]
+    if not lines:
+        return ParsedLabel([], [Problem(name, "empty_label")], usable=False)
+    problems: list[Problem] = []
+    (count_line, count_text), box_lines = lines[0], lines[1:]
+    declared = _parse_count(count_text)
+    if declared is None:
+        problems.append(Problem(name, "malformed_line", f"count {count_text[:40]!r}", count_line))
+    boxes: list[tuple[Box, int]] = []
+    for number, line in box_lines:
+        box = _parse_box(line)
+        if box is None:
+            problems.append(Problem(name, "malformed_line", f"{line[:40]!r}", number))
+        else:
+            boxes.append((box, number))
+    if declared is not None and declared != len(box_lines):
+        detail = f"says {declared}, found {len(box_lines)} box lines"
+        problems.append(Problem(name, "count_mismatch", detail, count_line))
+    return ParsedLabel(boxes, problems, usable=True)
+
+
+def check_boxes(
+    boxes: list[tuple[Box, int]], width: int, height: int, name: str
+) -> tuple[list[Box], list[Problem]]:
+    """Swap, clip or drop boxes so that each has positive area inside the image."""
+    kept: list[Box] = []
+    problems: list[Problem] = []
+    for (x1, y1, x2, y2), line in boxes:
+        if x2 < x1 or y2 < y1:
+            problems.append(Problem(name, "swapped_corners", _fmt_box((x1, y1, x2, y2)), line))
+            x1, x2 = min(x1, x2), max(x1, x2)
+            y1, y2 = min(y1, y2), max(y1, y2)
+        if x1 == x2 or y1 == y2:
+            problems.append(Problem(name, "zero_area_box", _fmt_box((x1, y1, x2, y2)), line))
+            continue
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            detail = f"{_fmt_box((x1, y1, x2, y2))} in a {width}x{height} image"
+            problems.append(Problem(name, "box_outside", detail, line))
+            continue
+        clipped = (max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height)))
+        if clipped != (x1, y1, x2, y2):
+            detail = f"{_fmt_box((x1, y1, x2, y2))} to {_fmt_box(clipped)}"
+            problems.append(Problem(name, "box_clipped", detail, line))
+        kept.append(clipped)
+    return kept, problems
+
+
+def format_label(boxes: list[Box]) -> str:
+    """The Kaggle format: the count, then one ``x1 y1 x2 y2`` line per box."""
+    lines = [str(len(boxes))] + [" ".join(_fmt(v) for v in box) for box in boxes]
+    return "\n".join(lines) + "\n"
+
+
+def read_boxes(data: bytes, width: int, height: int, name: str) -> list[Box]:
+    """The usable boxes of a label file, repaired as ingest would (problems ignored)."""
+    parsed = parse_label(data, name)
+    return check_boxes(parsed.boxes, width, height, name)[0]
+
+
+def _parse_count(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _parse_box(text: str) -> Box | None:
+    parts = text.replace(",", " ").split()
+    if len(parts) != 4:
+        return None
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        return None
+    if not all(v == v and abs(v) != float("inf") for v in values):  # NaN / inf
+        return None
+    return values  # type: ignore[return-value]
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.2f}".rstrip("0")
+
+
+def _fmt_box(box: Box) -> str:
+    return "(" + " ".join(_fmt(v) for v in box) + ")"

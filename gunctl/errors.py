@@ -1,0 +1,60 @@
+"""Errors that gunctl knows how to report: one line, one exit code.
+
+The core raises these; only the CLI's error boundary turns them into an exit code.
+Exit codes: 0 success, 1 a check failed, 2 bad usage or bad input,
+3 training failed (diverged, out of memory), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class GunctlError(Exception):
+    """A failure that gunctl reports as one line, without a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class UsageError(GunctlError):
+    """Options that cannot go together, or a value out of range."""
+
+
+class DataError(GunctlError):
+    """A data set, label file, image or split that cannot be used."""
+
+
+class SourceError(GunctlError):
+    """A data source (Kaggle, folder, zip) that cannot be reached or read."""
+
+
+class CheckpointError(GunctlError):
+    """A checkpoint that is missing, corrupt, unsafe or for another model."""
+
+
+class RunLockedError(GunctlError):
+    """Another gunctl process is writing to the same run."""
+
+
+class OutputError(GunctlError):
+    """An output folder that cannot be written (read-only, disk full)."""
+
+
+class ThresholdError(GunctlError):
+    """A metric fell below the bar that the user set (e.g. --min-map50)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class TrainingError(GunctlError):
+    """Training cannot go on (out of memory, a failing rank)."""
+
+    exit_code = EXIT_TRAINING_FAILED
+
+
+class DivergedError(TrainingError):
+    """A loss became NaN or infinite."""

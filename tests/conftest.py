@@ -1,0 +1,61 @@
+"""Shared fixtures: small data trees built in tmp_path, and the real sample when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import jpeg_bytes, write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = Path(os.environ.get("GUNCTL_SAMPLE_DATA", ROOT.parent / "shared" / "data" / "guns-sample"))
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    """Three good images (one negative) in the Kaggle layout."""
+    return write_tree(
+        tmp_path / "src",
+        {"1.jpeg": jpeg_bytes(), "2.jpeg": jpeg_bytes(), "10.jpeg": jpeg_bytes()},
+        {"1.txt": "1\n5 5 20 20\n", "2.txt": "2\n1 1 10 10\n30 20 60 40\n", "10.txt": "0\n"},
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_layout(tmp_path_factory):
+    """The demo data set (40 images), ingested and split once per session."""
+    from gunctl.config import IngestConfig, Layout, SplitConfig
+    from gunctl.core.ingest import ingest
+    from gunctl.core.split import create_split
+
+    layout = Layout(tmp_path_factory.mktemp("demo") / "artifacts")
+    ingest(IngestConfig(source="demo", layout=layout))
+    create_split(SplitConfig(layout=layout))
+    return layout
+
+
+@pytest.fixture
+def sample_data() -> Path:
+    if not (SAMPLE / "Images").is_dir():
+        pytest.skip(f"the real sample is not at {SAMPLE}")
+    return SAMPLE
+
+
+class Gunctl:
+    """Runs gunctl through Typer's CliRunner, with stdout and stderr kept apart."""
+
+    def __init__(self):
+        from typer.testing import CliRunner
+
+        self.runner = CliRunner()
+
+    def __call__(self, *args, env: dict | None = None):
+        from gunctl.cli import app
+
+        return self.runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def gunctl() -> Gunctl:
+    return Gunctl()
