@@ -13,6 +13,12 @@ from typing import Any
 
 KAGGLE_HANDLE = "issaisasank/guns-object-detection"  # the data set the original pipeline used
 CLASS_NAMES = ("background", "gun")  # torchvision detectors reserve label 0 for background
+LOSS_KEYS = (
+    "loss_classifier",
+    "loss_box_reg",
+    "loss_objectness",
+    "loss_rpn_box_reg",
+)  # Faster R-CNN
 MODEL_NAMES = (
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet50_fpn_v2",
@@ -164,5 +170,19 @@ def _plain(value: Any) -> Any:
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Rebuild a ModelConfig from a stored dict, ignoring keys this version does not know."""
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in data.items() if k in names})
+    return _known_fields(ModelConfig, data)
+
+
+def train_config_from_dict(data: dict[str, Any], layout: Layout) -> TrainConfig:
+    """Rebuild a TrainConfig from a checkpoint's dict, under the given output layout."""
+    fields = {k: v for k, v in data.items() if k not in ("model", "layout")}
+    return dataclasses.replace(
+        _known_fields(TrainConfig, fields),
+        model=model_config_from_dict(data.get("model", {})),
+        layout=layout,
+    )
+
+
+def _known_fields(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

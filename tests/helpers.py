@@ -25,3 +25,58 @@ def write_tree(root: Path, images: dict[str, bytes], labels: dict[str, str | byt
         data = text.encode() if isinstance(text, str) else text
         (root / "Labels" / name).write_bytes(data)
     return root
+
+
+TINY_MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
+
+
+def tiny_config(layout, model_overrides: dict | None = None, **overrides):
+    """A TrainConfig that trains in seconds on the CPU: small model, small images, no workers."""
+    from gunctl.config import ModelConfig, TrainConfig
+
+    model = ModelConfig(
+        **{
+            "name": TINY_MODEL,
+            "weights": "none",
+            "min_size": 128,
+            "max_size": 224,
+            "rpn_pre_nms_top_n_train": 200,
+            "rpn_post_nms_top_n_train": 100,
+            "rpn_pre_nms_top_n_test": 100,
+            "rpn_post_nms_top_n_test": 50,
+            "box_batch_size_per_image": 64,
+            **(model_overrides or {}),
+        }
+    )
+    values = dict(
+        model=model,
+        layout=layout,
+        epochs=1,
+        batch_size=4,
+        lr=1e-3,
+        workers=0,
+        lr_schedule="constant",
+        warmup_steps=2,
+        log_images=2,
+        run_name="tiny",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+TINY_CLI = [
+    "--model",
+    TINY_MODEL,
+    "--weights",
+    "none",
+    "--min-size",
+    "128",
+    "--max-size",
+    "224",
+    "--workers",
+    "0",
+    "--batch-size",
+    "4",
+    "--lr",
+    "1e-3",
+]

@@ -8,6 +8,7 @@ or bad input, 3 training failed, 130 interrupted.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Annotated
 
@@ -15,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import ingest, split
+from gunctl.cli import ingest, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError
 
 
@@ -27,6 +28,7 @@ class GuardedGroup(TyperGroup):
 
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or os.environ.get("GUNCTL_DEBUG") == "1"
+        _route_core_logging()
         try:
             return super().invoke(ctx)
         except GunctlError as exc:
@@ -79,10 +81,30 @@ def _root(
 # The sub-commands, in the order of the workflow.
 app.command("ingest")(ingest.ingest)
 app.command("split")(split.split)
+app.command("train")(train.train)
+app.command("validate")(validate.validate)
+app.command("tb")(tb.tb)
 
 
 def main() -> None:
     app(prog_name="gunctl")
+
+
+class _RenderHandler(logging.Handler):
+    """The core logs warnings (logging.getLogger("gunctl")); people see them on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from gunctl.cli.render import note, warn
+
+        (warn if record.levelno >= logging.WARNING else note)(record.getMessage())
+
+
+def _route_core_logging() -> None:
+    logger = logging.getLogger("gunctl")
+    if not any(isinstance(h, _RenderHandler) for h in logger.handlers):
+        logger.addHandler(_RenderHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _report(message: str) -> None:

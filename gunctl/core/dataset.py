@@ -8,6 +8,7 @@ decode in parallel; the trainer moves batches to the device.
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,6 +96,34 @@ def collate(batch):
     """Detection batches are lists: images differ in size, targets in box count."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def make_loader(
+    dataset,
+    workers: int,
+    device: torch.device,
+    seed: int = 0,
+    *,
+    batch_size=None,
+    batch_sampler=None,
+) -> torch.utils.data.DataLoader:
+    """The DataLoader for training and scoring alike: ``batch_sampler`` or plain ``batch_size``."""
+    batching = {"batch_sampler": batch_sampler} if batch_sampler else {"batch_size": batch_size}
+    return torch.utils.data.DataLoader(
+        dataset,
+        **batching,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,  # no re-fork (and re-copy of a RAM cache) each epoch
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # leaves the global RNG alone
+    )
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _mix(seed: int, epoch: int, index: int) -> int:

@@ -62,6 +62,29 @@ def make_split(
     return split
 
 
+def subset_split(split: dict, count: int, seed: int) -> dict:
+    """A seeded sample of ``count`` images of ``split``, keeping its train/val proportion.
+
+    Validation images stay validation images: nothing moves between the parts.
+    """
+    total = len(split["train"]) + len(split["val"])
+    if count >= total:
+        return split
+    if count < 2:
+        raise UsageError(
+            f"--subset needs at least 2 images (one to train, one to validate), got {count}"
+        )
+    rng = random.Random(seed)
+    n_val = min(max(1, round(count * len(split["val"]) / total)), count - 1, len(split["val"]))
+    n_train = min(count - n_val, len(split["train"]))
+    picked = {"val": rng.sample(split["val"], n_val), "train": rng.sample(split["train"], n_train)}
+    order = {id(item): i for part in PARTS for i, item in enumerate(split[part])}
+    result = {**split, "subset": count}
+    for part in PARTS:
+        result[part] = sorted(picked[part], key=lambda item: order[id(item)])
+    return result
+
+
 def split_bytes(split: dict) -> bytes:
     return (json.dumps(split, indent=2) + "\n").encode("utf-8")
 

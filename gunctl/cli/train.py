@@ -1,0 +1,141 @@
+"""gunctl train: train a Faster R-CNN on the split, with progress, TensorBoard and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gunctl.cli import render
+from gunctl.cli.options import BatchSize, Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.config import (
+    CACHE_MODES,
+    LR_SCHEDULES,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    Layout,
+    ModelConfig,
+    TrainConfig,
+)
+
+_M, _T = ModelConfig(), TrainConfig()
+
+# What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
+_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+
+
+def train(
+    ctx: typer.Context,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
+    ] = _T.epochs,
+    subset: Subset = None,
+    batch_size: BatchSize = _T.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            "--optimizer", help=f"{', '.join(OPTIMIZERS)} (adam as in the original pipeline)."
+        ),
+    ] = _T.optimizer,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _T.weight_decay,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            "--lr-schedule",
+            help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps.",
+        ),
+    ] = _T.lr_schedule,
+    warmup_steps: Annotated[
+        int, typer.Option("--warmup-steps", min=0, help="Warm-up length (capped at one epoch).")
+    ] = _T.warmup_steps,
+    model: Annotated[str, typer.Option("--model", help=", ".join(MODEL_NAMES))] = _M.name,
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            help="auto (COCO when available, else from scratch), coco, imagenet, none, "
+            "or a gunctl checkpoint to fine-tune.",
+        ),
+    ] = _M.weights,
+    min_size: Annotated[
+        int,
+        typer.Option(
+            "--min-size",
+            min=32,
+            help="Shorter image side fed to the model (the data set's images are ~180 px).",
+        ),
+    ] = _M.min_size,
+    max_size: Annotated[
+        int, typer.Option("--max-size", min=32, help="Cap on the longer side.")
+    ] = _M.max_size,
+    device: Device = _T.device,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            "--amp/--no-amp",
+            help="Mixed precision (bf16, else fp16) on CUDA; no effect on the CPU.",
+        ),
+    ] = _T.amp,
+    workers: Workers = _T.workers,
+    cache: Annotated[
+        str,
+        typer.Option(
+            "--cache", help=f"{', '.join(CACHE_MODES)}: ram keeps decoded images in memory."
+        ),
+    ] = _T.cache,
+    seed: Seed = _T.seed,
+    run_name: Annotated[
+        str | None,
+        typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
+    ] = None,
+    out: Out = Layout().root,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="A run name or checkpoint path to continue from.")
+    ] = None,
+    hflip: Annotated[
+        bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
+    ] = _T.hflip,
+    quiet: Quiet = False,
+) -> None:
+    """Train a Faster R-CNN on the split; writes checkpoints and a TensorBoard run."""
+    from gunctl.core.trainer import fit
+
+    if resume:
+        _warn_ignored_on_resume(ctx)
+    config = TrainConfig(
+        model=ModelConfig(name=model, weights=weights, min_size=min_size, max_size=max_size),
+        layout=Layout(out),
+        epochs=epochs,
+        subset=subset,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        device=device,
+        amp=amp,
+        workers=workers,
+        cache=cache,
+        seed=seed,
+        hflip=hflip,
+        run_name=run_name,
+        resume=resume,
+    )
+    callbacks = [] if quiet else [render.TrainDisplay()]
+    result = fit(config, callbacks)
+    if not quiet and result is not None:
+        render.console.print(render.fit_summary(result))
+
+
+def _warn_ignored_on_resume(ctx: typer.Context) -> None:
+    ignored = [
+        name
+        for name in ctx.params
+        if name not in _RESUME_OPTIONS
+        and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    ]
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        render.warn(f"{flags}: ignored with --resume (the checkpoint's settings are kept)")

@@ -1,0 +1,137 @@
+"""gunctl validate: score a checkpoint, for people (a table) and for CI (JSON, exit codes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gunctl.cli import render
+from gunctl.cli.options import BatchSize, Device, Json, Quiet, Workers
+from gunctl.config import EvalConfig, Layout
+from gunctl.errors import ThresholdError, UsageError
+
+_E = EvalConfig()
+
+
+def validate(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A gunctl checkpoint (.pth).", show_default=True)
+    ] = Layout().best_model,
+    part: Annotated[
+        str, typer.Option("--split", help="Part of the split to score: train, val or all.")
+    ] = _E.part,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+    ] = None,
+    artifacts: Annotated[
+        Path,
+        typer.Option("--artifacts", help="Output root holding raw/ and splits/ (train's --out)."),
+    ] = Layout().root,
+    score_threshold: Annotated[
+        float,
+        typer.Option(
+            "--score-threshold",
+            min=0.0,
+            max=1.0,
+            help="Detections below it do not count for precision, recall and F1.",
+        ),
+    ] = _E.score_threshold,
+    min_map50: Annotated[
+        float | None,
+        typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
+    ] = None,
+    min_map: Annotated[
+        float | None,
+        typer.Option("--min-map", min=0.0, max=1.0, help="Exit 1 when mAP@0.5:0.95 is below this."),
+    ] = None,
+    json_out: Json = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the JSON report to this file.")
+    ] = None,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
+        ),
+    ] = None,
+    device: Device = _E.device,
+    batch_size: BatchSize = _E.batch_size,
+    workers: Workers = _E.workers,
+    quiet: Quiet = False,
+) -> None:
+    """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
+
+    Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
+    2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
+    """
+    from gunctl.core.scoring import score
+
+    if data is not None and part != _E.part:
+        raise UsageError("--data scores a whole folder; it does not go with --split")
+    config = EvalConfig(
+        checkpoint=checkpoint,
+        layout=Layout(artifacts),
+        part=part,
+        data=data,
+        score_threshold=score_threshold,
+        save_predictions=save_predictions,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
+        counter = _Counter(progress)
+        result = score(config, on_batch=counter)
+    failures = _failures(result.metrics, min_map50, min_map)
+    report = _report(result, config, min_map50, min_map, failures)
+    if out is not None:
+        import json
+
+        from gunctl.core.fileio import write_bytes_atomic
+
+        write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+    if json_out:
+        render.print_json(report)
+    elif not quiet:
+        render.console.print(render.score_table(result, score_threshold))
+    if failures:
+        raise ThresholdError("; ".join(failures))
+
+
+class _Counter:
+    def __init__(self, progress):
+        self.progress, self.done = progress, 0
+
+    def __call__(self, images: int) -> None:
+        self.done += images
+        if self.progress:
+            self.progress(self.done, None)
+
+
+def _failures(metrics, min_map50, min_map) -> list[str]:
+    failures = []
+    for key, bar, flag in (("map_50", min_map50, "--min-map50"), ("map", min_map, "--min-map")):
+        value = metrics.get(key)
+        if bar is not None and (value is None or value < bar):
+            shown = "undefined" if value is None else f"{value:.4f}"
+            failures.append(
+                f"{'mAP@0.5' if key == 'map_50' else 'mAP@0.5:0.95'} {shown} is below {flag} {bar}"
+            )
+    return failures
+
+
+def _report(result, config, min_map50, min_map, failures) -> dict:
+    return {
+        "checkpoint": str(result.checkpoint),
+        **result.facts,
+        "data": result.data,
+        "score_threshold": config.score_threshold,
+        "iou_threshold": config.iou_threshold,
+        "metrics": result.metrics,
+        "min_map50": min_map50,
+        "min_map": min_map,
+        "passed": not failures,
+    }

@@ -1,0 +1,140 @@
+"""Side effects of training, as callbacks the trainer fires in a fixed order.
+
+The trainer calls its callbacks in list order: CheckpointSaver first (so that a failing
+logger or display cannot lose the epoch), TensorBoardLogger second, then the caller's
+(e.g. the CLI's progress display). Only rank 0 gets callbacks under torchrun.
+
+Hooks, in the order they fire:
+  on_fit_start -> (on_epoch_start -> on_step_end* -> on_validation_start
+  -> on_validation_batch* -> on_epoch_end)* -> on_fit_end;
+  on_exception instead of the rest when training stops early.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gunctl.config import LOSS_KEYS
+
+if TYPE_CHECKING:
+    from gunctl.core.engine import EvalResult, StepInfo
+    from gunctl.core.trainer import TrainState
+
+
+class Callback:
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState, step: StepInfo) -> None: ...
+    def on_validation_start(self, state: TrainState, images: int) -> None: ...
+    def on_validation_batch(self, state: TrainState, images: int) -> None: ...
+    def on_epoch_end(self, state: TrainState, record: dict, result: EvalResult) -> None: ...
+    def on_fit_end(self, state: TrainState) -> None: ...
+
+    def on_exception(self, state: TrainState, exc: BaseException, resumable: bool) -> None:
+        """Training stopped early; ``resumable`` when the state is consistent enough to save."""
+
+
+class CheckpointSaver(Callback):
+    """``last.pth`` every epoch (and on a resumable stop), ``best.pth`` and the model copy
+    when the selection metric improves. Best and copy are hard links to that epoch's
+    ``last.pth`` (a copy across file systems): one write per epoch, however large the model.
+    """
+
+    def on_epoch_end(self, state, record, result) -> None:
+        from gunctl.core.checkpoint import save_checkpoint
+
+        save_checkpoint(state.last_path, state.payload())
+        if state.best_epoch == state.epoch:
+            _place(state.last_path, state.best_path)
+            _place(state.last_path, state.config.layout.best_model)
+
+    def on_exception(self, state, exc, resumable) -> None:
+        if resumable:
+            from gunctl.core.checkpoint import save_checkpoint
+
+            save_checkpoint(state.last_path, state.payload(interrupted=True))
+            state.saved_on_exit = True
+
+
+class TensorBoardLogger(Callback):
+    """Scalars per step and per epoch, val images with boxes, config and hparams."""
+
+    def __init__(self) -> None:
+        self.writer = None
+
+    def on_fit_start(self, state) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # On resume, events past the checkpoint's step (from an interrupted epoch) are purged.
+        purge = state.step if state.resumed_from else None
+        self.writer = SummaryWriter(log_dir=str(state.run_dir), purge_step=purge)
+        config = json.dumps(state.config_dict(), indent=2)
+        self.writer.add_text("config", f"```\n{config}\n```", state.step)
+        self.writer.add_text("weights", state.weights_origin, state.step)
+
+    def on_step_end(self, state, step) -> None:
+        for key, value in step.losses.items():
+            self.writer.add_scalar(f"step/{key}", value, step.step)
+        self.writer.add_scalar("step/lr", step.lr, step.step)
+        if step.seconds > 0:
+            self.writer.add_scalar("step/images_per_s", step.images / step.seconds, step.step)
+
+    def on_epoch_end(self, state, record, result) -> None:
+        epoch = record["epoch"]
+        for part in ("train", "val"):
+            for key in (*LOSS_KEYS, "loss"):
+                if record[part].get(key) is not None:
+                    self.writer.add_scalar(f"{part}/{key}", record[part][key], epoch)
+        for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall", "f1"):
+            if record["val"].get(key) is not None:
+                self.writer.add_scalar(f"val/{key}", record["val"][key], epoch)
+        self.writer.add_scalar("train/lr", record["lr"], epoch)
+        self.writer.add_scalar("perf/images_per_s", record["train"]["images_per_s"], epoch)
+        self.writer.add_scalar("perf/epoch_seconds", record["seconds"], epoch)
+        self._images(state, result, epoch)
+        self.writer.flush()
+
+    def _images(self, state, result, epoch: int) -> None:
+        import torch
+
+        threshold = state.config.score_threshold
+        for index in range(min(state.config.log_images, len(result.predictions))):
+            image, _ = state.val_dataset[index]
+            pred, truth = result.predictions[index], result.targets[index]
+            keep = pred["scores"] >= threshold
+            boxes = [truth["boxes"], pred["boxes"][keep]]
+            labels = ["true"] * len(truth["boxes"]) + [f"gun {s:.2f}" for s in pred["scores"][keep]]
+            self.writer.add_image_with_boxes(
+                f"val/image_{index}", image, torch.cat(boxes), epoch, labels=labels
+            )
+
+    def on_fit_end(self, state) -> None:
+        final = state.history[-1] if state.history else {"train": {}, "val": {}}
+        metrics = {
+            "hparam/best_map_50": state.best_metric if state.best_metric is not None else 0.0,
+            "hparam/final_train_loss": final["train"].get("loss") or 0.0,
+            "hparam/final_val_loss": final["val"].get("loss") or 0.0,
+            "hparam/final_map": final["val"].get("map") or 0.0,
+        }
+        # run_name="." keeps the hparams in the run's own folder instead of a timestamped one.
+        self.writer.add_hparams(state.hparams(), metrics, run_name=".", global_step=state.step)
+        self.writer.close()
+
+    def on_exception(self, state, exc, resumable) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _place(source: Path, target: Path) -> None:
+    """Atomically make ``target`` the same file as ``source`` (hard link, else a copy)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)

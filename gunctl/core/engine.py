@@ -1,0 +1,323 @@
+"""train_one_epoch and evaluate: they return numbers and write no files."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gunctl.config import LOSS_KEYS
+from gunctl.core.distributed import all_reduce_mean, any_rank
+from gunctl.errors import DivergedError
+
+
+@dataclass
+class StepInfo:
+    epoch: int  # 0-based
+    batch: int  # 1-based, within the epoch
+    batches: int  # in the whole epoch
+    step: int  # global optimizer steps done, this one included
+    images: int  # in this step, over all ranks
+    losses: dict[str, float]  # this step's, averaged over ranks
+    lr: float
+    seconds: float
+
+
+@dataclass
+class LossMeter:
+    """Running sums of the losses of one epoch; saved in interrupted checkpoints."""
+
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*LOSS_KEYS, "loss"), 0.0))
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, losses: dict[str, float], images: int, seconds: float) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.images += images
+        self.seconds += seconds
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+    def summary(self) -> dict[str, float]:
+        return {
+            **self.means(),
+            "images": self.images,
+            "seconds": self.seconds,
+            "images_per_s": self.images / self.seconds if self.seconds else 0.0,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "sums": dict(self.sums),
+            "steps": self.steps,
+            "images": self.images,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> LossMeter:
+        return cls(**state) if state else cls()
+
+
+@dataclass
+class TrainSetup:
+    """What one optimizer step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    grad_clip: float | None = None
+    world_size: int = 1
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    setup: TrainSetup,
+    *,
+    epoch: int,
+    step: int,
+    first_batch: int,
+    total_batches: int,
+    meter: LossMeter,
+    on_step: Callable[[StepInfo], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Train over ``batches``; fills ``meter`` and returns the new global step.
+
+    Raises DivergedError on a non-finite loss (before the optimizer step, so the weights
+    stay finite) and KeyboardInterrupt when ``should_stop()`` turns true on any rank.
+    """
+    model.train()
+    started = time.perf_counter()
+    for batch, (images, targets) in enumerate(batches, start=first_batch + 1):
+        images, targets = to_device(images, targets, setup.device)
+        losses = _optimizer_step(model, images, targets, setup, epoch, batch)
+        step += 1
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        losses = all_reduce_mean(losses, setup.device)
+        count = len(images) * setup.world_size
+        meter.add(losses, count, seconds)
+        if on_step:
+            lr = setup.optimizer.param_groups[0]["lr"]
+            on_step(StepInfo(epoch, batch, total_batches, step, count, losses, lr, seconds))
+        if any_rank(should_stop(), setup.device):
+            raise KeyboardInterrupt
+    return step
+
+
+def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch: int):
+    with _autocast(setup.device, setup.amp_dtype):
+        loss_dict = model(images, targets)
+    total = sum(loss_dict.values())
+    values = {k: float(v.detach()) for k, v in loss_dict.items()}
+    values["loss"] = float(total.detach())
+    if not all(math.isfinite(v) for v in values.values()):
+        bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+        raise DivergedError(f"loss became non-finite at epoch {epoch + 1}, batch {batch} ({bad})")
+    setup.optimizer.zero_grad(set_to_none=True)
+    if setup.scaler is not None:
+        setup.scaler.scale(total).backward()
+        setup.scaler.unscale_(setup.optimizer)
+        _clip(model, setup.grad_clip)
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+    else:
+        total.backward()
+        _clip(model, setup.grad_clip)
+        setup.optimizer.step()
+    if setup.scheduler is not None:
+        setup.scheduler.step()
+    return values
+
+
+def _clip(model: nn.Module, max_norm: float | None) -> None:
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float | None]
+    predictions: list[dict[str, torch.Tensor]]  # per image, in loader order, on the CPU
+    targets: list[dict[str, torch.Tensor]]
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    *,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    amp_dtype: torch.dtype | None = None,
+    compute_losses: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Validation losses (train-mode forward, no grad, BatchNorm frozen) and detections.
+
+    torchvision's detectors return losses only in train mode and detections only in eval
+    mode, so each batch runs twice when ``compute_losses``; BatchNorm layers stay in eval
+    mode for the loss pass so that validation never changes the running statistics. The
+    proposal sampling of the loss pass draws from a fixed seed on a forked RNG: validation
+    losses repeat exactly, and training's random stream is left as it was.
+    """
+    with _fixed_rng(device):
+        return _evaluate(
+            model,
+            batches,
+            device,
+            score_threshold,
+            iou_threshold,
+            amp_dtype,
+            compute_losses,
+            on_batch,
+        )
+
+
+def _evaluate(
+    model, batches, device, score_threshold, iou_threshold, amp_dtype, compute_losses, on_batch
+) -> EvalResult:
+    meter = LossMeter()
+    predictions, targets_cpu = [], []
+    detect_seconds = 0.0
+    started = time.perf_counter()
+    for images, targets in batches:
+        images, targets = to_device(images, targets, device)
+        if compute_losses:
+            with _loss_mode(model), torch.no_grad(), _autocast(device, amp_dtype):
+                loss_dict = model(images, targets)
+            losses = {k: float(v) for k, v in loss_dict.items()}
+            losses["loss"] = sum(losses.values())
+            meter.add(losses, len(images), 0.0)
+        model.eval()
+        tick = time.perf_counter()
+        with torch.inference_mode(), _autocast(device, amp_dtype):
+            outputs = model(images)
+        _sync(device)
+        detect_seconds += time.perf_counter() - tick
+        predictions.extend(
+            {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
+            for out in outputs
+        )
+        targets_cpu.extend({k: v.cpu() for k, v in t.items()} for t in targets)
+        if on_batch:
+            on_batch(len(images))
+    tick = time.perf_counter()
+    metrics: dict[str, float | None] = dict(mean_average_precision(predictions, targets_cpu))
+    map_seconds = time.perf_counter() - tick
+    metrics.update(detection_counts(predictions, targets_cpu, score_threshold, iou_threshold))
+    if compute_losses:
+        metrics.update(meter.means())
+    metrics.update(
+        images=len(predictions),
+        boxes=sum(int(t["boxes"].shape[0]) for t in targets_cpu),
+        seconds=time.perf_counter() - started,
+        detect_seconds=detect_seconds,
+        images_per_s=len(predictions) / detect_seconds if detect_seconds else 0.0,
+        map_seconds=map_seconds,
+    )
+    return EvalResult(metrics, predictions, targets_cpu)
+
+
+def mean_average_precision(predictions, targets) -> dict[str, float | None]:
+    """COCO mAP@0.5:0.95, @0.5, @0.75 and mAR@100 (torchmetrics, faster_coco_eval backend).
+
+    None where the score is undefined (no true boxes in the images).
+    """
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+    metric.update(
+        [{k: p[k] for k in ("boxes", "scores", "labels")} for p in predictions],
+        [{k: t[k] for k in ("boxes", "labels")} for t in targets],
+    )
+    result = metric.compute()
+    out = {}
+    for key in ("map", "map_50", "map_75", "mar_100"):
+        value = float(result[key])
+        out[key] = value if value >= 0 else None  # -1 means "no true boxes"
+    return out
+
+
+def detection_counts(predictions, targets, score_threshold: float, iou_threshold: float):
+    """Precision, recall and F1 of the detections scoring at least ``score_threshold``."""
+    from torchvision.ops import box_iou
+
+    tp = fp = fn = 0
+    for pred, target in zip(predictions, targets, strict=True):
+        boxes = pred["boxes"][pred["scores"] >= score_threshold]
+        truth = target["boxes"]
+        if len(boxes) == 0 or len(truth) == 0:
+            fp += len(boxes)
+            fn += len(truth)
+            continue
+        iou = box_iou(boxes, truth)  # detections come sorted by score: greedy matching
+        matched = torch.zeros(len(truth), dtype=torch.bool)
+        for row in iou:
+            row = row.masked_fill(matched, -1.0)
+            best = int(row.argmax())
+            if row[best] >= iou_threshold:
+                matched[best] = True
+        hits = int(matched.sum())
+        tp, fp, fn = tp + hits, fp + len(boxes) - hits, fn + len(truth) - hits
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def to_device(images, targets, device: torch.device):
+    non_blocking = device.type == "cuda"
+    images = [image.to(device, non_blocking=non_blocking) for image in images]
+    targets = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+@contextlib.contextmanager
+def _loss_mode(model: nn.Module):
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    try:
+        yield
+    finally:
+        model.eval()
+
+
+@contextlib.contextmanager
+def _fixed_rng(device: torch.device, seed: int = 0):
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,166 @@
+"""build_model(ModelConfig): a torchvision Faster R-CNN with a 2-class head (background, gun).
+
+Weights:
+- ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
+- ``imagenet``: ImageNet weights for the backbone only.
+- ``none``: random initialisation (``weights_backbone=None``, so nothing is downloaded).
+- ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``) or
+  can be downloaded, otherwise ``none`` with a warning.
+- a path: a gunctl checkpoint of the same model to fine-tune from.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model_weights
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+from gunctl.config import MODEL_NAMES, ModelConfig
+from gunctl.errors import CheckpointError, SourceError, UsageError
+
+log = logging.getLogger("gunctl")
+
+_BACKBONES = {  # the ImageNet weights each detector's backbone was trained from
+    "fasterrcnn_resnet50_fpn": ("resnet50", "IMAGENET1K_V1"),
+    "fasterrcnn_resnet50_fpn_v2": ("resnet50", "IMAGENET1K_V1"),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
+}
+_DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model: nn.Module
+    weights_origin: str  # what was loaded, for the checkpoint and the TensorBoard run
+
+
+def build_model(config: ModelConfig) -> BuiltModel:
+    if config.name not in MODEL_NAMES:
+        raise UsageError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    weights = config.weights
+    if weights == "auto":
+        available, reason = coco_weights_available(config.name)
+        if available:
+            weights = "coco"
+        else:
+            log.warning(
+                "no COCO weights for %s (%s): training from scratch; put %s in %s to use them",
+                config.name,
+                reason,
+                coco_weights_file(config.name).name,
+                coco_weights_file(config.name).parent,
+            )
+            return BuiltModel(_build(config, None, None), "none (auto: COCO weights unavailable)")
+    if weights == "coco":
+        return BuiltModel(_build_coco(config), "coco")
+    if weights == "imagenet":
+        return BuiltModel(_build(config, None, _backbone_weights(config.name)), "imagenet")
+    if weights == "none":
+        return BuiltModel(_build(config, None, None), "none")
+    return BuiltModel(_build_from_checkpoint(config, Path(weights)), f"checkpoint:{weights}")
+
+
+def coco_weights_file(name: str) -> Path:
+    url = get_model_weights(name).COCO_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def coco_weights_available(name: str) -> tuple[bool, str]:
+    """Whether COCO weights are cached or can be downloaded now (downloading them if so)."""
+    if coco_weights_file(name).exists():
+        return True, "cached"
+    try:
+        _download(get_model_weights(name).COCO_V1)
+    except SourceError as exc:
+        return False, str(exc)
+    return True, "downloaded"
+
+
+def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
+    builder = getattr(torchvision.models.detection, config.name)
+    num_classes = None if weights is not None else config.num_classes
+    try:
+        return builder(
+            weights=weights,
+            weights_backbone=weights_backbone,
+            num_classes=num_classes,
+            **config.builder_kwargs(),
+        )
+    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+        if weights is None and weights_backbone is None:
+            raise
+        raise SourceError(
+            f"could not load pretrained weights for {config.name} ({_first_line(exc)}); "
+            "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
+        ) from None
+
+
+def _build_coco(config: ModelConfig) -> nn.Module:
+    coco = get_model_weights(config.name).COCO_V1
+    _download(coco)  # a clear error first; the builder then reads the cached file
+    model = _build(config, coco, None)
+    predictor = model.roi_heads.box_predictor
+    in_features = predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, config.num_classes)
+    return model
+
+
+def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:
+    from gunctl.core.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint["config"]["model"]["name"]
+    if stored != config.name:
+        raise CheckpointError(
+            f"{path}: made for {stored}, not {config.name}; pass --model {stored}"
+        )
+    model = _build(config, None, None)
+    load_model_state(model, checkpoint, path)
+    return model
+
+
+def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit the model ({_first_line(exc)})"
+        ) from None
+
+
+def _backbone_weights(name: str):
+    backbone, member = _BACKBONES[name]
+    weights = getattr(get_model_weights(backbone), member)
+    _download(weights)
+    return weights
+
+
+def _download(weights) -> None:
+    """Fetch ``weights`` into the torch cache unless already there; SourceError when offline."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    if target.exists():
+        return
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        found = re.search(r"-([a-f0-9]+)\.", target.name)  # torchvision names carry a hash prefix
+        torch.hub.download_url_to_file(weights.url, str(target), found and found.group(1), False)
+    except Exception as exc:  # urllib, socket and hash errors alike
+        raise SourceError(f"cannot download {weights.url} ({_first_line(exc)})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

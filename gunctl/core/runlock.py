@@ -1,0 +1,45 @@
+"""One writer per run: an exclusive lock on ``<run>/.lock``, released when the process ends
+(even by kill -9, so a crashed run never leaves a stale lock)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gunctl.errors import OutputError, RunLockedError
+
+
+class RunLock:
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held for the whole run
+        except OSError as exc:
+            raise OutputError(f"{self.path.parent}: cannot write ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLockedError(
+                f"{self.path.parent}: run in use by {holder}; "
+                "wait for it or pick another --run-name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

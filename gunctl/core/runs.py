@@ -1,0 +1,146 @@
+"""Find training runs and read them back (for `gunctl tb`), and serve them with TensorBoard."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from gunctl.errors import UsageError
+
+SORT_KEYS = ("name", "start", "map50", "loss", "epochs")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    path: Path
+    start: datetime | None  # the first event's wall time
+    model: str | None
+    epochs: int | None  # completed, from the last checkpoint
+    final_train_loss: float | None  # train/loss of the last epoch logged
+    best_map50: float | None  # the highest val/map_50 logged
+    checkpoint: Path | None
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "start": self.start.isoformat(timespec="seconds") if self.start else None,
+            "model": self.model,
+            "epochs": self.epochs,
+            "final_train_loss": self.final_train_loss,
+            "best_map50": self.best_map50,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+        }
+
+
+def list_runs(runs_dir: Path, sort: str = "start") -> list[RunInfo]:
+    """Every folder of ``runs_dir`` with TensorBoard events or a checkpoint, sorted."""
+    if sort not in SORT_KEYS:
+        raise UsageError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
+    if not runs_dir.is_dir():
+        return []
+    runs = [
+        read_run(path)
+        for path in sorted(runs_dir.iterdir())
+        if path.is_dir()
+        and (any(path.glob("events.out.tfevents.*")) or (path / "last.pth").exists())
+    ]
+    return sorted(runs, key=_sort_key(sort), reverse=sort in ("map50", "epochs", "start"))
+
+
+def read_run(path: Path) -> RunInfo:
+    scalars, start = _read_events(path)
+    checkpoint = path / "last.pth" if (path / "last.pth").exists() else None
+    model, epochs = _read_checkpoint(checkpoint) if checkpoint else (None, None)
+    losses = scalars.get("train/loss", [])
+    maps = [value for _, value in scalars.get("val/map_50", [])]
+    return RunInfo(
+        name=path.name,
+        path=path,
+        start=start,
+        model=model,
+        epochs=epochs if epochs is not None else (max(s for s, _ in losses) if losses else None),
+        final_train_loss=max(losses)[1] if losses else None,
+        best_map50=max(maps) if maps else None,
+        checkpoint=checkpoint,
+    )
+
+
+def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], datetime | None]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    first = None
+    for tag in ("train/loss", "val/map_50"):
+        if tag in accumulator.Tags().get("scalars", []):
+            events = accumulator.Scalars(tag)
+            by_step = {e.step: e.value for e in events}  # a resumed run may log a step twice
+            scalars[tag] = sorted(by_step.items())
+            first = min([e.wall_time for e in events] + ([first] if first else []))
+    with contextlib.suppress(ValueError):  # ValueError: no events at all
+        earliest = accumulator.FirstEventTimestamp()
+        first = earliest if first is None else min(first, earliest)
+    start = datetime.fromtimestamp(first, tz=timezone.utc) if first else None
+    return scalars, start
+
+
+def _read_checkpoint(path: Path) -> tuple[str | None, int | None]:
+    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.errors import CheckpointError
+
+    try:
+        checkpoint = load_checkpoint(path, mmap=True)  # maps tensors lazily: fast for large models
+    except CheckpointError as exc:
+        logging.getLogger("gunctl").warning("%s", exc)
+        return None, None
+    return checkpoint["config"]["model"]["name"], int(checkpoint["epoch"])
+
+
+def _sort_key(sort: str):
+    def key(run: RunInfo):
+        value = {
+            "name": run.name,
+            "start": run.start.timestamp() if run.start else 0.0,
+            "map50": run.best_map50 if run.best_map50 is not None else -1.0,
+            "loss": run.final_train_loss if run.final_train_loss is not None else float("inf"),
+            "epochs": run.epochs or 0,
+        }[sort]
+        return (value, run.name)
+
+    return key
+
+
+def start_tensorboard(logdir: Path, host: str, port: int) -> str:
+    """Start TensorBoard's server in this process (a background thread); returns its URL."""
+    from tensorboard import program
+
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    board = program.TensorBoard()
+    board.configure(
+        argv=[
+            None,
+            "--logdir",
+            str(logdir),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--reload_interval",
+            "5",
+            "--load_fast",
+            "false",
+        ]
+    )
+    try:
+        return board.launch()
+    except program.TensorBoardServerException as exc:
+        raise UsageError(
+            f"cannot serve on {host}:{port} ({exc.msg}); pass another --port"
+        ) from None

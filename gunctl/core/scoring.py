@@ -1,0 +1,161 @@
+"""Score a checkpoint on a split part or on another data folder: the core of `gunctl validate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gunctl.config import EvalConfig, IngestConfig, Layout, model_config_from_dict
+from gunctl.core import distributed
+from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.dataset import GunDataset, make_loader
+from gunctl.core.engine import EvalResult, evaluate
+from gunctl.core.fileio import write_bytes_atomic
+from gunctl.core.model import build_model, load_model_state
+from gunctl.errors import CheckpointError, DataError, UsageError
+
+log = logging.getLogger("gunctl")
+PARTS = ("train", "val", "all")
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    checkpoint: Path
+    facts: dict[str, Any]  # the checkpoint's own: model, epoch, run, weights origin
+    data: str  # what was scored, in words
+    metrics: dict[str, float | None]
+
+
+def score(config: EvalConfig, on_batch=None) -> ScoreResult:
+    if config.part not in PARTS:
+        raise UsageError(f"--split {config.part}: choose one of {', '.join(PARTS)}")
+    checkpoint = load_checkpoint(config.checkpoint)
+    model = _model(checkpoint, config.checkpoint)
+    device = distributed.resolve_device(config.device, distributed.DistInfo())
+    with tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch:
+        dataset, described = _dataset(config, checkpoint, Path(scratch))
+        loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
+        result = evaluate(
+            model.to(device),
+            loader,
+            device,
+            score_threshold=config.score_threshold,
+            iou_threshold=config.iou_threshold,
+            on_batch=on_batch,
+        )
+        if config.save_predictions is not None:
+            save_predictions(config.save_predictions, dataset, result, config.score_threshold)
+    return ScoreResult(config.checkpoint, checkpoint_facts(checkpoint), described, result.metrics)
+
+
+def checkpoint_facts(checkpoint: dict) -> dict[str, Any]:
+    return {
+        "model": checkpoint["config"]["model"]["name"],
+        "epoch": checkpoint["epoch"],
+        "run": checkpoint.get("run_name"),
+        "weights_origin": checkpoint.get("weights_origin"),
+        "interrupted": bool(checkpoint.get("interrupted")),
+        "created": checkpoint.get("created"),
+    }
+
+
+def _model(checkpoint: dict, path: Path):
+    try:
+        model_config = model_config_from_dict(checkpoint["config"]["model"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: no model configuration in the checkpoint ({exc})") from None
+    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
+    try:
+        model = build_model(model_config).model
+    except UsageError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    load_model_state(model, checkpoint, path)
+    return model.eval()
+
+
+def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDataset, str]:
+    if config.data is not None:
+        from gunctl.core.ingest import ingest, read_manifest
+
+        layout = Layout(scratch)
+        report = ingest(IngestConfig(source=str(config.data), layout=layout))
+        if report.problems:
+            log.warning(
+                "%s: %d problem(s) repaired or skipped, as ingest would (first: %s)",
+                config.data,
+                len(report.problems),
+                report.problems[0],
+            )
+        items = read_manifest(layout)["files"]
+        return GunDataset(layout.raw, items), f"{config.data} (all {len(items)} images)"
+    from gunctl.core.ingest import read_manifest
+    from gunctl.core.split import load_split
+
+    split = load_split(config.layout.split_file)
+    manifest = read_manifest(config.layout)
+    if checkpoint.get("manifest_checksum") not in (None, "", manifest.get("checksum")):
+        log.warning(
+            "the data in %s differ from the data the checkpoint was trained on", config.layout.raw
+        )
+    items = split["train"] + split["val"] if config.part == "all" else split[config.part]
+    if not items:
+        raise DataError(f"{config.layout.split_file}: the {config.part} part is empty")
+    return GunDataset(config.layout.raw, items), f"split {config.part} ({len(items)} images)"
+
+
+def save_predictions(
+    folder: Path, dataset: GunDataset, result: EvalResult, threshold: float
+) -> None:
+    """Per image: a PNG with true (green) and predicted (red) boxes; plus COCO-style JSON:
+    ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
+    so that any COCO tool can re-score them."""
+    from PIL import Image
+    from torchvision.utils import draw_bounding_boxes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations, detections = [], [], []
+    for index, (pred, truth) in enumerate(zip(result.predictions, result.targets, strict=True)):
+        image, _ = dataset[index]
+        name = dataset.image_name(index)
+        height, width = image.shape[-2:]
+        images.append({"id": index, "file_name": name, "width": width, "height": height})
+        annotations += [
+            _coco_box(index, box, len(annotations) + i + 1)
+            for i, box in enumerate(truth["boxes"].tolist())
+        ]
+        detections += [
+            {**_coco_box(index, box), "score": round(score, 5)}
+            for box, score in zip(pred["boxes"].tolist(), pred["scores"].tolist(), strict=True)
+        ]
+        keep = pred["scores"] >= threshold
+        boxes = torch.cat([truth["boxes"], pred["boxes"][keep]])
+        colors = ["green"] * len(truth["boxes"]) + ["red"] * int(keep.sum())
+        labels = ["gun"] * len(truth["boxes"]) + [f"{s:.2f}" for s in pred["scores"][keep].tolist()]
+        drawn = (image * 255).round().to(torch.uint8)
+        if len(boxes):
+            drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colors, width=2)
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{Path(name).stem}.png")
+    categories = [{"id": 1, "name": "gun"}]
+    write_bytes_atomic(folder / "predictions.json", json.dumps(detections).encode())
+    ground_truth = {"images": images, "annotations": annotations, "categories": categories}
+    write_bytes_atomic(folder / "ground_truth.json", json.dumps(ground_truth).encode())
+
+
+def _coco_box(image_id: int, box: list[float], annotation_id: int | None = None) -> dict:
+    x1, y1, x2, y2 = box
+    entry = {
+        "image_id": image_id,
+        "category_id": 1,
+        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+    }
+    if annotation_id is not None:
+        entry.update(id=annotation_id, area=round((x2 - x1) * (y2 - y1), 2), iscrowd=0)
+    return entry

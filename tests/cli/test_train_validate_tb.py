@@ -1,0 +1,296 @@
+"""train, validate and tb through the CLI, on the demo data with a tiny model."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import TINY_CLI
+
+from gunctl.core.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Demo data, and one tiny run trained through the CLI (shared by the tests below)."""
+    from typer.testing import CliRunner
+
+    from gunctl.cli import app
+
+    out = tmp_path_factory.mktemp("cli") / "artifacts"
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            app, ["ingest", "--source", "demo", "--count", "16", "--out", str(out)]
+        ).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["train", "--epochs", "1", "--out", str(out), "--run-name", "first", *TINY_CLI]
+    )
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_train_makes_a_split_and_reports(trained):
+    out, result = trained
+    assert "no split at" in result.stderr and "made one" in result.stderr
+    assert (out / "splits" / "split.json").exists()
+    assert (
+        "epoch 1/1" in result.stdout and "train loss" in result.stdout
+    )  # one plain line per epoch
+    assert "best val mAP@0.5" in result.stdout
+    for name in ("runs/first/last.pth", "runs/first/best.pth", "models/fasterrcnn.pth"):
+        assert (out / name).exists(), name
+    assert "\x1b[" not in result.stdout  # no animation or colour codes when not a terminal
+
+
+def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
+    out, _ = trained
+    ckpt = out / "runs" / "first" / "best.pth"
+    table = gunctl("validate", ckpt, "--artifacts", out)
+    assert table.exit_code == 0, table.output
+    for label in (
+        "mAP@0.5:0.95",
+        "mAP@0.75",
+        "mAR@100",
+        "precision",
+        "recall",
+        "F1",
+        "loss_objectness",
+        "images/s",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+    ):
+        assert label in table.stdout, label
+
+    report_file = tmp_path / "report.json"
+    result = gunctl("validate", ckpt, "--artifacts", out, "--json", "--out", report_file)
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)  # stdout is exactly one JSON object
+    assert json.loads(report_file.read_text()) == report
+    metrics = report["metrics"]
+    assert report["epoch"] == 1 and report["run"] == "first" and report["passed"] is True
+    assert metrics["images"] == 3 and 0.0 <= metrics["map_50"] <= 1.0
+    stored = load_checkpoint(ckpt)["metrics"]["val"]
+    assert metrics["map_50"] == pytest.approx(stored["map_50"])  # the same code path as training
+    assert metrics["loss"] == pytest.approx(stored["loss"])
+
+    above = metrics["map_50"] + 0.01
+    failed = gunctl("validate", ckpt, "--artifacts", out, "--json", "--min-map50", f"{above:.4f}")
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["passed"] is False
+    assert "below --min-map50" in failed.stderr
+    assert gunctl("validate", ckpt, "--artifacts", out, "--min-map50", "0").exit_code == 0
+    assert gunctl("validate", ckpt, "--artifacts", out, "--min-map", "1").exit_code == 1
+
+
+def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
+    out, _ = trained
+    ckpt = out / "runs" / "first" / "last.pth"
+    result = gunctl("validate", ckpt, "--artifacts", out, "--split", "all", "--json")
+    assert json.loads(result.stdout)["metrics"]["images"] == 16
+    from gunctl.core.demo import generate
+
+    generate(tmp_path / "other", count=5, seed=9)
+    preds = tmp_path / "preds"
+    result = gunctl(
+        "validate", ckpt, "--data", tmp_path / "other", "--json", "--save-predictions", preds
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["images"] == 5
+    assert len(list(preds.glob("*.png"))) == 5
+    coco = json.loads((preds / "ground_truth.json").read_text())
+    assert len(coco["images"]) == 5 and coco["categories"] == [{"id": 1, "name": "gun"}]
+    assert isinstance(json.loads((preds / "predictions.json").read_text()), list)
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "malicious", "other-model"])
+def test_validate_refuses_bad_checkpoints(trained, gunctl, tmp_path, kind):
+    import torch
+
+    out, _ = trained
+    path = tmp_path / "bad.pth"
+    marker = tmp_path / "ran"
+    if kind == "truncated":
+        good = (out / "runs" / "first" / "last.pth").read_bytes()
+        path.write_bytes(good[: len(good) // 3])
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.ones(1)}}, path)
+    elif kind == "malicious":
+        path.write_bytes(_evil_pickle(marker))
+    elif kind == "other-model":
+        data = load_checkpoint(out / "runs" / "first" / "last.pth")
+        data["config"]["model"]["name"] = "fasterrcnn_resnet50_fpn"
+        torch.save(data, path)
+    result = gunctl("validate", path, "--artifacts", out)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.output
+    assert not marker.exists()
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"format": "gunctl-checkpoint", "x": Evil()})
+
+
+def test_tb_list_reads_back_the_numbers(trained, gunctl):
+    out, _ = trained
+    result = gunctl("tb", "--list", "--json", "--out", out)
+    runs = json.loads(result.stdout)["runs"]
+    assert [r["name"] for r in runs] == ["first"]
+    stored = load_checkpoint(out / "runs" / "first" / "last.pth")
+    assert runs[0]["best_map50"] == pytest.approx(stored["best_metric"])
+    assert runs[0]["final_train_loss"] == pytest.approx(stored["metrics"]["train"]["loss"])
+    assert runs[0]["epochs"] == 1 and runs[0]["model"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
+    table = gunctl("tb", "--list", "--out", out)
+    assert "first" in table.stdout and "best val mAP@0.5" in table.stdout
+
+
+def test_tb_serves_the_runs_on_loopback(trained):
+    out, _ = trained
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunctl", "tb", "--out", str(out), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        runs = None
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/data/runs", timeout=2
+                ) as response:
+                    runs = json.loads(response.read())
+                    if runs:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert runs == ["first"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert f"http://127.0.0.1:{port}/" in stdout
+
+
+def test_train_resume_warns_about_ignored_options(trained, gunctl):
+    out, _ = trained
+    result = gunctl(
+        "train", "--resume", "first", "--epochs", "2", "--lr", "5", "--out", out, *TINY_CLI[-4:-2]
+    )
+    assert result.exit_code == 0, result.output
+    assert "--lr, --batch-size: ignored with --resume" in result.stderr
+    assert load_checkpoint(out / "runs" / "first" / "last.pth")["epoch"] == 2
+
+
+def test_train_refuses_an_existing_run_and_a_locked_run(trained, gunctl):
+    from gunctl.core.runlock import RunLock
+
+    out, _ = trained
+    result = gunctl("train", "--epochs", "1", "--out", out, "--run-name", "first", *TINY_CLI)
+    assert result.exit_code == 2 and "--resume first" in result.stderr
+    with RunLock(out / "runs" / "busy"):
+        result = gunctl("train", "--epochs", "1", "--out", out, "--run-name", "busy", *TINY_CLI)
+    assert result.exit_code == 2 and "run in use by pid" in result.stderr
+
+
+def test_train_without_data(gunctl, tmp_path):
+    result = gunctl("train", "--out", tmp_path / "nothing", *TINY_CLI)
+    assert result.exit_code == 2
+    assert "gunctl ingest" in result.stderr and "Traceback" not in result.output
+
+
+def test_diverging_training_exits_3_with_advice(trained, gunctl):
+    out, _ = trained
+    result = gunctl(
+        "train",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+        "--run-name",
+        "boom",
+        *TINY_CLI[:-2],
+        "--lr",
+        "1e12",
+        "--lr-schedule",
+        "constant",
+        "--warmup-steps",
+        "0",
+    )
+    assert result.exit_code == 3, result.output
+    assert "non-finite" in result.stderr and "lower --lr" in result.stderr
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(trained):
+    out, _ = trained
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "gunctl",
+        "train",
+        "--epochs",
+        "50",
+        "--out",
+        str(out),
+        "--run-name",
+        "stopped",
+        "--lr-schedule",
+        "constant",
+        *TINY_CLI,
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    last = out / "runs" / "stopped" / "last.pth"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert last.exists(), "no checkpoint after the first epoch"
+    time.sleep(1.0)  # into the second epoch
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["interrupted"] is True and checkpoint["epoch"] >= 1
+    done = checkpoint["epoch"]
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunctl",
+            "train",
+            "--resume",
+            "stopped",
+            "--epochs",
+            str(done + 1),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(last)
+    assert final["epoch"] == done + 1 and final["interrupted"] is False

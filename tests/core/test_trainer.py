@@ -1,0 +1,152 @@
+"""The trainer with a tiny model on the demo data, on the CPU."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from helpers import tiny_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gunctl.config import LOSS_KEYS, Layout
+from gunctl.core.callbacks import Callback
+from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.trainer import fit
+from gunctl.errors import DivergedError
+
+
+@pytest.fixture
+def layout(demo_layout, tmp_path):
+    """The session's demo data, with runs written to this test's own folder."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    (root / "raw").symlink_to(demo_layout.raw)
+    (root / "splits").symlink_to(demo_layout.split_file.parent)
+    return Layout(root)
+
+
+def test_one_epoch_writes_checkpoints_and_tensorboard(layout):
+    result = fit(tiny_config(layout, subset=10))
+    assert result.epochs == 1 and len(result.history) == 1
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "config",
+        "class_names",
+        "split_checksum",
+        "metrics",
+        "versions",
+        "weights_origin",
+        "best_metric",
+    ):
+        assert key in checkpoint, key
+    assert checkpoint["epoch"] == 1 and checkpoint["class_names"] == ["background", "gun"]
+    assert checkpoint["config"]["model"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
+    assert checkpoint["weights_origin"] == "none"
+    assert result.best_checkpoint.exists() and result.model_copy.exists()
+    assert load_checkpoint(result.model_copy)["epoch"] == 1
+    record = checkpoint["metrics"]
+    for key in LOSS_KEYS:
+        assert math.isfinite(record["train"][key]) and math.isfinite(record["val"][key])
+    assert record["val"]["map_50"] is not None
+
+    events = EventAccumulator(str(result.run_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in (
+        "step/loss",
+        "step/loss_box_reg",
+        "train/loss",
+        "val/loss_classifier",
+        "val/map_50",
+        "train/lr",
+        "perf/images_per_s",
+        "perf/epoch_seconds",
+        "step/lr",
+    ):
+        assert tag in tags["scalars"], tag
+    assert events.Scalars("val/map_50")[0].value == pytest.approx(record["val"]["map_50"])
+    assert len(events.Scalars("step/loss")) == record["train"]["images"] // 4 + (
+        record["train"]["images"] % 4 > 0
+    )
+    assert "val/image_0" in tags["images"]
+
+
+def test_resume_equals_a_straight_run(layout):
+    straight = fit(tiny_config(layout, subset=10, epochs=4, run_name="straight"))
+    fit(tiny_config(layout, subset=10, epochs=2, run_name="resumed"))
+    resumed = fit(tiny_config(layout, subset=10, epochs=4, resume="resumed"))
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+        assert a["val"]["loss"] == pytest.approx(b["val"]["loss"], rel=1e-5)
+    first = load_checkpoint(straight.last_checkpoint)["model"]
+    second = load_checkpoint(resumed.last_checkpoint)["model"]
+    for key in first:
+        assert torch.allclose(first[key].float(), second[key].float(), atol=1e-5), key
+    events = EventAccumulator(str(resumed.run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # one run, appended
+
+
+def test_same_seed_same_losses(layout):
+    a = fit(tiny_config(layout, subset=8, run_name="a"))
+    b = fit(tiny_config(layout, subset=8, run_name="b"))
+    assert a.history[0]["train"]["loss"] == b.history[0]["train"]["loss"]
+    c = fit(tiny_config(layout, subset=8, run_name="c", seed=1))
+    assert c.history[0]["train"]["loss"] != a.history[0]["train"]["loss"]
+
+
+class PoisonAfterFirstEpoch(Callback):
+    def on_epoch_start(self, state):
+        if state.epoch == 1:
+            with torch.no_grad():
+                next(state.model.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(layout):
+    config = tiny_config(layout, subset=8, epochs=3)
+    with pytest.raises(DivergedError, match="epoch 2, batch 1.*last good checkpoint.*last.pth"):
+        fit(config, [PoisonAfterFirstEpoch()])
+    checkpoint = load_checkpoint(config.layout.run_dir("tiny") / "last.pth")
+    assert checkpoint["epoch"] == 1
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )
+
+
+def test_validation_leaves_batchnorm_statistics_alone(layout):
+    from gunctl.core.dataset import GunDataset, collate
+    from gunctl.core.engine import evaluate
+    from gunctl.core.model import build_model
+    from gunctl.core.split import load_split
+
+    config = tiny_config(layout)
+    model = build_model(config.model).model
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert before
+    split = load_split(layout.split_file)
+    loader = torch.utils.data.DataLoader(
+        GunDataset(layout.raw, split["val"][:4]), batch_size=2, collate_fn=collate
+    )
+    result = evaluate(model, loader, torch.device("cpu"))
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert result.metrics["loss"] > 0 and result.metrics["images"] == 4
+    again = evaluate(model, loader, torch.device("cpu"))
+    assert again.metrics["loss"] == result.metrics["loss"]  # sampling is seeded: repeatable
+
+
+def test_config_is_stored_whole(layout):
+    result = fit(tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step"))
+    stored = load_checkpoint(result.last_checkpoint)["config"]
+    expected = dataclasses.asdict(
+        tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step")
+    )
+    expected.pop("layout")
+    assert stored["optimizer"] == "sgd" and stored["lr_schedule"] == "step"
+    assert stored["model"] == expected["model"]
