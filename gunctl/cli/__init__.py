@@ -103,8 +103,9 @@ def _route_core_logging() -> None:
     logger = logging.getLogger("gunctl")
     if not any(isinstance(h, _RenderHandler) for h in logger.handlers):
         logger.addHandler(_RenderHandler())
-        logger.setLevel(logging.INFO)
         logger.propagate = False
+    # Under torchrun every rank runs this; rank 0 speaks for all of them, others only fail.
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.ERROR)
 
 
 def _report(message: str) -> None:

@@ -90,7 +90,7 @@ def problems_table(report, limit: int = 50) -> Table | None:
 
 
 def split_table(path, counts: dict[str, dict[str, int]]) -> Table:
-    table = Table(title="Split", caption=f"written to {path}", title_justify="left")
+    table = Table(title=f"Split ({path})", title_justify="left")
     table.add_column("part")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")

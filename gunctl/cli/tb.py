@@ -51,9 +51,14 @@ def tb(
 
 
 def _wait_for_interrupt() -> None:
+    """Serve until Ctrl-C or SIGTERM (handled explicitly: a shell may start us with SIGINT
+    ignored, and TensorBoard's threads would then keep the process up)."""
+    import signal
     import threading
 
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        render.note("stopped")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    render.note("stopped")

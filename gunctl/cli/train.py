@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -97,8 +98,22 @@ def train(
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
     ] = _T.hflip,
     quiet: Quiet = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
+            "processes with gloo); --batch-size is per process.",
+        ),
+    ] = None,
 ) -> None:
-    """Train a Faster R-CNN on the split; writes checkpoints and a TensorBoard run."""
+    """Train a Faster R-CNN on the split; writes checkpoints and a TensorBoard run.
+
+    Several GPUs or machines: torchrun --nproc_per_node=N -m gunctl train ... (or --nproc N).
+    """
+    if nproc is not None and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_run_torchrun(nproc))
     from gunctl.core.trainer import fit
 
     if resume:
@@ -124,9 +139,36 @@ def train(
         resume=resume,
     )
     callbacks = [] if quiet else [render.TrainDisplay()]
-    result = fit(config, callbacks)
-    if not quiet and result is not None:
+    result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
+    if not quiet and result.is_main:
         render.console.print(render.fit_summary(result))
+
+
+def _run_torchrun(nproc: int) -> int:
+    """Re-run this very command under torchrun (standalone, this machine), without --nproc."""
+    import subprocess
+    import sys
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "gunctl",
+        *args,
+    ]
+    render.note("running: " + " ".join(command[1:]))
+    return subprocess.call(command)
 
 
 def _warn_ignored_on_resume(ctx: typer.Context) -> None:

@@ -15,7 +15,9 @@ import torch.distributed as dist
 
 from gunctl.errors import UsageError
 
-_TIMEOUT = datetime.timedelta(minutes=10)  # a dead rank stops the job instead of hanging it
+# A hung collective (a rank that died without torchrun noticing) fails after this long instead
+# of hanging forever; long enough for rank 0 to evaluate a large validation set on a CPU.
+_TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("GUNCTL_DIST_TIMEOUT_MIN", "30")))
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,20 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def parameters_agree(model: torch.nn.Module, device: torch.device) -> tuple[bool, list[float]]:
+    """Whether every rank holds the same parameters (compared by a float64 checksum each)."""
+    with torch.no_grad():
+        total = sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters()))
+    if not (dist.is_available() and dist.is_initialized()):
+        return True, [float(total)]
+    sums = [
+        torch.zeros((), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())
+    ]
+    dist.all_gather(sums, total.to(device=device, dtype=torch.float64))
+    values = [float(s) for s in sums]
+    return all(v == values[0] for v in values), values
 
 
 def barrier() -> None:

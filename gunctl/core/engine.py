@@ -239,7 +239,11 @@ def mean_average_precision(predictions, targets) -> dict[str, float | None]:
     """
     from torchmetrics.detection import MeanAveragePrecision
 
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+    # sync_on_compute=False: under torchrun only rank 0 evaluates, so there is nothing to gather
+    # (and a gather that the other ranks never join would hang).
+    metric = MeanAveragePrecision(
+        box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False
+    )
     metric.update(
         [{k: p[k] for k in ("boxes", "scores", "labels")} for p in predictions],
         [{k: t[k] for k in ("boxes", "labels")} for t in targets],

@@ -63,9 +63,10 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
     if layout.raw.exists() and not config.force:
         raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
     _make_dirs(layout.root)
-    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=layout.root) as scratch:
+    _remove_abandoned(layout.root)
+    with tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root) as scratch:
         label, version, files, problems = _open_source(config, Path(scratch))
-        stage = Path(tempfile.mkdtemp(prefix=".raw-staging-", dir=layout.root))
+        stage = Path(tempfile.mkdtemp(prefix=f".raw-staging-{os.getpid()}-", dir=layout.root))
         try:
             report = _build_tree(config, files, stage, progress)
             report.source, report.version = label, version
@@ -372,6 +373,24 @@ def _swap_into_place(stage: Path, raw: Path) -> None:
             os.replace(old, raw)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Staging folders of ingests that were killed (their process is gone) are removed."""
+    for path in root.glob(".*-*"):
+        found = re.match(r"^\.(?:scratch|raw-staging|raw-old)-(\d+)", path.name)
+        if found and path.is_dir() and not _alive(int(found.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _make_dirs(path: Path) -> None:

@@ -126,6 +126,7 @@ class TrainState:
 
 @dataclass(frozen=True)
 class FitResult:
+    is_main: bool  # rank 0 (or the only process): the one that reports
     run_name: str
     run_dir: Path
     last_checkpoint: Path
@@ -171,6 +172,8 @@ def _fit(config, callbacks, info, device) -> FitResult:
             raise UsageError(
                 f"{run_dir} already holds a run; pass --resume {run_name} or another --run-name"
             )
+        if info.is_main:
+            _remove_stale_temporaries(run_dir)
         split, manifest_checksum = _prepare_split(config, info)
         checksum = split_checksum(split)
         if checkpoint and checkpoint.get("split_checksum") not in (None, checksum):
@@ -193,6 +196,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
         _run(state, main_callbacks, train_loader, val_loader, sampler, ddp_model, info)
     best = state.best_path if state.best_epoch is not None else None
     return FitResult(
+        is_main=info.is_main,
         run_name=run_name,
         run_dir=run_dir,
         last_checkpoint=state.last_path,
@@ -222,11 +226,12 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
     )
     fire = _Firer(callbacks, state)
     fire("on_fit_start")
-    with _GracefulStop() as stop:
+    with _GracefulStop(second_stops_at_once=not info.enabled) as stop:
         try:
             while state.epoch < config.epochs:
                 _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop)
                 _validate_epoch(state, fire, val_loader, setup, info)
+            _check_ranks_agree(state, info)
             fire("on_fit_end")
         except DivergedError as exc:
             fire.exception(exc, resumable=False)
@@ -320,11 +325,24 @@ class _Firer:
                 log.warning("while stopping: %s", inner)
 
 
-class _GracefulStop:
-    """The first Ctrl-C (or SIGTERM, as torchrun sends) finishes the step, then stops with a
-    resumable checkpoint; a second Ctrl-C stops at once without saving."""
+def _check_ranks_agree(state: TrainState, info) -> None:
+    """Under torchrun, every rank must end with the same weights (DDP keeps them in step)."""
+    if not info.enabled:
+        return
+    agree, sums = distributed.parameters_agree(state.model, state.device)
+    if not agree:
+        raise TrainingError(f"the {info.world_size} ranks ended with different weights ({sums})")
+    log.info("parameters identical on all %d ranks (checksum %.6e)", info.world_size, sums[0])
 
-    def __init__(self):
+
+class _GracefulStop:
+    """The first Ctrl-C (or SIGTERM) finishes the step, then stops with a resumable checkpoint;
+    a second Ctrl-C stops at once without saving. Under torchrun the launcher forwards the
+    signal again to its workers, so there every signal stops gracefully; torchrun's own
+    timeout ends a stuck run."""
+
+    def __init__(self, second_stops_at_once: bool = True):
+        self.second_stops_at_once = second_stops_at_once
         self.requested = False
         self.graceful = False
         self._previous: dict[int, Any] = {}
@@ -339,10 +357,13 @@ class _GracefulStop:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            self.graceful = False
-            raise KeyboardInterrupt
+            if self.second_stops_at_once:
+                self.graceful = False
+                raise KeyboardInterrupt
+            return
         self.requested = self.graceful = True
-        log.warning("stopping after this step (press Ctrl-C again to stop at once)")
+        hint = " (press Ctrl-C again to stop at once)" if self.second_stops_at_once else ""
+        log.warning("stopping after this step%s", hint)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -468,6 +489,8 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
         batches_per_epoch=sampler.batches_per_epoch(),
         world_size=info.world_size,
     )
+    if info.is_main:
+        _check_free_space(run_dir, model, config)
     if checkpoint is not None:
         _restore(state, checkpoint, resume_path)
     ddp_model = model
@@ -486,6 +509,29 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
         val_set, config.workers, device, config.seed, batch_size=config.batch_size
     )
     return state, train_loader, val_loader, sampler, ddp_model
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written checkpoints of a killed run (we hold the run's lock: none is in use)."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def _check_free_space(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
+    """Refuse to start when a checkpoint could not be written, rather than fail after an epoch."""
+    import shutil
+
+    from gunctl.errors import OutputError
+
+    states = {"adam": 3, "adamw": 3, "sgd": 2}.get(config.optimizer, 3)  # weights + moments
+    needed = sum(p.numel() * p.element_size() for p in model.parameters()) * states
+    needed = int(needed * 2.2)  # the new file beside the old one, and some slack
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise OutputError(
+            f"{run_dir}: {free / 2**20:.0f} MiB free, checkpoints need about "
+            f"{needed / 2**20:.0f} MiB; free some space or pick another --out"
+        )
 
 
 def _build_model(config: TrainConfig, info):
