@@ -59,3 +59,9 @@ class Gunctl:
 @pytest.fixture
 def gunctl() -> Gunctl:
     return Gunctl()
+
+
+@pytest.fixture
+def gunctl_runner() -> Gunctl:
+    """The in-process runner, for tests that monkeypatch (e.g. a full disk)."""
+    return Gunctl()
