@@ -118,7 +118,9 @@ class TrainConfig:
     layout: Layout = field(default_factory=Layout)
     epochs: int = 10  # enough for COCO-initialised weights to converge on ~3000 images
     subset: int | None = None  # None: the whole split; N: a fresh seeded split of N images
-    batch_size: int = 4  # per process; fits 8 GB GPUs at 320 px and keeps CPU steps short
+    # Per process. None: 8 on CUDA (bf16 img/s 43 at 8 vs 14 at 2 on an H100, memory 16 GiB
+    # at 800 px), 2 on the CPU (peak RSS 2.6 GiB vs 3.4 GiB at 4, and no slower per image).
+    batch_size: int | None = None
     lr: float = 1e-4  # the original pipeline's Adam learning rate
     optimizer: str = "adam"  # as in the original pipeline
     weight_decay: float = 0.0  # the original pipeline used none; try 1e-4 with adamw/sgd
@@ -128,6 +130,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0  # keeps from-scratch runs from diverging on a bad batch
     device: str = "auto"  # cuda when available, else cpu
     amp: bool = True  # bf16/fp16 autocast on CUDA only; ignored on the CPU
+    channels_last: bool = True  # CUDA only: +13 % (batch 8) to +24 % (16) train img/s with bf16
     workers: int = 2  # decoding is cheap (~1 ms per image); 2 hides it behind the model
     cache: str = "none"  # "ram" keeps decoded images in memory (small data sets)
     seed: int = 0  # same seed, same losses on the CPU
@@ -147,9 +150,11 @@ class EvalConfig:
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
     batch_size: int = 4
     workers: int = 2
+    channels_last: bool = True  # CUDA only: +7 % eval img/s with bf16 at batch 16
     device: str = "auto"
     score_threshold: float = 0.5  # detections below it do not count for precision/recall/F1
     iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
+    amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.cli.options import Device, Out, Quiet, Seed, Subset, Workers
 from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
@@ -31,7 +31,14 @@ def train(
         int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
     ] = _T.epochs,
     subset: Subset = None,
-    batch_size: BatchSize = _T.batch_size,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
     optimizer: Annotated[
         str,
@@ -78,6 +85,13 @@ def train(
             help="Mixed precision (bf16, else fp16) on CUDA; no effect on the CPU.",
         ),
     ] = _T.amp,
+    channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Channels-last memory format on CUDA (faster with AMP); no effect on the CPU.",
+        ),
+    ] = _T.channels_last,
     workers: Workers = _T.workers,
     cache: Annotated[
         str,
@@ -131,6 +145,7 @@ def train(
         warmup_steps=warmup_steps,
         device=device,
         amp=amp,
+        channels_last=channels_last,
         workers=workers,
         cache=cache,
         seed=seed,

@@ -283,6 +283,13 @@ def detection_counts(predictions, targets, score_threshold: float, iou_threshold
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
+def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA where the GPU has it, else fp16; None (fp32) on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def to_device(images, targets, device: torch.device):
     non_blocking = device.type == "cuda"
     images = [image.to(device, non_blocking=non_blocking) for image in images]

@@ -16,9 +16,9 @@ from gunctl.config import EvalConfig, IngestConfig, Layout, model_config_from_di
 from gunctl.core import distributed
 from gunctl.core.checkpoint import load_checkpoint
 from gunctl.core.dataset import GunDataset, make_loader
-from gunctl.core.engine import EvalResult, evaluate
+from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.model import build_model, load_model_state
+from gunctl.core.model import build_model, load_model_state, to_device_layout
 from gunctl.errors import CheckpointError, DataError, UsageError
 
 log = logging.getLogger("gunctl")
@@ -43,12 +43,13 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
         result = evaluate(
-            model.to(device),
+            to_device_layout(model, device, config.channels_last),
             loader,
             device,
             score_threshold=config.score_threshold,
             iou_threshold=config.iou_threshold,
             on_batch=on_batch,
+            amp_dtype=amp_dtype(config.amp, device),
         )
         if config.save_predictions is not None:
             save_predictions(config.save_predictions, dataset, result, config.score_threshold)

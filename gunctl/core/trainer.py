@@ -35,8 +35,15 @@ from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
 from gunctl.core.checkpoint import load_checkpoint
 from gunctl.core.dataset import GunDataset, make_loader
-from gunctl.core.engine import EvalResult, LossMeter, TrainSetup, evaluate, train_one_epoch
-from gunctl.core.model import build_model, load_model_state
+from gunctl.core.engine import (
+    EvalResult,
+    LossMeter,
+    TrainSetup,
+    amp_dtype,
+    evaluate,
+    train_one_epoch,
+)
+from gunctl.core.model import build_model, load_model_state, to_device_layout
 from gunctl.core.runlock import RunLock
 from gunctl.core.split import create_split, load_split, split_checksum, subset_split
 from gunctl.core.transforms import EvalTransform, TrainTransform
@@ -160,6 +167,8 @@ def _fit(config, callbacks, info, device) -> FitResult:
         resume_path = resolve_resume(config)
         checkpoint = load_checkpoint(resume_path)
         config = _resumed_config(checkpoint, config)
+    if config.batch_size is None:
+        config = dataclasses.replace(config, batch_size=default_batch_size(device))
     _check_config(config)
     run_name = distributed.broadcast_object(
         config.run_name or (checkpoint or {}).get("run_name") or _timestamp()
@@ -220,7 +229,7 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
         device=state.device,
         scheduler=state.scheduler,
         scaler=state.scaler,
-        amp_dtype=_amp_dtype(config, state.device),
+        amp_dtype=amp_dtype(config.amp, state.device),
         grad_clip=config.grad_clip,
         world_size=info.world_size,
     )
@@ -229,6 +238,8 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
     with _GracefulStop(second_stops_at_once=not info.enabled) as stop:
         try:
             while state.epoch < config.epochs:
+                if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
+                    raise KeyboardInterrupt
                 _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop)
                 _validate_epoch(state, fire, val_loader, setup, info)
             _check_ranks_agree(state, info)
@@ -459,7 +470,7 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
         if info.is_main:
             val_set.cache_all()
     built = _build_model(config, info)
-    model = built.model.to(device)
+    model = to_device_layout(built.model, device, config.channels_last)
     sampler = EpochBatchSampler(
         len(train_set),
         config.batch_size,
@@ -470,8 +481,8 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
     )
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, sampler.batches_per_epoch())
-    amp_dtype = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    dtype = amp_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     state = TrainState(
         config=config,
         run_name=config.run_name,
@@ -570,6 +581,10 @@ def _restore(state: TrainState, checkpoint: dict, path: Path) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def default_batch_size(device: torch.device) -> int:
+    return 8 if device.type == "cuda" else 2
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
@@ -601,12 +616,6 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
         return scale
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not config.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _rng_state() -> dict[str, Any]:
