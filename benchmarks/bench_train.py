@@ -65,7 +65,7 @@ def train_config(name: str, root: Path, subset: int, min_size: int, device: str)
         "run_name": f"bench-{name}",
     }
     if name == "a":
-        return TrainConfig(model=ModelConfig(weights="none"), **common)
+        return with_batch_size(TrainConfig(model=ModelConfig(weights="none"), **common))
     model = ModelConfig(
         name="fasterrcnn_resnet50_fpn",
         weights="none",
@@ -90,11 +90,14 @@ def train_config(name: str, root: Path, subset: int, min_size: int, device: str)
         amp=False,
         workers=0,
         hflip=False,
+        group_aspect_ratios=False,  # the same batches as the reference loop, image for image
         **common,
     )
 
 
-def pick_subset(split: dict, batch_size: int, steps: int, seed: int = 0) -> int:
+def pick_subset(
+    split: dict, batch_size: int, steps: int, seed: int = 0, grouped: bool = True
+) -> int:
     """The smallest ``--subset`` whose training epoch is ``steps`` batches long, with every
     batch full when such a subset exists (gunctl groups batches by aspect ratio)."""
     from gunctl.core.batching import EpochBatchSampler
@@ -104,7 +107,7 @@ def pick_subset(split: dict, batch_size: int, steps: int, seed: int = 0) -> int:
     fallback = None
     for count in range(2, total + 1):
         train = subset_split(split, count, seed)["train"]
-        ratios = [item["width"] / item["height"] for item in train]
+        ratios = [item["width"] / item["height"] for item in train] if grouped else None
         sampler = EpochBatchSampler(len(train), batch_size, seed=seed, aspect_ratios=ratios)
         batches = sampler.batches_per_epoch()
         if batches == steps and len(train) == steps * batch_size:
@@ -196,6 +199,16 @@ def launch_gunctl(name: str, root: Path, subset: int, args, scratch: Path) -> di
     return figures
 
 
+def in_gunctl_order(items: list[dict]) -> list[dict]:
+    """The items in the order of gunctl's first epoch (seed 0, no grouping), so that the
+    reference loop, reading them in order, trains on exactly (b)'s batches."""
+    from gunctl.core.batching import EpochBatchSampler
+
+    sampler = EpochBatchSampler(len(items), ORIGINAL_BATCH, seed=0)
+    sampler.set_epoch(0)
+    return [items[index] for batch in sampler for _, index in batch]
+
+
 def launch_reference(train_items: list[dict], args, scratch: Path) -> dict:
     spec, out = scratch / "reference-spec.json", scratch / "result-c.json"
     spec.write_text(json.dumps({"train": image_pairs(args.data, train_items), "val": []}))
@@ -214,6 +227,7 @@ def launch_reference(train_items: list[dict], args, scratch: Path) -> dict:
         args.device,
         "--result",
         str(out),
+        "--in-order",
     ]
     ran, seconds = run_timed(cmd, sample_memory=True)
     check_ran("configuration c (reference)", ran)
@@ -287,6 +301,19 @@ def report(results: dict, args) -> dict:
     return ratios(results)
 
 
+def with_batch_size(config):
+    """gunctl's default batch size depends on the device (None in the config): resolve it."""
+    import dataclasses
+
+    from gunctl.core.distributed import DistInfo, resolve_device
+    from gunctl.core.trainer import default_batch_size
+
+    if config.batch_size is not None:
+        return config
+    device = resolve_device(config.device, DistInfo())
+    return dataclasses.replace(config, batch_size=default_batch_size(device))
+
+
 def ratios(results: dict) -> dict:
     speed = {n: results[n]["throughput"]["images_per_s"] for n in results}
     out = {}
@@ -310,7 +337,9 @@ def run_all(args) -> dict:
         subsets = {}
         for name in [n for n in ("a", "b") if n in args.configs]:
             probe = train_config(name, layout.root, 2, args.min_size, args.device)
-            subsets[name] = pick_subset(split, probe.batch_size, args.warmup + args.steps)
+            subsets[name] = pick_subset(
+                split, probe.batch_size, args.warmup + args.steps, grouped=probe.group_aspect_ratios
+            )
             print(f"({name}) {DESCRIPTIONS[name]}: subset {subsets[name]} ...", flush=True)
             figures = launch_gunctl(name, layout.root, subsets[name], args, scratch)
             figures.update(subset=subsets[name], setting=setting_text(probe))
@@ -318,8 +347,10 @@ def run_all(args) -> dict:
         if "c" in args.configs:
             from gunctl.core.split import subset_split
 
-            count = subsets.get("b") or pick_subset(split, ORIGINAL_BATCH, args.warmup + args.steps)
-            train_items = subset_split(split, count, 0)["train"]
+            count = subsets.get("b") or pick_subset(
+                split, ORIGINAL_BATCH, args.warmup + args.steps, grouped=False
+            )
+            train_items = in_gunctl_order(subset_split(split, count, 0)["train"])
             print(
                 f"(c) {DESCRIPTIONS['c']}: the {len(train_items)} train images of subset "
                 f"{count} ...",

@@ -19,7 +19,7 @@ hooks and timed with ``perf_counter`` (wall time, profiler overhead included). B
 be split by module with hooks; the top backward functions (e.g. ``RoiAlignBackward0``) and the
 top operators by self CPU time are listed instead.
 
-    .venv/bin/python benchmarks/profile_step.py [--min-size 320] [--steps 3] [--json FILE]
+    .venv/bin/python benchmarks/profile_step.py [--min-size 800] [--steps 3] [--json FILE]
     .venv/bin/python benchmarks/profile_step.py --min-size 800 --original-proposals
 """
 
@@ -86,7 +86,10 @@ class PhaseTimer:
 def model_config(args):
     from gunctl.config import ModelConfig
 
-    config = ModelConfig(weights="none", min_size=args.min_size)
+    config = ModelConfig(weights="none")
+    if args.min_size is None:
+        return config
+    config = dataclasses.replace(config, min_size=args.min_size)
     max_size = args.max_size or max(config.max_size, round(args.min_size * 1333 / 800))
     config = dataclasses.replace(config, max_size=max_size)
     if args.original_proposals:
@@ -103,10 +106,12 @@ def setup(args, layout, split, scratch: Path) -> dict:
     from gunctl.core.callbacks import TensorBoardLogger
     from gunctl.core.dataset import GunDataset
     from gunctl.core.model import build_model
-    from gunctl.core.trainer import make_optimizer, make_scheduler
+    from gunctl.core.trainer import default_batch_size, make_optimizer, make_scheduler
     from gunctl.core.transforms import TrainTransform
 
-    config = TrainConfig(model=model_config(args), layout=layout)
+    config = TrainConfig(
+        model=model_config(args), layout=layout, batch_size=default_batch_size(torch.device("cpu"))
+    )
     torch.manual_seed(config.seed)
     model = build_model(config.model).model.train()
     optimizer = make_optimizer(model, config)
@@ -242,8 +247,8 @@ def print_operators(title: str, operators: list[dict], steps: int) -> None:
 def main() -> None:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # before torch: no GPU-probe error lines
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--min-size", type=int, default=320, help="gunctl's default: 320")
-    parser.add_argument("--max-size", type=int, default=None, help="default: gunctl's 544")
+    parser.add_argument("--min-size", type=int, default=None, help="default: gunctl's")
+    parser.add_argument("--max-size", type=int, default=None, help="default: gunctl's")
     parser.add_argument(
         "--original-proposals", action="store_true", help="torchvision's proposal/RoI counts"
     )

@@ -157,7 +157,7 @@ def run(args) -> dict:
     settings = {**ORIGINAL_SETTINGS, "min_size": args.min_size, "max_size": args.max_size}
     model = build_model(settings).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train_loader = make_loader(spec["train"], device, args.batch_size, shuffle=True)
+    train_loader = make_loader(spec["train"], device, args.batch_size, shuffle=not args.in_order)
     phases["setup"] = time.perf_counter() - STARTED - sum(phases.values())
     result: dict = {"device": str(device), "settings": settings, "batch_size": args.batch_size}
     result["rss_after_imports_mib"] = base_rss
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="torch.save the state_dict here at the end")
     parser.add_argument("--result", default=None, help="write the figures (JSON) here")
+    parser.add_argument("--in-order", action="store_true", help="batches in the spec's order")
     args = parser.parse_args()
     result = run(args)
     if args.result:

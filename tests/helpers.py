@@ -80,3 +80,50 @@ TINY_CLI = [
     "--lr",
     "1e-3",
 ]
+
+
+def share_data(out, source):
+    """A fresh output root that reuses ``source``'s ingested data and split (symlinks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("raw", "splits"):
+        (out / name).symlink_to(source / name)
+    return out
+
+
+def start_long_training(out, run_name: str, timeout: float = 180):
+    """A real `gunctl train` process of many epochs, returned once its first checkpoint is
+    written: (process, path of last.pth)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    command = [
+        sys.executable,
+        "-m",
+        "gunctl",
+        "train",
+        "--epochs",
+        "50",
+        "--out",
+        str(out),
+        "--run-name",
+        run_name,
+        "--lr-schedule",
+        "constant",
+        *TINY_CLI,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    last = out / "runs" / run_name / "last.pth"
+    deadline = time.monotonic() + timeout
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    if not last.exists():
+        process.kill()
+        raise AssertionError(
+            f"no checkpoint after the first epoch: {process.communicate()[1][-2000:]}"
+        )
+    return process, last

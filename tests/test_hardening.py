@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import TINY_CLI, jpeg_bytes, write_tree
+from helpers import TINY_CLI, jpeg_bytes, share_data, start_long_training, write_tree
 from PIL import Image
 
 from gunctl.core.checkpoint import load_checkpoint
@@ -258,38 +258,8 @@ def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
 
 
 def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out, tmp_path):
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    for name in ("raw", "splits"):
-        (out / name).symlink_to(demo_out / name)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunctl",
-            "train",
-            "--epochs",
-            "50",
-            "--out",
-            str(out),
-            "--run-name",
-            "killed",
-            "--lr-schedule",
-            "constant",
-            *TINY_CLI,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    last = out / "runs" / "killed" / "last.pth"
-    deadline = time.monotonic() + 180
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    assert last.exists(), (
-        process.stderr.read().decode() if process.poll() is not None else "no ckpt"
-    )
+    out = share_data(tmp_path / "artifacts", demo_out)
+    process, last = start_long_training(out, "killed")
 
     second = gunctl(
         "train",
@@ -318,10 +288,7 @@ def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out,
 
 
 def test_unwritable_out_is_refused_before_training(demo_out, tmp_path):
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    for name in ("raw", "splits"):
-        (out / name).symlink_to(demo_out / name)
+    out = share_data(tmp_path / "artifacts", demo_out)
     (out / "runs").write_text("a file where the runs folder should be")  # cannot hold runs
     result = gunctl("train", "--out", out, "--run-name", "x", *TINY_CLI)
     assert_clean_failure(result, 2, "cannot write")
@@ -335,10 +302,7 @@ def test_unwritable_out_is_refused_before_training(demo_out, tmp_path):
 def test_disk_full_is_refused_before_training(demo_out, gunctl_runner, monkeypatch, tmp_path):
     import shutil
 
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    for name in ("raw", "splits"):
-        (out / name).symlink_to(demo_out / name)
+    out = share_data(tmp_path / "artifacts", demo_out)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1024 * 1024))
     result = gunctl_runner("train", "--out", out, "--run-name", "full", *TINY_CLI)
@@ -352,10 +316,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
 ):
     import torch
 
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    for name in ("raw", "splits"):
-        (out / name).symlink_to(demo_out / name)
+    out = share_data(tmp_path / "artifacts", demo_out)
     real_save, calls = torch.save, []
 
     def failing_second_save(obj, handle, *args, **kwargs):
@@ -388,10 +349,7 @@ def test_out_of_memory_says_what_to_do_and_saves(demo_out, tmp_path):
             if state.epoch == 1 and step.batch == 1:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    out = tmp_path / "artifacts"
-    out.mkdir()
-    for name in ("raw", "splits"):
-        (out / name).symlink_to(demo_out / name)
+    out = share_data(tmp_path / "artifacts", demo_out)
     with pytest.raises(
         TrainingError, match="out of GPU memory at epoch 2.*--batch-size.*--min-size"
     ):

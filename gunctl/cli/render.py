@@ -75,7 +75,7 @@ def ingest_table(report) -> Table:
     return table
 
 
-def problems_table(report, limit: int = 50) -> Table | None:
+def problems_table(report) -> Table | None:
     from gunctl.core.labels import PROBLEM_KINDS
 
     if not report.problems:

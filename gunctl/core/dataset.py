@@ -122,8 +122,11 @@ def make_loader(
 
 
 def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    # Ctrl-C reaches the whole process group; the main process decides when to stop. SIGTERM
+    # gets its default back (the trainer's graceful handler is inherited by the fork), so that
+    # the DataLoader can always end a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _mix(seed: int, epoch: int, index: int) -> int:

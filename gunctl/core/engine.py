@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -56,12 +57,7 @@ class LossMeter:
         }
 
     def state_dict(self) -> dict:
-        return {
-            "sums": dict(self.sums),
-            "steps": self.steps,
-            "images": self.images,
-            "seconds": self.seconds,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_state(cls, state: dict | None) -> LossMeter:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gunctl.errors import OutputError
+from gunctl.errors import DataError, OutputError
 
 
 @contextlib.contextmanager
@@ -31,6 +32,19 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def read_document(path: Path, document_format: str, what: str, missing_hint: str) -> dict:
+    """A JSON file that gunctl wrote (its ``format`` field says which kind); DataError if not."""
+    if not path.exists():
+        raise DataError(f"{path}: no {what}; {missing_hint}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable {what} ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != document_format:
+        raise DataError(f"{path}: not a gunctl {what}")
+    return document
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
 from gunctl.core import tree
+from gunctl.core.fileio import read_document
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
 from gunctl.errors import DataError, OutputError, SourceError, UsageError
@@ -88,16 +89,9 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
 
 def read_manifest(layout: Layout) -> dict:
     """The manifest of the ingested tree; a DataError names the file when it is unusable."""
-    path = layout.manifest
-    if not path.exists():
-        raise DataError(f"{path}: no ingested data set; run `gunctl ingest` first")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(f"{path}: not a gunctl manifest")
-    return manifest
+    return read_document(
+        layout.manifest, MANIFEST_FORMAT, "manifest", "ingest a data set first (`gunctl ingest`)"
+    )
 
 
 # --- sources -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gunctl.config import SplitConfig
 from gunctl.core import tree
-from gunctl.core.fileio import write_bytes_atomic
+from gunctl.core.fileio import read_document, write_bytes_atomic
 from gunctl.core.ingest import read_manifest
 from gunctl.errors import DataError, UsageError
 
@@ -108,14 +108,7 @@ def create_split(config: SplitConfig) -> SplitResult:
 
 def load_split(path: Path) -> dict:
     """Read a split file; a DataError names the file when it is missing or malformed."""
-    if not path.exists():
-        raise DataError(f"{path}: no split; run `gunctl split` first")
-    try:
-        split = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable split ({exc})") from None
-    if not isinstance(split, dict) or split.get("format") != SPLIT_FORMAT:
-        raise DataError(f"{path}: not a gunctl split file")
+    split = read_document(path, SPLIT_FORMAT, "split", "run `gunctl split` first")
     for part in PARTS:
         if not isinstance(split.get(part), list):
             raise DataError(f"{path}: missing the {part!r} list")

@@ -477,7 +477,7 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
         seed=config.seed,
         rank=info.rank,
         world_size=info.world_size,
-        aspect_ratios=train_set.aspect_ratios(),
+        aspect_ratios=train_set.aspect_ratios() if config.group_aspect_ratios else None,
     )
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, sampler.batches_per_epoch())

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import TINY_CLI
+from helpers import TINY_CLI, start_long_training
 
 from gunctl.core.checkpoint import load_checkpoint
 
@@ -241,30 +241,7 @@ def test_diverging_training_exits_3_with_advice(trained, gunctl):
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(trained):
     out, _ = trained
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "gunctl",
-        "train",
-        "--epochs",
-        "50",
-        "--out",
-        str(out),
-        "--run-name",
-        "stopped",
-        "--lr-schedule",
-        "constant",
-        *TINY_CLI,
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    last = out / "runs" / "stopped" / "last.pth"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert last.exists(), "no checkpoint after the first epoch"
+    process, last = start_long_training(out, "stopped")
     time.sleep(1.0)  # into the second epoch
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import share_data, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gunctl.config import LOSS_KEYS, Layout
@@ -18,11 +18,7 @@ from gunctl.errors import DivergedError
 @pytest.fixture
 def layout(demo_layout, tmp_path):
     """The session's demo data, with runs written to this test's own folder."""
-    root = tmp_path / "artifacts"
-    root.mkdir()
-    (root / "raw").symlink_to(demo_layout.raw)
-    (root / "splits").symlink_to(demo_layout.split_file.parent)
-    return Layout(root)
+    return Layout(share_data(tmp_path / "artifacts", demo_layout.root))
 
 
 def test_one_epoch_writes_checkpoints_and_tensorboard(layout):
