@@ -29,5 +29,16 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# The CPU benchmarks (about 30 minutes on 2 cores); results in benchmarks/README.md.
+bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/bench_help.py
+	$(BIN)/python benchmarks/bench_e2e.py --repeats 3
+	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_defaults.py
+	$(BIN)/python benchmarks/bench_ddp.py
+	$(BIN)/python benchmarks/profile_step.py
+
 clean:
 	rm -rf $(VENV) $(OUT)/raw $(OUT)/splits $(OUT)/runs $(OUT)/models

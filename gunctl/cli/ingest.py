@@ -68,6 +68,9 @@ def ingest(
 
 
 ingest.__doc__ += (
+    "\n\nAccepted as they are: CRLF line ends, a UTF-8 BOM, trailing spaces, blank lines, "
+    "a count of 0 (a negative image), float coordinates (kept, not rounded), .JPG/.jpg/.jpeg/"
+    ".png names; grayscale, CMYK, palette and alpha images are converted to RGB."
     "\n\nWhat happens to each kind of problem (--strict makes any of them fatal):\n\n" + _RULES
 )
 
