@@ -55,10 +55,8 @@ def ingest(
     if json_out:
         render.print_json(_payload(report))
         return
-    for problem in report.problems[:20]:
+    for problem in report.problems:  # every one, with its file and line (on stderr)
         render.warn(str(problem))
-    if len(report.problems) > 20:
-        render.warn(f"... and {len(report.problems) - 20} more problems (see the table below)")
     if not quiet:
         render.console.print(render.ingest_table(report))
         table = render.problems_table(report)
