@@ -90,7 +90,7 @@ def problems_table(report) -> Table | None:
 
 
 def split_table(path, counts: dict[str, dict[str, int]]) -> Table:
-    table = Table(title=f"Split ({path})", title_justify="left")
+    table = Table(title="Split", caption=f"{path}", caption_justify="left", title_justify="left")
     table.add_column("part")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")
