@@ -25,6 +25,16 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
 DEFAULT_DATA = (REPO_ROOT / ".." / "shared" / "data" / "guns-sample").resolve()
+# torchvision's proposal and RoI counts: the original pipeline's (reference.py keeps its own copy,
+# since it imports nothing of this repository).
+TORCHVISION_COUNTS = {
+    "rpn_pre_nms_top_n_train": 2000,
+    "rpn_post_nms_top_n_train": 2000,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_test": 1000,
+    "box_batch_size_per_image": 512,
+    "box_detections_per_img": 100,
+}
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

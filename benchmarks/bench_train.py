@@ -30,6 +30,7 @@ from pathlib import Path
 
 from _common import (
     BENCH_DIR,
+    TORCHVISION_COUNTS,
     base_parser,
     check_ran,
     children_peak_rss_mib,
@@ -71,12 +72,7 @@ def train_config(name: str, root: Path, subset: int, min_size: int, device: str)
         weights="none",
         min_size=min_size,
         max_size=1333,
-        rpn_pre_nms_top_n_train=2000,
-        rpn_post_nms_top_n_train=2000,
-        rpn_pre_nms_top_n_test=1000,
-        rpn_post_nms_top_n_test=1000,
-        box_batch_size_per_image=512,
-        box_detections_per_img=100,
+        **TORCHVISION_COUNTS,
     )
     return TrainConfig(
         model=model,

@@ -29,17 +29,12 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import TORCHVISION_COUNTS  # noqa: E402
 
 from gunctl.config import IngestConfig, Layout, ModelConfig, SplitConfig, TrainConfig  # noqa: E402
 
-TORCHVISION_COUNTS = dict(
-    rpn_pre_nms_top_n_train=2000,
-    rpn_post_nms_top_n_train=2000,
-    rpn_pre_nms_top_n_test=1000,
-    rpn_post_nms_top_n_test=1000,
-    box_batch_size_per_image=512,
-    box_detections_per_img=100,
-)
 CONFIGS = {
     "gunctl320": ModelConfig(weights="none", min_size=320, max_size=544),
     "torchvision": ModelConfig(weights="none", min_size=800, max_size=1333, **TORCHVISION_COUNTS),

@@ -33,18 +33,18 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _common import base_parser, environment, ingest_sample, print_table, write_json
+from _common import (
+    TORCHVISION_COUNTS,
+    base_parser,
+    environment,
+    ingest_sample,
+    print_table,
+    write_json,
+)
 
 FORWARD_PARTS = ("transform", "backbone", "rpn", "roi_heads")
 STEP_PHASES = ("data", "forward", "loss", "backward", "optimizer", "logging")
-ORIGINAL_PROPOSALS = {  # torchvision's defaults, as the original pipeline used
-    "rpn_pre_nms_top_n_train": 2000,
-    "rpn_post_nms_top_n_train": 2000,
-    "rpn_pre_nms_top_n_test": 1000,
-    "rpn_post_nms_top_n_test": 1000,
-    "box_batch_size_per_image": 512,
-    "box_detections_per_img": 100,
-}
+ORIGINAL_PROPOSALS = TORCHVISION_COUNTS  # torchvision's, as the original pipeline used
 
 
 class PhaseTimer:
@@ -87,11 +87,9 @@ def model_config(args):
     from gunctl.config import ModelConfig
 
     config = ModelConfig(weights="none")
-    if args.min_size is None:
-        return config
-    config = dataclasses.replace(config, min_size=args.min_size)
-    max_size = args.max_size or max(config.max_size, round(args.min_size * 1333 / 800))
-    config = dataclasses.replace(config, max_size=max_size)
+    if args.min_size is not None:
+        max_size = args.max_size or max(config.max_size, round(args.min_size * 1333 / 800))
+        config = dataclasses.replace(config, min_size=args.min_size, max_size=max_size)
     if args.original_proposals:
         config = dataclasses.replace(config, **ORIGINAL_PROPOSALS)
     return config
