@@ -114,6 +114,13 @@ def task_progress(
     if not enabled or not console.is_terminal:
         yield None
         return
+    with _progress(transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _progress(*fields: str, transient: bool = False):
+    """gunctl's progress bar: description, bar, done/total, the given text fields, ETA."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -122,15 +129,15 @@ def task_progress(
         TimeRemainingColumn,
     )
 
-    columns = (
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *(TextColumn(field) for field in fields),
         TimeRemainingColumn(),
+        console=console,
+        transient=transient,
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=None)
-        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _num(value, digits: int = 3) -> str:
@@ -214,23 +221,8 @@ class TrainDisplay(Callback):
             return
         from rich.console import Group
         from rich.live import Live
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]}"),
-            TextColumn("{task.fields[loss]}"),
-            TimeRemainingColumn(),
-            console=console,
-        )
+        self.progress = _progress("{task.fields[speed]}", "{task.fields[loss]}")
         self.live = Live(Group(self.table, self.progress), console=console, refresh_per_second=4)
         self.live.start()
 

@@ -105,10 +105,10 @@ class _Counter:
     def __init__(self, progress):
         self.progress, self.done = progress, 0
 
-    def __call__(self, images: int) -> None:
+    def __call__(self, images: int, total: int) -> None:
         self.done += images
         if self.progress:
-            self.progress(self.done, None)
+            self.progress(self.done, total)
 
 
 def _failures(metrics, min_map50, min_map) -> list[str]:

@@ -34,6 +34,7 @@ class ScoreResult:
 
 
 def score(config: EvalConfig, on_batch=None) -> ScoreResult:
+    """``on_batch(images, total)`` is called after each batch (for a progress display)."""
     if config.part not in PARTS:
         raise UsageError(f"--split {config.part}: choose one of {', '.join(PARTS)}")
     checkpoint = load_checkpoint(config.checkpoint)
@@ -48,7 +49,7 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
             device,
             score_threshold=config.score_threshold,
             iou_threshold=config.iou_threshold,
-            on_batch=on_batch,
+            on_batch=(lambda n: on_batch(n, len(dataset))) if on_batch else None,
             amp_dtype=amp_dtype(config.amp, device),
         )
         if config.save_predictions is not None:
