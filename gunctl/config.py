@@ -21,6 +21,8 @@ LOSS_KEYS = (
 )  # Faster R-CNN
 MODEL_NAMES = (
     "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet18_fpn",  # gunctl's: torchvision's ResNet-18 + FPN, for the CPU
+    "fasterrcnn_resnet34_fpn",
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
@@ -29,6 +31,8 @@ WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")  # or a path to a gunctl c
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 CACHE_MODES = ("none", "ram")
+RECIPES = ("auto", "scratch", "finetune", "plain")  # auto: scratch without pretrained weights
+NORMS = ("default", "bn", "frozen_bn", "gn")  # default: torchvision's choice for the weights
 
 
 @dataclass(frozen=True)
@@ -105,12 +109,31 @@ class ModelConfig:
     rpn_post_nms_top_n_test: int = 150
     box_batch_size_per_image: int = 128
     box_detections_per_img: int = 50  # far above the data set's maximum of 12 guns per image
+    # The fields below default to torchvision's own behaviour (the plain recipe); the scratch
+    # recipe (core/recipes.py) sets them. Old checkpoints, which lack them, rebuild as before.
+    # Normalisation of ResNet backbones (and the FPN with gn): torchvision uses BatchNorm from
+    # scratch and frozen BatchNorm with pretrained weights; at batch 2 BatchNorm's statistics
+    # are noise, GroupNorm has none (He et al., "Rethinking ImageNet Pre-training").
+    norm: str = "default"
+    anchor_sizes: tuple[int, ...] = ()  # one per FPN level; (): the model's own (32 ... 512)
+    aspect_ratios: tuple[float, ...] = ()  # height / width; (): (0.5, 1.0, 2.0)
+    train_sizes: tuple[int, ...] = ()  # multi-scale training: a shorter side drawn per batch
 
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
         fields = dataclasses.asdict(self)
-        for key in ("name", "weights", "num_classes"):
+        for key in (
+            "name",
+            "weights",
+            "num_classes",
+            "norm",
+            "anchor_sizes",
+            "aspect_ratios",
+            "train_sizes",
+        ):
             fields.pop(key)
+        if self.train_sizes:  # torchvision draws from the tuple in training, uses the last in eval
+            fields["min_size"] = (*self.train_sizes, self.min_size)
         return fields
 
 
@@ -143,6 +166,19 @@ class TrainConfig:
     val_fraction: float = 0.2  # used only when train has to make a split itself
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
+    # The recipe fills the options below that the user did not set (``explicit``); the
+    # defaults here are the plain recipe: gunctl's behaviour before recipes existed.
+    recipe: str = "auto"  # scratch without pretrained weights, finetune with them
+    explicit: tuple[str, ...] = ()  # options the user set ("lr", "model.name"): kept as given
+    photometric: float = 0.0  # probability of brightness/contrast/saturation/hue distortion
+    zoom_out: float = 0.0  # probability of placing the image on a canvas up to 2x larger
+    crop: float = 0.0  # probability of an IoU-aware random crop (SSD's)
+    mosaic: float = 0.0  # probability of a 2x2 mosaic of 4 training images
+    ema: bool = False  # evaluate and save an exponential moving average of the weights
+    ema_decay: float | None = None  # None: fitted to the run's length (window ~ steps / 10)
+    fit_anchors: bool = False  # anchor sizes and ratios from the training boxes' quantiles
+    minutes: float | None = None  # a wall-time budget: epochs and schedule fitted to it
+    val_every: int = 1  # validate every k epochs (and always after the last)
 
 
 @dataclass(frozen=True)
@@ -159,6 +195,7 @@ class EvalConfig:
     iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
     amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
+    tta: bool = False  # also score with horizontal-flip test-time augmentation (box fusion)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -193,4 +230,5 @@ def train_config_from_dict(data: dict[str, Any], layout: Layout) -> TrainConfig:
 
 def _known_fields(cls, data: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    # JSON and checkpoints store tuples as lists; frozen configs keep tuples (hashable, equal)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})

@@ -59,6 +59,7 @@ def tiny_config(layout, model_overrides: dict | None = None, **overrides):
         warmup_steps=2,
         log_images=2,
         run_name="tiny",
+        recipe="plain",  # gunctl's behaviour before recipes; tests of recipes set their own
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -213,10 +213,11 @@ class TrainDisplay(Callback):
         console.print(
             f"run [bold]{state.run_name}[/]: {config.model.name} ({state.weights_origin}), "
             f"{state.train_images} train / {len(state.val_dataset)} val images, batch "
-            f"{config.batch_size}x{state.world_size}, {config.epochs} epochs on {state.device}"
-            f"{resumed}",
+            f"{config.batch_size}x{state.world_size}, {_length(config)} on {state.device}, "
+            f"recipe {config.recipe}{resumed}",
             soft_wrap=True,
         )
+        self.table.title = f"Training (recipe {config.recipe})"
         if not self.live_mode:
             return
         from rich.console import Group
@@ -281,6 +282,12 @@ class TrainDisplay(Callback):
             self.live = None
 
 
+def _length(config) -> str:
+    if config.minutes is not None and not config.resume:
+        return f"{config.minutes:g} minutes (epochs fitted after the first)"
+    return f"{config.epochs} epochs"
+
+
 def fit_summary(result) -> Table:
     table = Table(title="Result", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
@@ -341,6 +348,18 @@ def score_table(result, score_threshold: float) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    return table
+
+
+def tta_table(result) -> Table:
+    """Plain against flip-TTA detection scores (score_table holds the rest)."""
+    table = Table(title="With flip TTA (box fusion)", title_justify="left")
+    for name in ("", "plain", "flip TTA"):
+        table.add_column(name, justify="right" if name else "left")
+    for key, label in (("map", "mAP@0.5:0.95"), ("map_50", "mAP@0.5"), ("map_75", "mAP@0.75")):
+        table.add_row(label, _num(result.metrics.get(key), 4), _num(result.tta.get(key), 4))
+    for key in ("precision", "recall", "f1"):
+        table.add_row(key, _num(result.metrics.get(key), 4), _num(result.tta.get(key), 4))
     return table
 
 

@@ -13,16 +13,29 @@ from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
     MODEL_NAMES,
+    NORMS,
     OPTIMIZERS,
+    RECIPES,
     Layout,
     ModelConfig,
     TrainConfig,
 )
+from gunctl.errors import UsageError
 
 _M, _T = ModelConfig(), TrainConfig()
 
 # What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
 _RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+# Command-line names whose TrainConfig field differs (the recipe keeps what the user set).
+_FIELDS = {
+    "model": "model.name",
+    "weights": "model.weights",
+    "min_size": "model.min_size",
+    "max_size": "model.max_size",
+    "norm": "model.norm",
+    "multiscale": "model.train_sizes",
+}
+_RECIPE_NOTE = " Default: the recipe's (see --recipe and the README)."
 
 
 def train(
@@ -30,6 +43,23 @@ def train(
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
     ] = _T.epochs,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--minutes",
+            help="Train for a wall-time budget instead of --epochs: epochs, schedule and EMA "
+            "are fitted to it, validation included.",
+        ),
+    ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            help=f"{', '.join(RECIPES)}. scratch: from random weights; finetune: pretrained; "
+            "plain: flip only, Adam 1e-4 (gunctl before recipes); auto: finetune with "
+            "pretrained weights, else scratch. Options given explicitly override the recipe's.",
+        ),
+    ] = _T.recipe,
     subset: Subset = None,
     batch_size: Annotated[
         int | None,
@@ -39,25 +69,43 @@ def train(
             help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
         ),
     ] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak learning rate." + _RECIPE_NOTE, show_default=False)
+    ] = _T.lr,
     optimizer: Annotated[
         str,
         typer.Option(
-            "--optimizer", help=f"{', '.join(OPTIMIZERS)} (adam as in the original pipeline)."
+            "--optimizer", help=f"{', '.join(OPTIMIZERS)}." + _RECIPE_NOTE, show_default=False
         ),
     ] = _T.optimizer,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _T.weight_decay,
+    weight_decay: Annotated[
+        float,
+        typer.Option("--weight-decay", min=0.0, help=_RECIPE_NOTE.strip(), show_default=False),
+    ] = _T.weight_decay,
     lr_schedule: Annotated[
         str,
         typer.Option(
             "--lr-schedule",
-            help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps.",
+            help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps."
+            + _RECIPE_NOTE,
+            show_default=False,
         ),
     ] = _T.lr_schedule,
     warmup_steps: Annotated[
-        int, typer.Option("--warmup-steps", min=0, help="Warm-up length (capped at one epoch).")
+        int,
+        typer.Option(
+            "--warmup-steps",
+            min=0,
+            help="Warm-up length (capped at one epoch)." + _RECIPE_NOTE,
+            show_default=False,
+        ),
     ] = _T.warmup_steps,
-    model: Annotated[str, typer.Option("--model", help=", ".join(MODEL_NAMES))] = _M.name,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help=", ".join(MODEL_NAMES) + "." + _RECIPE_NOTE, show_default=False
+        ),
+    ] = _M.name,
     weights: Annotated[
         str,
         typer.Option(
@@ -111,6 +159,98 @@ def train(
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
     ] = _T.hflip,
+    photometric: Annotated[
+        float,
+        typer.Option(
+            "--photometric",
+            min=0.0,
+            max=1.0,
+            help="Probability of brightness/contrast/saturation/hue distortion." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.photometric,
+    zoom_out: Annotated[
+        float,
+        typer.Option(
+            "--zoom-out",
+            min=0.0,
+            max=1.0,
+            help="Probability of a zoom-out (image on a canvas up to 2x larger)." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.zoom_out,
+    crop: Annotated[
+        float,
+        typer.Option(
+            "--crop",
+            min=0.0,
+            max=1.0,
+            help="Probability of an IoU-aware crop." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.crop,
+    mosaic: Annotated[
+        float,
+        typer.Option(
+            "--mosaic",
+            min=0.0,
+            max=1.0,
+            help="Probability of a 2x2 mosaic of training images." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.mosaic,
+    multiscale: Annotated[
+        str,
+        typer.Option(
+            "--multiscale",
+            help="Shorter sides drawn per batch in training, e.g. 192,224,288,320, or off "
+            "(validation uses --min-size)." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = "off",
+    norm: Annotated[
+        str,
+        typer.Option(
+            "--norm",
+            help=f"{', '.join(NORMS)}: normalisation of ResNet-FPN backbones (gn: GroupNorm, "
+            "also in the FPN)." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _M.norm,
+    fit_anchors: Annotated[
+        bool,
+        typer.Option(
+            "--fit-anchors/--no-fit-anchors",
+            help="Anchor sizes and ratios from the training boxes (ResNet-FPN models)."
+            + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.fit_anchors,
+    ema: Annotated[
+        bool,
+        typer.Option(
+            "--ema/--no-ema",
+            help="Evaluate and save an exponential moving average of the weights." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _T.ema,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--ema-decay",
+            min=0.0,
+            max=1.0,
+            help="EMA decay per step [default: window of a tenth of the run].",
+        ),
+    ] = None,
+    val_every: Annotated[
+        int,
+        typer.Option(
+            "--val-every",
+            min=1,
+            help="Validate every k epochs, and after the last [default: 1; fitted with --minutes].",
+        ),
+    ] = _T.val_every,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,
@@ -132,8 +272,20 @@ def train(
 
     if resume:
         _warn_ignored_on_resume(ctx)
+    explicit = tuple(
+        _FIELDS.get(name, name)
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    )
     config = TrainConfig(
-        model=ModelConfig(name=model, weights=weights, min_size=min_size, max_size=max_size),
+        model=ModelConfig(
+            name=model,
+            weights=weights,
+            min_size=min_size,
+            max_size=max_size,
+            norm=norm,
+            train_sizes=_sizes(multiscale),
+        ),
         layout=Layout(out),
         epochs=epochs,
         subset=subset,
@@ -152,11 +304,34 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        recipe=recipe,
+        explicit=explicit,
+        photometric=photometric,
+        zoom_out=zoom_out,
+        crop=crop,
+        mosaic=mosaic,
+        ema=ema,
+        ema_decay=ema_decay,
+        fit_anchors=fit_anchors,
+        minutes=minutes,
+        val_every=val_every,
     )
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
         render.console.print(render.fit_summary(result))
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("off", "none", ""):
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 32:
+        raise UsageError(f"--multiscale {text}: give sizes of 32 px or more, like 192,224,288")
+    return sizes
 
 
 def _run_torchrun(nproc: int) -> int:

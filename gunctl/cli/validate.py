@@ -57,6 +57,14 @@ def validate(
             "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
         ),
     ] = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Also score with horizontal-flip test-time augmentation (boxes of both views "
+            "fused), reported beside the plain scores; --min-map50/--min-map still judge those.",
+        ),
+    ] = False,
     device: Device = _E.device,
     batch_size: BatchSize = _E.batch_size,
     workers: Workers = _E.workers,
@@ -81,6 +89,7 @@ def validate(
         device=device,
         batch_size=batch_size,
         workers=workers,
+        tta=tta,
     )
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
@@ -97,6 +106,8 @@ def validate(
         render.print_json(report)
     elif not quiet:
         render.console.print(render.score_table(result, score_threshold))
+        if result.tta is not None:
+            render.console.print(render.tta_table(result))
     if failures:
         raise ThresholdError("; ".join(failures))
 
@@ -131,6 +142,7 @@ def _report(result, config, min_map50, min_map, failures) -> dict:
         "score_threshold": config.score_threshold,
         "iou_threshold": config.iou_threshold,
         "metrics": result.metrics,
+        "tta": result.tta,
         "min_map50": min_map50,
         "min_map": min_map,
         "passed": not failures,

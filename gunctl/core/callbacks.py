@@ -101,6 +101,8 @@ class TensorBoardLogger(Callback):
     def _images(self, state, result, epoch: int) -> None:
         import torch
 
+        if result is None:  # an epoch without validation (--val-every)
+            return
         threshold = state.config.score_threshold
         for index in range(min(state.config.log_images, len(result.predictions))):
             image, _ = state.val_dataset[index]

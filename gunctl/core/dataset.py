@@ -42,7 +42,13 @@ class GunDataset(torch.utils.data.Dataset):
         image, boxes = self._load(index)
         target = make_target(boxes, index)
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
+        if getattr(self.transform, "wants_source", False):  # e.g. a mosaic of other images
+            return self.transform(image, target, generator, source=self)
         return self.transform(image, target, generator)
+
+    def raw_item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index`` as decoded (uint8 CxHxW) and its boxes, before any transform."""
+        return self._load(index)
 
     def cache_all(self) -> None:
         """Decode every image once and keep it (uint8) in memory: for small data sets."""
@@ -62,6 +68,14 @@ class GunDataset(torch.utils.data.Dataset):
                 image, _ = self._load(index)
                 ratios.append(image.shape[-1] / image.shape[-2])
         return ratios
+
+    def boxes_and_sizes(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Each image's boxes and (height, width), for fitting anchors."""
+        out = []
+        for index in range(len(self)):
+            image, boxes = self._load(index)
+            out.append((boxes, (int(image.shape[-2]), int(image.shape[-1]))))
+        return out
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if index in self._cache:

@@ -1,5 +1,10 @@
 """build_model(ModelConfig): a torchvision Faster R-CNN with a 2-class head (background, gun).
 
+Models: torchvision's builders, plus ``fasterrcnn_resnet18_fpn`` and ``fasterrcnn_resnet34_fpn``
+(torchvision's ResNet + FPN, put together as torchvision's own ResNet-50 builder does), lighter
+for the CPU. The ResNet-FPN models also take a normalisation choice (``ModelConfig.norm``) and
+anchor sizes and aspect ratios (``anchor_sizes``, ``aspect_ratios``).
+
 Weights:
 - ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
 - ``imagenet``: ImageNet weights for the backbone only.
@@ -30,10 +35,15 @@ log = logging.getLogger("gunctl")
 
 _BACKBONES = {  # the ImageNet weights each detector's backbone was trained from
     "fasterrcnn_resnet50_fpn": ("resnet50", "IMAGENET1K_V1"),
+    "fasterrcnn_resnet18_fpn": ("resnet18", "IMAGENET1K_V1"),
+    "fasterrcnn_resnet34_fpn": ("resnet34", "IMAGENET1K_V1"),
     "fasterrcnn_resnet50_fpn_v2": ("resnet50", "IMAGENET1K_V1"),
     "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
 }
+_OWN_BUILDS = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet34_fpn": "resnet34"}
+_RESNET_FPN = {**_OWN_BUILDS, "fasterrcnn_resnet50_fpn": "resnet50"}  # take norm and anchors
+_GN_GROUPS = 32  # Wu & He's default; every ResNet and FPN width here divides by it
 _DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast
 
 
@@ -46,6 +56,7 @@ class BuiltModel:
 def build_model(config: ModelConfig) -> BuiltModel:
     if config.name not in MODEL_NAMES:
         raise UsageError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    _check_model_options(config)
     weights = config.weights
     if weights == "auto":
         available, reason = coco_weights_available(config.name)
@@ -84,6 +95,8 @@ def coco_weights_file(name: str) -> Path:
 
 def coco_weights_available(name: str) -> tuple[bool, str]:
     """Whether COCO weights are cached or can be downloaded now (downloading them if so)."""
+    if name in _OWN_BUILDS:
+        return False, "torchvision has no COCO weights for it"
     if coco_weights_file(name).exists():
         return True, "cached"
     try:
@@ -93,15 +106,41 @@ def coco_weights_available(name: str) -> tuple[bool, str]:
     return True, "downloaded"
 
 
+def _check_model_options(config: ModelConfig) -> None:
+    from gunctl.config import NORMS
+
+    if config.norm not in NORMS:
+        raise UsageError(f"--norm {config.norm}: choose one of {', '.join(NORMS)}")
+    custom = config.norm != "default" or config.anchor_sizes or config.aspect_ratios
+    if custom and config.name not in _RESNET_FPN:
+        raise UsageError(
+            f"--norm and anchors apply to {', '.join(sorted(_RESNET_FPN))}, not {config.name}"
+        )
+    if config.anchor_sizes and len(config.anchor_sizes) != 5:
+        raise UsageError(f"anchor sizes: one per FPN level (5), got {len(config.anchor_sizes)}")
+    if config.name in _OWN_BUILDS and config.weights == "coco":
+        raise UsageError(f"torchvision has no COCO weights for {config.name}; use imagenet or none")
+    pretrained_misfit = config.norm == "gn" or (config.norm == "bn" and config.weights == "coco")
+    if config.weights in ("coco", "imagenet") and pretrained_misfit:
+        raise UsageError(
+            f"--norm {config.norm} does not fit {config.weights} weights; "
+            "use --norm default or frozen_bn"
+        )
+
+
 def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
-    builder = getattr(torchvision.models.detection, config.name)
+    builder = getattr(torchvision.models.detection, config.name, None)
     num_classes = None if weights is not None else config.num_classes
+    kwargs = {**config.builder_kwargs(), **_anchor_kwargs(config)}
     try:
+        custom_norm = config.name in _RESNET_FPN and config.norm != "default"
+        if config.name in _OWN_BUILDS or (custom_norm and weights is None):
+            builder = _resnet_fpn_builder(config)
         return builder(
             weights=weights,
             weights_backbone=weights_backbone,
             num_classes=num_classes,
-            **config.builder_kwargs(),
+            **kwargs,
         )
     except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
         if weights is None and weights_backbone is None:
@@ -110,6 +149,49 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
             f"could not load pretrained weights for {config.name} ({_first_line(exc)}); "
             "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
         ) from None
+
+
+def _resnet_fpn_builder(config: ModelConfig):
+    """A Faster R-CNN on a torchvision ResNet + FPN, built as torchvision's ResNet-50 builder
+    does (same module names, so checkpoints of either load into the other), with a choice of
+    normalisation; GroupNorm also goes into the FPN, as in He et al.'s from-scratch detectors."""
+    from torchvision.models import resnet
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_ops
+
+    def build(weights, weights_backbone, num_classes, **kwargs):
+        norm = config.norm
+        if norm == "default":  # torchvision's rule: frozen statistics for pretrained weights
+            norm = "frozen_bn" if weights_backbone is not None else "bn"
+        layer = {
+            "bn": nn.BatchNorm2d,
+            "frozen_bn": misc_ops.FrozenBatchNorm2d,
+            "gn": lambda channels: nn.GroupNorm(_GN_GROUPS, channels),
+        }[norm]
+        arch = getattr(resnet, _RESNET_FPN[config.name])
+        trainable = 3 if weights_backbone is not None else 5  # torchvision's defaults
+        backbone = _resnet_fpn_extractor(
+            arch(weights=weights_backbone, norm_layer=layer),
+            trainable,
+            norm_layer=layer if norm == "gn" else None,
+        )
+        return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
+
+    return build
+
+
+def _anchor_kwargs(config: ModelConfig) -> dict:
+    if not (config.anchor_sizes or config.aspect_ratios):
+        return {}
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.rpn import RPNHead
+
+    sizes = tuple(config.anchor_sizes) or (32, 64, 128, 256, 512)
+    ratios = tuple(float(r) for r in config.aspect_ratios) or (0.5, 1.0, 2.0)
+    generator = AnchorGenerator(tuple((int(s),) for s in sizes), (ratios,) * len(sizes))
+    head = RPNHead(256, generator.num_anchors_per_location()[0])  # FPN width: 256
+    return {"rpn_anchor_generator": generator, "rpn_head": head}
 
 
 def _build_coco(config: ModelConfig) -> nn.Module:

@@ -31,6 +31,7 @@ class ScoreResult:
     facts: dict[str, Any]  # the checkpoint's own: model, epoch, run, weights origin
     data: str  # what was scored, in words
     metrics: dict[str, float | None]
+    tta: dict[str, float | None] | None = None  # with --tta: detection metrics of flip TTA
 
 
 def score(config: EvalConfig, on_batch=None) -> ScoreResult:
@@ -54,7 +55,25 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
         )
         if config.save_predictions is not None:
             save_predictions(config.save_predictions, dataset, result, config.score_threshold)
-    return ScoreResult(config.checkpoint, checkpoint_facts(checkpoint), described, result.metrics)
+        tta = _score_tta(model, loader, device, config) if config.tta else None
+    facts = checkpoint_facts(checkpoint)
+    return ScoreResult(config.checkpoint, facts, described, result.metrics, tta)
+
+
+def _score_tta(model, loader, device, config: EvalConfig) -> dict[str, float | None]:
+    """The same images with horizontal-flip TTA and box fusion (detections only, no losses)."""
+    from gunctl.core.tta import FlipTTA
+
+    result = evaluate(
+        FlipTTA(model).eval(),
+        loader,
+        device,
+        score_threshold=config.score_threshold,
+        iou_threshold=config.iou_threshold,
+        amp_dtype=amp_dtype(config.amp, device),
+        compute_losses=False,
+    )
+    return result.metrics
 
 
 def checkpoint_facts(checkpoint: dict) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from gunctl.config import (
     to_dict,
     train_config_from_dict,
 )
-from gunctl.core import distributed
+from gunctl.core import distributed, recipes
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
 from gunctl.core.checkpoint import load_checkpoint
@@ -46,7 +46,7 @@ from gunctl.core.engine import (
 from gunctl.core.model import build_model, load_model_state, to_device_layout
 from gunctl.core.runlock import RunLock
 from gunctl.core.split import create_split, load_split, split_checksum, subset_split
-from gunctl.core.transforms import EvalTransform, TrainTransform
+from gunctl.core.transforms import EvalTransform, make_train_transform
 from gunctl.errors import CheckpointError, DivergedError, TrainingError, UsageError
 
 log = logging.getLogger("gunctl")
@@ -82,6 +82,13 @@ class TrainState:
     resumed_from: Path | None = None
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
+    ema: Any = None  # core.ema.ModelEma when the run averages its weights
+    budget: Any = None  # core.budget.Budget while a --minutes run is still fitting its epochs
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved as the model: the EMA of the weights when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def last_path(self) -> Path:
@@ -97,8 +104,13 @@ class TrainState:
         return data
 
     def payload(self, interrupted: bool = False) -> dict[str, Any]:
+        ema = None
+        if self.ema is not None:  # "model" is the EMA (what is used); the trained weights resume
+            ema = {"train_model": self.model.state_dict(), **self.ema.state_dict()}
+            ema.pop("module")
         return {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
+            "ema": ema,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -167,6 +179,8 @@ def _fit(config, callbacks, info, device) -> FitResult:
         resume_path = resolve_resume(config)
         checkpoint = load_checkpoint(resume_path)
         config = _resumed_config(checkpoint, config)
+    else:
+        config = recipes.resolve(config)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
     _check_config(config)
@@ -199,6 +213,10 @@ def _fit(config, callbacks, info, device) -> FitResult:
             checksum,
             manifest_checksum,
         )
+        if config.minutes is not None and state.epoch == 0:  # fitted after epoch 1 otherwise
+            from gunctl.core.budget import Budget
+
+            state.budget = Budget(config.minutes, started)
         main_callbacks = (
             [CheckpointSaver(), TensorBoardLogger(), *callbacks] if info.is_main else []
         )
@@ -223,7 +241,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
 
 
 def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -> None:
-    config = state.config
+    config = state.config  # the options that a --minutes budget does not change
     setup = TrainSetup(
         optimizer=state.optimizer,
         device=state.device,
@@ -237,7 +255,7 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
     fire("on_fit_start")
     with _GracefulStop(second_stops_at_once=not info.enabled) as stop:
         try:
-            while state.epoch < config.epochs:
+            while state.epoch < state.config.epochs:  # a --minutes budget may refit it
                 if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
                     raise KeyboardInterrupt
                 _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop)
@@ -276,6 +294,19 @@ def _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop) -> 
     def on_step(info) -> None:
         state.batches_done = info.batch
         state.step = info.step
+        if state.ema is not None:
+            state.ema.update(state.model)
+        if state.budget is not None and state.budget.probe(info.seconds):
+            _replan(
+                state,
+                setup,
+                state.budget.provisional(
+                    time.perf_counter(),
+                    state.batches_per_epoch,
+                    len(state.val_dataset),
+                    state.config.batch_size * state.world_size,
+                ),
+            )
         fire("on_step_end", info)
 
     state.step = train_one_epoch(
@@ -298,10 +329,19 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
     record: dict[str, Any] = {"epoch": state.epoch, "train": state.train_summary}
     record["lr"] = state.optimizer.param_groups[0]["lr"]
     result: EvalResult | None = None
+    every = max(1, state.config.val_every)
+    if state.budget is None and state.epoch % every and state.epoch < state.config.epochs:
+        if info.is_main:  # not validated this epoch: saved (resumable), shown without metrics
+            record.update(val={}, seconds=record["train"]["seconds"])
+            state.history.append(record)
+            fire("on_epoch_end", record, None)
+        distributed.barrier()
+        return
+    plan = None
     if info.is_main:
         fire("on_validation_start", len(state.val_dataset))
         result = evaluate(
-            state.model,
+            state.eval_model,
             val_loader,
             state.device,
             score_threshold=state.config.score_threshold,
@@ -314,8 +354,39 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
         score = result.metrics.get(SELECTION_METRIC)
         if score is not None and (state.best_metric is None or score > state.best_metric):
             state.best_metric, state.best_epoch = score, state.epoch
+        if state.budget is not None:  # the final plan, before last.pth is written with it
+            plan = state.budget.final(
+                time.perf_counter(), record["train"]["seconds"], result.metrics["seconds"]
+            )
+            _replan(state, setup, plan, broadcast=False)
         fire("on_epoch_end", record, result)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
+    if state.budget is not None:
+        plan = distributed.broadcast_object(plan)
+        if not info.is_main:
+            _replan(state, setup, plan, broadcast=False)
+        state.budget = None
+
+
+def _replan(state, setup, plan, broadcast: bool = True) -> None:
+    """Size the run to a --minutes plan: epochs, validation interval, schedule, EMA window."""
+    if broadcast:
+        plan = distributed.broadcast_object(plan)
+    state.config = dataclasses.replace(state.config, epochs=plan.epochs, val_every=plan.val_every)
+    state.scheduler = make_scheduler(
+        state.optimizer, state.config, state.batches_per_epoch, last_step=state.step
+    )
+    setup.scheduler = state.scheduler
+    if state.ema is not None and state.config.ema_decay is None:
+        from gunctl.core.ema import fitted_decay
+
+        state.ema.decay = fitted_decay(state.config.epochs * state.batches_per_epoch)
+    log.info(
+        "budget of %s min: %d epochs, validation every %d",
+        state.config.minutes,
+        plan.epochs,
+        plan.val_every,
+    )
 
 
 class _Firer:
@@ -401,9 +472,10 @@ def resolve_resume(config: TrainConfig) -> Path:
 def _resumed_config(checkpoint: dict, requested: TrainConfig) -> TrainConfig:
     """The stored config, with what may change on resume: epochs, device, workers, cache."""
     stored = train_config_from_dict(checkpoint["config"], requested.layout)
+    budgeted = stored.minutes is not None and "epochs" not in requested.explicit
     config = dataclasses.replace(
         stored,
-        epochs=requested.epochs,
+        epochs=stored.epochs if budgeted else requested.epochs,
         device=requested.device,
         workers=requested.workers,
         cache=requested.cache,
@@ -459,11 +531,10 @@ def _prepare_split(config: TrainConfig, info) -> tuple[dict, str]:
 
 def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checksum, manifest):
     train_set = GunDataset(
-        config.layout.raw,
-        split["train"],
-        TrainTransform(0.5 if config.hflip else 0.0),
-        seed=config.seed,
+        config.layout.raw, split["train"], make_train_transform(config), seed=config.seed
     )
+    if config.fit_anchors and not config.model.anchor_sizes:
+        config = recipes.fit_anchors(config, train_set.boxes_and_sizes())
     val_set = GunDataset(config.layout.raw, split["val"], EvalTransform())
     if config.cache == "ram":
         train_set.cache_all()
@@ -502,6 +573,11 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
     )
     if info.is_main:
         _check_free_space(run_dir, model, config)
+    if config.ema:
+        from gunctl.core.ema import ModelEma, fitted_decay
+
+        decay = config.ema_decay or fitted_decay(config.epochs * state.batches_per_epoch)
+        state.ema = ModelEma(model, decay)
     if checkpoint is not None:
         _restore(state, checkpoint, resume_path)
     ddp_model = model
@@ -535,6 +611,7 @@ def _check_free_space(run_dir: Path, model: nn.Module, config: TrainConfig) -> N
     from gunctl.errors import OutputError
 
     states = {"adam": 3, "adamw": 3, "sgd": 2}.get(config.optimizer, 3)  # weights + moments
+    states += 1 if config.ema else 0  # the average beside the trained weights
     needed = sum(p.numel() * p.element_size() for p in model.parameters()) * states
     needed = int(needed * 2.2)  # the new file beside the old one, and some slack
     free = shutil.disk_usage(run_dir).free
@@ -556,7 +633,13 @@ def _build_model(config: TrainConfig, info):
 
 
 def _restore(state: TrainState, checkpoint: dict, path: Path) -> None:
-    load_model_state(state.model, checkpoint, path)
+    ema = checkpoint.get("ema")
+    if state.ema is not None and isinstance(ema, dict):
+        load_model_state(state.ema.module, checkpoint, path)
+        load_model_state(state.model, {"model": ema.get("train_model")}, path)
+        state.ema.updates, state.ema.decay = int(ema["updates"]), float(ema["decay"])
+    else:
+        load_model_state(state.model, checkpoint, path)
     try:
         state.optimizer.load_state_dict(checkpoint["optimizer"])
         state.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -596,11 +679,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
+def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int, last_step: int = 0):
     """Per-step LambdaLR: linear warm-up over at most one epoch, then constant, cosine or step.
 
     The horizon is ``epochs * steps_per_epoch`` of the current command, so resuming with more
-    epochs stretches a cosine or step schedule to the new end.
+    epochs stretches a cosine or step schedule to the new end. ``last_step``: a schedule
+    rebuilt mid-run (a --minutes budget refitted), going on from that many steps.
     """
     total = max(1, config.epochs * steps_per_epoch)
     warmup = min(config.warmup_steps, steps_per_epoch)
@@ -615,6 +699,8 @@ def make_scheduler(optimizer, config: TrainConfig, steps_per_epoch: int):
             return scale * 0.1 ** sum(progress >= m for m in milestones)
         return scale
 
+    if last_step > 0:  # the optimizer's groups hold "initial_lr" from the first schedule
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_step - 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 

@@ -3,6 +3,7 @@ import torch
 
 from gunctl.config import ModelConfig
 from gunctl.core.model import build_model, coco_weights_file
+from gunctl.errors import UsageError
 
 NAME = "fasterrcnn_mobilenet_v3_large_320_fpn"
 
@@ -52,3 +53,36 @@ def test_imagenet_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(SourceError, match="cannot download.*mobilenet_v3_large"):
         build_model(ModelConfig(name=NAME, weights="imagenet"))
+
+
+def test_resnet18_fpn_with_groupnorm_and_fitted_anchors():
+    config = ModelConfig(
+        name="fasterrcnn_resnet18_fpn",
+        weights="none",
+        norm="gn",
+        anchor_sizes=(40, 60, 80, 110, 170),
+        aspect_ratios=(0.4, 0.7, 1.2),
+        train_sizes=(192, 224),
+    )
+    model = build_model(config).model
+    norms = {type(m).__name__ for m in model.backbone.modules()}
+    assert "GroupNorm" in norms and "BatchNorm2d" not in norms
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.fpn.modules())
+    assert model.rpn.anchor_generator.sizes == ((40,), (60,), (80,), (110,), (170,))
+    assert model.rpn.head.cls_logits.out_channels == 3
+    assert model.transform.min_size == (192, 224, 256)  # drawn in training, 256 in eval
+    assert all(p.requires_grad for p in model.backbone.body.parameters())  # from scratch: all
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 60, 90)])[0]["boxes"].shape[1] == 4
+
+
+def test_norm_choice_and_model_checks():
+    bn = build_model(ModelConfig(name="fasterrcnn_resnet50_fpn", weights="none", norm="frozen_bn"))
+    assert type(bn.model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"
+    with pytest.raises(UsageError, match="--norm"):
+        build_model(ModelConfig(name=NAME, weights="none", norm="gn"))
+    with pytest.raises(UsageError, match="no COCO weights"):
+        build_model(ModelConfig(name="fasterrcnn_resnet18_fpn", weights="coco"))
+    with pytest.raises(UsageError, match="does not fit"):
+        build_model(ModelConfig(name="fasterrcnn_resnet18_fpn", weights="imagenet", norm="gn"))

@@ -1,6 +1,5 @@
 """The trainer with a tiny model on the demo data, on the CPU."""
 
-import dataclasses
 import math
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from helpers import share_data, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gunctl.config import LOSS_KEYS, Layout
+from gunctl.config import LOSS_KEYS, Layout, to_dict
 from gunctl.core.callbacks import Callback
 from gunctl.core.checkpoint import load_checkpoint
 from gunctl.core.trainer import fit
@@ -140,9 +139,57 @@ def test_validation_leaves_batchnorm_statistics_alone(layout):
 def test_config_is_stored_whole(layout):
     result = fit(tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step"))
     stored = load_checkpoint(result.last_checkpoint)["config"]
-    expected = dataclasses.asdict(
-        tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step")
-    )
+    expected = to_dict(tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step"))
     expected.pop("layout")
     assert stored["optimizer"] == "sgd" and stored["lr_schedule"] == "step"
     assert stored["model"] == expected["model"]
+
+
+_EXPLICIT = ("model.name", "model.min_size", "model.max_size", "lr", "epochs", "warmup_steps")
+
+
+def _scratch(layout, **overrides):
+    """The scratch recipe (mosaic, crop, zoom-out, photometric, multi-scale, EMA, AdamW) on the
+    tiny model: what a user gets without pretrained weights, small enough for a test."""
+    values = dict(recipe="scratch", explicit=_EXPLICIT, subset=10, lr=1e-3, warmup_steps=2)
+    return tiny_config(layout, **{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_scratch_recipe_resume_equals_a_straight_run_with_ema(layout):
+    # a constant schedule, as in the plain test: a resume with more epochs stretches a cosine
+    constant = {"lr_schedule": "constant", "explicit": (*_EXPLICIT, "lr_schedule")}
+    straight = fit(_scratch(layout, epochs=3, run_name="straight", **constant))
+    fit(_scratch(layout, epochs=1, run_name="resumed", **constant))
+    resumed = fit(_scratch(layout, epochs=3, resume="resumed", **constant))
+    for a, b in zip(straight.history, resumed.history, strict=True):
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+        assert a["val"]["map_50"] == pytest.approx(b["val"]["map_50"], abs=1e-6)
+    first, second = (load_checkpoint(r.last_checkpoint) for r in (straight, resumed))
+    assert first["config"]["recipe"] == "scratch" and first["config"]["mosaic"] > 0
+    assert first["ema"]["updates"] == second["ema"]["updates"] > 0
+    for key in first["model"]:  # "model" is the EMA: the same average either way
+        assert torch.allclose(first["model"][key].float(), second["model"][key].float(), atol=1e-5)
+        assert torch.allclose(
+            first["ema"]["train_model"][key].float(),
+            second["ema"]["train_model"][key].float(),
+            atol=1e-5,
+        )
+    assert not torch.equal(first["model"][key], first["ema"]["train_model"][key])
+
+
+def test_minutes_budget_ends_with_a_finished_schedule(layout):
+    config = _scratch(layout, minutes=0.02, ema=False, run_name="budget")
+    result = fit(config)
+    stored = load_checkpoint(result.last_checkpoint)
+    assert stored["config"]["epochs"] == result.epochs == len(result.history)
+    assert stored["config"]["minutes"] == 0.02
+    # cosine to its floor: the last step's learning rate is 1 % of the peak
+    assert result.history[-1]["lr"] == pytest.approx(0.01 * config.lr, rel=1e-3)
+    assert result.history[-1]["val"]  # the last epoch is always validated
+
+
+def test_val_every_skips_validation_but_saves(layout):
+    result = fit(tiny_config(layout, subset=6, epochs=3, val_every=2, run_name="sparse"))
+    assert [bool(r["val"]) for r in result.history] == [False, True, True]
+    assert load_checkpoint(result.last_checkpoint)["epoch"] == 3

@@ -1,0 +1,145 @@
+"""Training recipes: sets of option values chosen for a way of starting.
+
+- ``scratch``: no pretrained weights (``--weights none``, or ``auto`` when COCO weights cannot be
+  had). A lighter ResNet-18 FPN with GroupNorm (batch 2 leaves BatchNorm's statistics to noise),
+  multi-scale training, anchors fitted to the training boxes, strong paired augmentation
+  (mosaic, photometric distortion, zoom-out, IoU crop, flip), AdamW at a higher learning rate
+  with weight decay, and an EMA of the weights. The figures behind each value are in
+  benchmarks/README.md ("bench_quality.py").
+- ``finetune``: COCO, ImageNet or gunctl-checkpoint weights: the pretrained model kept, milder
+  augmentation, AdamW at the original pipeline's learning rate, EMA.
+- ``plain``: gunctl's behaviour before recipes (the TrainConfig defaults): flip only, Adam 1e-4.
+
+A recipe fills only the options the user did not set (``TrainConfig.explicit``); the resolved
+values, and the recipe's name, are what the run's config, checkpoints and TensorBoard record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from gunctl.config import RECIPES, TrainConfig
+from gunctl.errors import UsageError
+
+log = logging.getLogger("gunctl")
+
+RESNET_FPN = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet50_fpn")
+
+SCRATCH: dict[str, Any] = {
+    "model.name": "fasterrcnn_resnet18_fpn",
+    "model.norm": "gn",
+    "model.train_sizes": "multiscale",  # 0.75-1.25x --min-size (192-320 at 256); eval at 256
+    "fit_anchors": True,
+    "optimizer": "adamw",
+    "lr": 6e-4,
+    "weight_decay": 0.05,
+    "warmup_steps": 100,
+    "lr_schedule": "cosine",
+    "hflip": True,
+    "photometric": 0.5,
+    "zoom_out": 0.3,
+    "crop": 0.3,
+    "mosaic": 0.25,
+    "ema": True,
+}
+FINETUNE: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "lr_schedule": "cosine",
+    "hflip": True,
+    "photometric": 0.5,
+    "zoom_out": 0.2,
+    "crop": 0.2,
+    "ema": True,
+}
+VALUES = {"scratch": SCRATCH, "finetune": FINETUNE, "plain": {}}
+_MODEL_ONLY_RESNET = ("model.norm", "fit_anchors")  # apply to the ResNet-FPN models only
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """The config with its recipe chosen (for ``auto``) and applied to the unset options."""
+    if config.recipe not in RECIPES:
+        raise UsageError(f"--recipe {config.recipe}: choose one of {', '.join(RECIPES)}")
+    if config.minutes is not None and "epochs" in config.explicit:
+        raise UsageError("--minutes sets the number of epochs; it does not go with --epochs")
+    if config.minutes is not None and not config.minutes > 0:
+        raise UsageError(f"--minutes must be a positive number, got {config.minutes}")
+    config = _choose(config) if config.recipe == "auto" else config
+    return apply(config, VALUES[config.recipe])
+
+
+def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """Set each of ``values`` ("field" or "model.field") unless the user set it."""
+    top = {k: v for k, v in values.items() if "." not in k and k not in config.explicit}
+    model = {
+        k.split(".", 1)[1]: v
+        for k, v in values.items()
+        if k.startswith("model.") and k not in config.explicit
+    }
+    if model.get("train_sizes") == "multiscale":
+        base = model.get("min_size", config.model.min_size)
+        model["train_sizes"] = tuple(int(round(base * f / 16) * 16) for f in _MULTISCALE)
+    name = model.get("name", config.model.name)
+    if name not in RESNET_FPN:
+        model.pop("norm", None)
+        top.pop("fit_anchors", None)
+    return dataclasses.replace(config, **top, model=dataclasses.replace(config.model, **model))
+
+
+def _choose(config: TrainConfig) -> TrainConfig:
+    weights = config.model.weights
+    if weights == "none":
+        return dataclasses.replace(config, recipe="scratch")
+    if weights != "auto":  # coco, imagenet or a checkpoint path
+        return dataclasses.replace(config, recipe="finetune")
+    from gunctl.core.model import coco_weights_available, coco_weights_file
+
+    available, reason = coco_weights_available(config.model.name)
+    if available:
+        model = dataclasses.replace(config.model, weights="coco")
+        return dataclasses.replace(config, recipe="finetune", model=model)
+    log.warning(
+        "no COCO weights for %s (%s): training from scratch with the scratch recipe; put %s in "
+        "%s to fine-tune instead, or pass --recipe plain for the recipe before gunctl 0.2",
+        config.model.name,
+        reason,
+        coco_weights_file(config.model.name).name,
+        coco_weights_file(config.model.name).parent,
+    )
+    return dataclasses.replace(
+        config, recipe="scratch", model=dataclasses.replace(config.model, weights="none")
+    )
+
+
+def fit_anchors(config: TrainConfig, boxes_and_sizes) -> TrainConfig:
+    """Anchor sizes and aspect ratios from the training boxes, at the model's input scale:
+    sizes at the 2/20/50/80/98th percentiles of sqrt(area) (one per FPN level), aspect ratios
+    (height / width) at the 10/50/90th percentiles."""
+    import torch
+
+    model = config.model
+    sides, ratios = [], []
+    for boxes, (height, width) in boxes_and_sizes:
+        scale = min(model.min_size / min(height, width), model.max_size / max(height, width))
+        w, h = (boxes[:, 2] - boxes[:, 0]) * scale, (boxes[:, 3] - boxes[:, 1]) * scale
+        keep = (w > 0) & (h > 0)
+        sides.append((w * h)[keep].sqrt())
+        ratios.append((h / w)[keep])
+    sides, ratios = torch.cat(sides), torch.cat(ratios)
+    if len(sides) < 5:
+        log.warning("too few training boxes (%d) to fit anchors: keeping the model's", len(sides))
+        return dataclasses.replace(config, fit_anchors=False)
+    sizes = [round(float(v)) for v in torch.quantile(sides, torch.tensor(_SIZE_Q))]
+    for i in range(1, len(sizes)):  # strictly increasing, one per level
+        sizes[i] = max(sizes[i], sizes[i - 1] + 1)
+    shapes = [round(float(v), 2) for v in torch.quantile(ratios, torch.tensor(_RATIO_Q))]
+    fitted = dataclasses.replace(model, anchor_sizes=tuple(sizes), aspect_ratios=tuple(shapes))
+    return dataclasses.replace(config, model=fitted)
+
+
+_MULTISCALE = (0.75, 0.875, 1.125, 1.25)  # shorter-side factors drawn in training
+_SIZE_Q = [0.02, 0.2, 0.5, 0.8, 0.98]
+_RATIO_Q = [0.1, 0.5, 0.9]

@@ -1,0 +1,73 @@
+"""Recipes: which one is chosen, what it sets, and that explicit options win."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from gunctl.config import ModelConfig, TrainConfig
+from gunctl.core import recipes
+from gunctl.errors import UsageError
+
+
+def test_plain_is_the_config_unchanged():
+    config = TrainConfig(recipe="plain")
+    assert recipes.resolve(config) == config
+
+
+def test_weights_none_chooses_scratch_and_explicit_options_win():
+    config = TrainConfig(model=ModelConfig(weights="none"), lr=2e-3, explicit=("lr",))
+    resolved = recipes.resolve(config)
+    assert resolved.recipe == "scratch"
+    assert resolved.lr == 2e-3  # the user's
+    assert resolved.optimizer == recipes.SCRATCH["optimizer"] and resolved.ema and resolved.mosaic
+    assert resolved.model.name == "fasterrcnn_resnet18_fpn" and resolved.model.norm == "gn"
+    assert resolved.model.train_sizes == (192, 224, 288, 320)
+
+
+def test_coco_or_a_path_chooses_finetune():
+    for weights in ("coco", "imagenet", "runs/x/last.pth"):
+        resolved = recipes.resolve(TrainConfig(model=ModelConfig(weights=weights)))
+        assert resolved.recipe == "finetune" and resolved.model.name == "fasterrcnn_resnet50_fpn"
+        assert resolved.model.norm == "default" and resolved.mosaic == 0
+
+
+def test_auto_without_coco_weights_trains_from_scratch(monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("gunctl.core.model.coco_weights_available", lambda name: (False, "offline"))
+    with caplog.at_level("WARNING", logger="gunctl"):
+        resolved = recipes.resolve(TrainConfig())
+    assert resolved.recipe == "scratch" and resolved.model.weights == "none"
+    assert "scratch recipe" in caplog.text and "--recipe plain" in caplog.text
+
+
+def test_norm_and_anchors_only_for_resnet_fpn_models():
+    config = TrainConfig(
+        recipe="scratch",
+        model=ModelConfig(name="fasterrcnn_mobilenet_v3_large_320_fpn", weights="none"),
+        explicit=("model.name",),
+    )
+    resolved = recipes.resolve(config)
+    assert resolved.model.norm == "default" and not resolved.fit_anchors and resolved.ema
+
+
+def test_bad_recipe_and_minutes_with_epochs_are_usage_errors():
+    with pytest.raises(UsageError, match="--recipe"):
+        recipes.resolve(TrainConfig(recipe="fast"))
+    with pytest.raises(UsageError, match="--minutes"):
+        recipes.resolve(TrainConfig(minutes=5, explicit=("epochs",)))
+    with pytest.raises(UsageError, match="--minutes"):
+        recipes.resolve(TrainConfig(minutes=0))
+
+
+def test_fitted_anchors_follow_the_boxes():
+    boxes = [(torch.tensor([[0.0, 0.0, s, s * 0.6]]), (180, 280)) for s in range(20, 180, 10)]
+    config = recipes.fit_anchors(TrainConfig(fit_anchors=True), boxes)
+    sizes, ratios = config.model.anchor_sizes, config.model.aspect_ratios
+    assert len(sizes) == 5 and list(sizes) == sorted(set(sizes))
+    scale = 256 / 180
+    assert sizes[0] >= 20 * 0.6**0.5 * scale - 1 and sizes[-1] <= 170 * 0.6**0.5 * scale + 1
+    assert all(r == pytest.approx(0.6, abs=0.01) for r in ratios)
+    few = recipes.fit_anchors(TrainConfig(fit_anchors=True), boxes[:2])
+    assert not few.fit_anchors and few.model.anchor_sizes == ()
+    assert dataclasses.replace(config, fit_anchors=True) == config
