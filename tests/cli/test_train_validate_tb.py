@@ -90,6 +90,28 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     assert gunctl("validate", ckpt, "--artifacts", out, "--min-map", "1").exit_code == 1
 
 
+def test_train_names_the_recipe_and_validate_tta_reports_beside(trained, gunctl):
+    out, result = trained
+    assert "recipe scratch" in result.stdout  # --weights none: the scratch recipe
+    stored = load_checkpoint(out / "runs" / "first" / "last.pth")["config"]
+    assert stored["recipe"] == "scratch" and stored["ema"] and stored["mosaic"] > 0
+    assert stored["model"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn"  # as given
+    ckpt = out / "runs" / "first" / "last.pth"
+    report = json.loads(gunctl("validate", ckpt, "--artifacts", out, "--json", "--tta").stdout)
+    assert report["tta"]["images"] == report["metrics"]["images"] == 3
+    assert 0.0 <= report["tta"]["map_50"] <= 1.0
+    table = gunctl("validate", ckpt, "--artifacts", out, "--tta")
+    assert table.exit_code == 0 and "With flip TTA" in table.stdout
+
+
+def test_minutes_goes_not_with_epochs(trained, gunctl):
+    out, _ = trained
+    result = gunctl("train", "--minutes", "1", "--epochs", "2", "--out", out, *TINY_CLI)
+    assert result.exit_code == 2 and "--minutes" in result.stderr
+    result = gunctl("train", "--multiscale", "12,x", "--out", out, *TINY_CLI)
+    assert result.exit_code == 2 and "--multiscale" in result.stderr
+
+
 def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "last.pth"
