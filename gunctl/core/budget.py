@@ -1,12 +1,13 @@
 """``--minutes``: fit the number of epochs (and so the schedule) to a wall-time budget.
 
 The trainer asks twice: after the first ``PROBE_STEPS`` steps (a provisional count from the
-speed of those steps, with validation estimated), and after the first epoch and its
-validation (the final count, from measured times). The learning-rate schedule, its warm-up
-and the EMA's window are then sized to that count, so the run ends with a finished schedule
-and a checkpoint rather than being cut off. Validation runs every k epochs, k chosen so that
-validating takes at most ``VAL_SHARE`` of the training time (the last epoch always validates).
-The fitted epochs and k are stored in the run's config: ``--resume`` goes on to them.
+speed of those steps, with validation estimated), and when the second epoch starts (the
+final count, from the first epoch's measured wall time: training, validation, checkpoint and
+logging). The learning-rate schedule's decay and the EMA's window are then sized to that
+count, so the run ends with a finished schedule and a checkpoint rather than being cut off.
+Validation runs every k epochs, k chosen so that validating takes at most ``VAL_SHARE`` of the
+training time (the last epoch always validates). The fitted epochs and k are in the config of
+every checkpoint from the second epoch on: ``--resume`` goes on to them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Budget:
         self.seconds = 60.0 * minutes
         self.started = started  # time.perf_counter() when fit began
         self.step_seconds: list[float] = []
+        self.epoch_started: float | None = None  # when the first epoch began
 
     def probe(self, seconds: float) -> bool:
         """Record one step's time; True once enough steps are timed for a provisional plan."""
@@ -47,9 +49,12 @@ class Budget:
         remaining = self.seconds - (now - self.started) + spent_in_epoch
         return plan(remaining, epoch_train, val, done=0)
 
-    def final(self, now: float, epoch_train: float, val: float) -> Plan:
-        """After epoch 1 and its validation: how many epochs in all."""
-        return plan(self.seconds - (now - self.started), epoch_train, val, done=1)
+    def final(self, now: float, val: float) -> Plan:
+        """When epoch 2 starts: how many epochs in all (at least 2: the second epoch has
+        begun, and it finishes the schedule if no other fits)."""
+        epoch_wall = now - (self.epoch_started if self.epoch_started is not None else now)
+        fitted = plan(self.seconds - (now - self.started), max(epoch_wall - val, 0.0), val, 1)
+        return Plan(epochs=max(2, fitted.epochs), val_every=fitted.val_every)
 
 
 def plan(remaining: float, epoch_train: float, val: float, done: int) -> Plan:
@@ -57,7 +62,7 @@ def plan(remaining: float, epoch_train: float, val: float, done: int) -> Plan:
     val_every = max(1, math.ceil(val / (VAL_SHARE * epoch_train))) if epoch_train > 0 else 1
     remaining -= END_SECONDS
     more = 0
-    while True:
+    while more < 100_000:
         n = more + 1
         cost = n * epoch_train + (n // val_every + (n % val_every != 0)) * val
         if cost > remaining:

@@ -258,6 +258,8 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
             while state.epoch < state.config.epochs:  # a --minutes budget may refit it
                 if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
                     raise KeyboardInterrupt
+                if state.budget is not None and state.epoch >= 1:
+                    _final_plan(state, setup, info)
                 _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop)
                 _validate_epoch(state, fire, val_loader, setup, info)
             _check_ranks_agree(state, info)
@@ -289,6 +291,8 @@ def _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop) -> 
     epoch = state.epoch
     sampler.set_epoch(epoch, state.batches_done)
     state.meter = state.meter or LossMeter()
+    if state.budget is not None and epoch == 0:
+        state.budget.epoch_started = time.perf_counter()
     fire("on_epoch_start")
 
     def on_step(info) -> None:
@@ -337,7 +341,6 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
             fire("on_epoch_end", record, None)
         distributed.barrier()
         return
-    plan = None
     if info.is_main:
         fire("on_validation_start", len(state.val_dataset))
         result = evaluate(
@@ -354,18 +357,19 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
         score = result.metrics.get(SELECTION_METRIC)
         if score is not None and (state.best_metric is None or score > state.best_metric):
             state.best_metric, state.best_epoch = score, state.epoch
-        if state.budget is not None:  # the final plan, before last.pth is written with it
-            plan = state.budget.final(
-                time.perf_counter(), record["train"]["seconds"], result.metrics["seconds"]
-            )
-            _replan(state, setup, plan, broadcast=False)
         fire("on_epoch_end", record, result)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
-    if state.budget is not None:
-        plan = distributed.broadcast_object(plan)
-        if not info.is_main:
-            _replan(state, setup, plan, broadcast=False)
-        state.budget = None
+
+
+def _final_plan(state, setup, info) -> None:
+    """A --minutes run after its first epoch: epochs from the measured wall time of that epoch
+    (training, validation, checkpoint and logging), decided on rank 0."""
+    plan = None
+    if info.is_main:
+        val_seconds = state.history[-1]["val"].get("seconds", 0.0) if state.history else 0.0
+        plan = state.budget.final(time.perf_counter(), val_seconds)
+    _replan(state, setup, plan)
+    state.budget = None
 
 
 def _replan(state, setup, plan, broadcast: bool = True) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from gunctl.core.budget import Plan, plan
+from gunctl.core.budget import Budget, Plan, plan
 from gunctl.core.ema import MIN_WINDOW, ModelEma, fitted_decay
 from gunctl.core.tta import FlipTTA, weighted_box_fusion
 
@@ -88,3 +88,13 @@ def test_flip_tta_maps_the_mirrored_boxes_back():
     assert len(fused["boxes"]) == 1  # both views found the same box: one detection
     assert fused["boxes"][0].tolist() == [0.0, 0.0, 20.0, 10.0]
     assert fused["scores"].item() == pytest.approx(0.8)
+
+
+def test_final_plan_from_the_first_epochs_wall_time():
+    budget = Budget(minutes=10, started=0.0)
+    budget.epoch_started = 0.0
+    # epoch 1: 60 s of which 6 validating; 540 s left, 60 s per epoch -> 8 more
+    assert budget.final(now=60.0, val=6.0) == Plan(epochs=9, val_every=1)
+    late = Budget(minutes=0.01, started=0.0)
+    late.epoch_started = 0.0
+    assert late.final(now=100.0, val=1.0).epochs == 2  # the started epoch finishes the schedule
