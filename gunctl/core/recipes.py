@@ -20,7 +20,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from gunctl.config import RECIPES, TrainConfig
+from gunctl.config import RECIPES, WEIGHT_CHOICES, TrainConfig
 from gunctl.errors import UsageError
 
 log = logging.getLogger("gunctl")
@@ -68,7 +68,25 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.minutes is not None and not config.minutes > 0:
         raise UsageError(f"--minutes must be a positive number, got {config.minutes}")
     config = _choose(config) if config.recipe == "auto" else config
-    return apply(config, VALUES[config.recipe])
+    config = apply(config, VALUES[config.recipe])
+    if config.model.weights not in WEIGHT_CHOICES:  # a checkpoint: its architecture, to load
+        config = apply(config, _architecture(config.model.weights))
+    return config
+
+
+def _architecture(path: str) -> dict[str, Any]:
+    """The model fields a gunctl checkpoint's weights need (unless the user set them)."""
+    from pathlib import Path
+
+    from gunctl.core.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(Path(path), mmap=True)["config"].get("model", {})
+    keys = ("name", "norm", "anchor_sizes", "aspect_ratios")
+    return {
+        f"model.{k}": tuple(stored[k]) if isinstance(stored[k], list) else stored[k]
+        for k in keys
+        if k in stored
+    }
 
 
 def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:

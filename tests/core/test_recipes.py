@@ -26,7 +26,7 @@ def test_weights_none_chooses_scratch_and_explicit_options_win():
 
 
 def test_coco_or_a_path_chooses_finetune():
-    for weights in ("coco", "imagenet", "runs/x/last.pth"):
+    for weights in ("coco", "imagenet"):
         resolved = recipes.resolve(TrainConfig(model=ModelConfig(weights=weights)))
         assert resolved.recipe == "finetune" and resolved.model.name == "fasterrcnn_resnet50_fpn"
         assert resolved.model.norm == "default" and resolved.mosaic == 0
@@ -71,3 +71,17 @@ def test_fitted_anchors_follow_the_boxes():
     few = recipes.fit_anchors(TrainConfig(fit_anchors=True), boxes[:2])
     assert not few.fit_anchors and few.model.anchor_sizes == ()
     assert dataclasses.replace(config, fit_anchors=True) == config
+
+
+def test_finetuning_a_checkpoint_takes_its_architecture(tmp_path):
+    from gunctl.config import to_dict
+    from gunctl.core.checkpoint import save_checkpoint
+
+    trained = ModelConfig(name="fasterrcnn_resnet18_fpn", norm="gn", anchor_sizes=(1, 2, 3, 4, 5))
+    path = tmp_path / "scratch.pth"
+    payload = {"model": {}, "epoch": 1, "class_names": ["background", "gun"]}
+    save_checkpoint(path, {**payload, "config": {"model": to_dict(trained)}})
+    resolved = recipes.resolve(TrainConfig(model=ModelConfig(weights=str(path))))
+    assert resolved.recipe == "finetune"
+    assert resolved.model.name == "fasterrcnn_resnet18_fpn" and resolved.model.norm == "gn"
+    assert resolved.model.anchor_sizes == (1, 2, 3, 4, 5)
