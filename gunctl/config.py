@@ -118,6 +118,9 @@ class ModelConfig:
     anchor_sizes: tuple[int, ...] = ()  # one per FPN level; (): the model's own (32 ... 512)
     aspect_ratios: tuple[float, ...] = ()  # height / width; (): (0.5, 1.0, 2.0)
     train_sizes: tuple[int, ...] = ()  # multi-scale training: a shorter side drawn per batch
+    # ResNet stages feeding the FPN; (): all four. (2, 3, 4) drops the stride-4 level, which
+    # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
+    fpn_levels: tuple[int, ...] = ()
 
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
@@ -130,6 +133,7 @@ class ModelConfig:
             "anchor_sizes",
             "aspect_ratios",
             "train_sizes",
+            "fpn_levels",
         ):
             fields.pop(key)
         if self.train_sizes:  # torchvision draws from the tuple in training, uses the last in eval

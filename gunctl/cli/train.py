@@ -34,6 +34,7 @@ _FIELDS = {
     "max_size": "model.max_size",
     "norm": "model.norm",
     "multiscale": "model.train_sizes",
+    "fpn_levels": "model.fpn_levels",
 }
 _RECIPE_NOTE = " Default: the recipe's (see --recipe and the README)."
 
@@ -217,6 +218,15 @@ def train(
             show_default=False,
         ),
     ] = _M.norm,
+    fpn_levels: Annotated[
+        str,
+        typer.Option(
+            "--fpn-levels",
+            help="ResNet stages feeding the FPN, e.g. 2,3,4 (no stride-4 level: faster), or all "
+            "(ResNet-FPN models)." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = "all",
     fit_anchors: Annotated[
         bool,
         typer.Option(
@@ -285,6 +295,7 @@ def train(
             max_size=max_size,
             norm=norm,
             train_sizes=_sizes(multiscale),
+            fpn_levels=_levels(fpn_levels),
         ),
         layout=Layout(out),
         epochs=epochs,
@@ -332,6 +343,18 @@ def _sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 32:
         raise UsageError(f"--multiscale {text}: give sizes of 32 px or more, like 192,224,288")
     return sizes
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("all", ""):
+        return ()
+    try:
+        levels = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        levels = ()
+    if not levels or not set(levels) <= {1, 2, 3, 4}:
+        raise UsageError(f"--fpn-levels {text}: give ResNet stages 1 to 4, like 2,3,4, or all")
+    return levels
 
 
 def _run_torchrun(nproc: int) -> int:

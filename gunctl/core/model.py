@@ -112,12 +112,20 @@ def _check_model_options(config: ModelConfig) -> None:
     if config.norm not in NORMS:
         raise UsageError(f"--norm {config.norm}: choose one of {', '.join(NORMS)}")
     custom = config.norm != "default" or config.anchor_sizes or config.aspect_ratios
-    if custom and config.name not in _RESNET_FPN:
+    if (custom or config.fpn_levels) and config.name not in _RESNET_FPN:
         raise UsageError(
-            f"--norm and anchors apply to {', '.join(sorted(_RESNET_FPN))}, not {config.name}"
+            f"--norm, --fpn-levels and anchors apply to {', '.join(sorted(_RESNET_FPN))}, "
+            f"not {config.name}"
         )
-    if config.anchor_sizes and len(config.anchor_sizes) != 5:
-        raise UsageError(f"anchor sizes: one per FPN level (5), got {len(config.anchor_sizes)}")
+    if config.fpn_levels and not set(config.fpn_levels) <= {1, 2, 3, 4}:
+        raise UsageError(f"--fpn-levels: ResNet stages 1 to 4, got {config.fpn_levels}")
+    levels = _levels(config)
+    if config.anchor_sizes and len(config.anchor_sizes) != levels:
+        raise UsageError(
+            f"anchor sizes: one per FPN level ({levels}), got {len(config.anchor_sizes)}"
+        )
+    if config.fpn_levels and config.weights == "coco":
+        raise UsageError("--fpn-levels does not fit COCO weights; use imagenet or none")
     if config.name in _OWN_BUILDS and config.weights == "coco":
         raise UsageError(f"torchvision has no COCO weights for {config.name}; use imagenet or none")
     pretrained_misfit = config.norm == "gn" or (config.norm == "bn" and config.weights == "coco")
@@ -134,7 +142,8 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     kwargs = {**config.builder_kwargs(), **_anchor_kwargs(config)}
     try:
         custom_norm = config.name in _RESNET_FPN and config.norm != "default"
-        if config.name in _OWN_BUILDS or (custom_norm and weights is None):
+        custom = custom_norm or bool(config.fpn_levels)
+        if config.name in _OWN_BUILDS or (custom and weights is None):
             builder = _resnet_fpn_builder(config)
         return builder(
             weights=weights,
@@ -171,23 +180,35 @@ def _resnet_fpn_builder(config: ModelConfig):
         }[norm]
         arch = getattr(resnet, _RESNET_FPN[config.name])
         trainable = 3 if weights_backbone is not None else 5  # torchvision's defaults
+        levels = list(config.fpn_levels) or None
         backbone = _resnet_fpn_extractor(
             arch(weights=weights_backbone, norm_layer=layer),
             trainable,
+            returned_layers=levels,
             norm_layer=layer if norm == "gn" else None,
         )
+        if levels:  # RoIs pool from the FPN's own levels (torchvision's default names four)
+            from torchvision.ops import MultiScaleRoIAlign
+
+            names = [str(i) for i in range(len(levels))]
+            kwargs = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2), **kwargs}
         return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
     return build
 
 
+def _levels(config: ModelConfig) -> int:
+    """Feature maps the RPN sees: the FPN's levels plus its max-pooled top."""
+    return (len(config.fpn_levels) if config.fpn_levels else 4) + 1
+
+
 def _anchor_kwargs(config: ModelConfig) -> dict:
-    if not (config.anchor_sizes or config.aspect_ratios):
+    if not (config.anchor_sizes or config.aspect_ratios or config.fpn_levels):
         return {}
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.rpn import RPNHead
 
-    sizes = tuple(config.anchor_sizes) or (32, 64, 128, 256, 512)
+    sizes = tuple(config.anchor_sizes) or (32, 64, 128, 256, 512)[-_levels(config) :]
     ratios = tuple(float(r) for r in config.aspect_ratios) or (0.5, 1.0, 2.0)
     generator = AnchorGenerator(tuple((int(s),) for s in sizes), (ratios,) * len(sizes))
     head = RPNHead(256, generator.num_anchors_per_location()[0])  # FPN width: 256

@@ -1,7 +1,8 @@
 """Training recipes: sets of option values chosen for a way of starting.
 
 - ``scratch``: no pretrained weights (``--weights none``, or ``auto`` when COCO weights cannot be
-  had). A lighter ResNet-18 FPN with GroupNorm (batch 2 leaves BatchNorm's statistics to noise),
+  had). A lighter ResNet-18 FPN without its stride-4 level, with GroupNorm (batch 2 leaves
+  BatchNorm's statistics to noise),
   multi-scale training, anchors fitted to the training boxes, strong paired augmentation
   (mosaic, photometric distortion, zoom-out, IoU crop, flip), AdamW at a higher learning rate
   with weight decay, and an EMA of the weights. The figures behind each value are in
@@ -30,6 +31,7 @@ RESNET_FPN = ("fasterrcnn_resnet18_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_
 SCRATCH: dict[str, Any] = {
     "model.name": "fasterrcnn_resnet18_fpn",
     "model.norm": "gn",
+    "model.fpn_levels": (2, 3, 4),  # no stride-4 level: 1.65x less CPU per step (1.59 vs 2.63 s)
     "model.train_sizes": "multiscale",  # 0.75-1.25x --min-size (192-320 at 256); eval at 256
     "fit_anchors": True,
     "optimizer": "adamw",
@@ -56,7 +58,7 @@ FINETUNE: dict[str, Any] = {
     "ema": True,
 }
 VALUES = {"scratch": SCRATCH, "finetune": FINETUNE, "plain": {}}
-_MODEL_ONLY_RESNET = ("model.norm", "fit_anchors")  # apply to the ResNet-FPN models only
+_MODEL_ONLY_RESNET = ("model.norm", "model.fpn_levels", "fit_anchors")  # ResNet-FPN only
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -102,8 +104,8 @@ def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
         model["train_sizes"] = tuple(int(round(base * f / 16) * 16) for f in _MULTISCALE)
     name = model.get("name", config.model.name)
     if name not in RESNET_FPN:
-        model.pop("norm", None)
-        top.pop("fit_anchors", None)
+        for key in _MODEL_ONLY_RESNET:
+            (model if key.startswith("model.") else top).pop(key.split(".")[-1], None)
     return dataclasses.replace(config, **top, model=dataclasses.replace(config.model, **model))
 
 
@@ -134,7 +136,8 @@ def _choose(config: TrainConfig) -> TrainConfig:
 
 def fit_anchors(config: TrainConfig, boxes_and_sizes) -> TrainConfig:
     """Anchor sizes and aspect ratios from the training boxes, at the model's input scale:
-    sizes at the 2/20/50/80/98th percentiles of sqrt(area) (one per FPN level), aspect ratios
+    sizes at evenly spaced percentiles of sqrt(area) from the 2nd to the 98th, one per FPN
+    level (2/26/50/74/98 for five levels), aspect ratios
     (height / width) at the 10/50/90th percentiles."""
     import torch
 
@@ -150,7 +153,9 @@ def fit_anchors(config: TrainConfig, boxes_and_sizes) -> TrainConfig:
     if len(sides) < 5:
         log.warning("too few training boxes (%d) to fit anchors: keeping the model's", len(sides))
         return dataclasses.replace(config, fit_anchors=False)
-    sizes = [round(float(v)) for v in torch.quantile(sides, torch.tensor(_SIZE_Q))]
+    levels = (len(model.fpn_levels) if model.fpn_levels else 4) + 1  # and the pooled top
+    quantiles = torch.linspace(_SIZE_Q[0], _SIZE_Q[1], levels)
+    sizes = [round(float(v)) for v in torch.quantile(sides, quantiles)]
     for i in range(1, len(sizes)):  # strictly increasing, one per level
         sizes[i] = max(sizes[i], sizes[i - 1] + 1)
     shapes = [round(float(v), 2) for v in torch.quantile(ratios, torch.tensor(_RATIO_Q))]
@@ -159,5 +164,5 @@ def fit_anchors(config: TrainConfig, boxes_and_sizes) -> TrainConfig:
 
 
 _MULTISCALE = (0.75, 0.875, 1.125, 1.25)  # shorter-side factors drawn in training
-_SIZE_Q = [0.02, 0.2, 0.5, 0.8, 0.98]
+_SIZE_Q = (0.02, 0.98)  # the smallest and largest anchor; the others evenly between
 _RATIO_Q = [0.1, 0.5, 0.9]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -86,3 +88,19 @@ def test_norm_choice_and_model_checks():
         build_model(ModelConfig(name="fasterrcnn_resnet18_fpn", weights="coco"))
     with pytest.raises(UsageError, match="does not fit"):
         build_model(ModelConfig(name="fasterrcnn_resnet18_fpn", weights="imagenet", norm="gn"))
+
+
+def test_fpn_without_the_stride_4_level():
+    config = ModelConfig(
+        name="fasterrcnn_resnet18_fpn", weights="none", norm="gn", fpn_levels=(2, 3, 4)
+    )
+    model = build_model(config).model
+    assert model.rpn.anchor_generator.sizes == ((64,), (128,), (256,), (512,))
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(torch.rand(1, 3, 64, 96))
+        assert list(features) == ["0", "1", "2", "pool"]
+        assert features["0"].shape[-2:] == (8, 12)  # stride 8
+        assert model([torch.rand(3, 60, 90)])[0]["boxes"].shape[1] == 4
+    with pytest.raises(UsageError, match="one per FPN level \\(4\\)"):
+        build_model(dataclasses.replace(config, anchor_sizes=(1, 2, 3, 4, 5)))

@@ -23,6 +23,7 @@ def test_weights_none_chooses_scratch_and_explicit_options_win():
     assert resolved.optimizer == recipes.SCRATCH["optimizer"] and resolved.ema and resolved.mosaic
     assert resolved.model.name == "fasterrcnn_resnet18_fpn" and resolved.model.norm == "gn"
     assert resolved.model.train_sizes == (192, 224, 288, 320)
+    assert resolved.model.fpn_levels == (2, 3, 4)
 
 
 def test_coco_or_a_path_chooses_finetune():
@@ -49,6 +50,7 @@ def test_norm_and_anchors_only_for_resnet_fpn_models():
     )
     resolved = recipes.resolve(config)
     assert resolved.model.norm == "default" and not resolved.fit_anchors and resolved.ema
+    assert resolved.model.fpn_levels == ()
 
 
 def test_bad_recipe_and_minutes_with_epochs_are_usage_errors():
