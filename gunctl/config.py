@@ -143,13 +143,15 @@ class TrainConfig:
     val_fraction: float = 0.2  # used only when train has to make a split itself
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
+    patience: int | None = None  # None: all epochs; N: stop after N epochs without a better mAP
+    save_period: int | None = None  # None: last.pth only; N: also keep epoch_<E>.pth every N
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
     layout: Layout = field(default_factory=Layout)
-    part: str = "val"  # the held-out part of the split
+    part: str | None = None  # None: the images the run validated on (else the split's val part)
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
     batch_size: int = 4
     workers: int = 2
@@ -159,6 +161,43 @@ class EvalConfig:
     iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
     amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
+
+
+# TrainConfig fields that `gunctl train` takes as options of the same name; the model's are
+# --model (ModelConfig.name), --weights, --min-size and --max-size.
+TRAIN_OPTIONS = (
+    "epochs",
+    "subset",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "device",
+    "amp",
+    "channels_last",
+    "workers",
+    "cache",
+    "seed",
+    "hflip",
+    "patience",
+    "save_period",
+)
+
+
+def train_options(config: TrainConfig) -> dict[str, Any]:
+    """The config as `gunctl train` options ({name: value}): what a run's config.yaml holds,
+    so that `gunctl train --config <run>/config.yaml` repeats the run. Where the files go
+    (--out, --run-name, --resume) is left out."""
+    options: dict[str, Any] = {
+        "model": config.model.name,
+        "weights": config.model.weights,
+        "min_size": config.model.min_size,
+        "max_size": config.model.max_size,
+    }
+    options.update({name: getattr(config, name) for name in TRAIN_OPTIONS})
+    return options
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -58,3 +58,12 @@ class TrainingError(GunctlError):
 
 class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut at a word boundary (never mid-token) with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"

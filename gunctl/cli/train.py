@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers
 from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
@@ -22,7 +22,10 @@ from gunctl.config import (
 _M, _T = ModelConfig(), TrainConfig()
 
 # What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+_RESUME_OPTIONS = (
+    *("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc", "config"),
+    "debug",
+)
 
 
 def train(
@@ -36,7 +39,8 @@ def train(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
+            show_default="8 on CUDA, 2 on the CPU",
+            help="Images per step, per process (the global batch is this x processes).",
         ),
     ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
@@ -46,7 +50,12 @@ def train(
             "--optimizer", help=f"{', '.join(OPTIMIZERS)} (adam as in the original pipeline)."
         ),
     ] = _T.optimizer,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _T.weight_decay,
+    weight_decay: Annotated[
+        float,
+        typer.Option(
+            "--weight-decay", min=0.0, help="L2 penalty on the weights (try 1e-4 with adamw/sgd)."
+        ),
+    ] = _T.weight_decay,
     lr_schedule: Annotated[
         str,
         typer.Option(
@@ -102,21 +111,44 @@ def train(
     seed: Seed = _T.seed,
     run_name: Annotated[
         str | None,
-        typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
+        typer.Option("--run-name", show_default="a timestamp", help="Folder under <out>/runs."),
     ] = None,
     out: Out = Layout().root,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="A run name or checkpoint path to continue from.")
+        str | None,
+        typer.Option(
+            "--resume", show_default="none", help="A run name or checkpoint path to continue from."
+        ),
     ] = None,
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
     ] = _T.hflip,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            "--patience",
+            min=1,
+            show_default="off",
+            help="Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept).",
+        ),
+    ] = None,
+    save_period: Annotated[
+        int | None,
+        typer.Option(
+            "--save-period",
+            min=1,
+            show_default="off",
+            help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
+        ),
+    ] = None,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,
         typer.Option(
             "--nproc",
             min=1,
+            show_default="one process, no torchrun",
             help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
             "processes with gloo); --batch-size is per process.",
         ),
@@ -152,6 +184,8 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        patience=patience,
+        save_period=save_period,
     )
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])

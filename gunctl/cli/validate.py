@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Json, Quiet, Workers
+from gunctl.cli.options import BatchSize, ConfigFile, Device, Json, Out, Quiet, Workers
 from gunctl.config import EvalConfig, Layout
 from gunctl.errors import ThresholdError, UsageError
 
@@ -17,19 +17,32 @@ _E = EvalConfig()
 
 def validate(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A gunctl checkpoint (.pth).", show_default=True)
-    ] = Layout().best_model,
+        Path | None,
+        typer.Argument(
+            help="A gunctl checkpoint (.pth).", show_default="<out>/models/fasterrcnn.pth"
+        ),
+    ] = None,
     part: Annotated[
-        str, typer.Option("--split", help="Part of the split to score: train, val or all.")
-    ] = _E.part,
+        str | None,
+        typer.Option(
+            "--split",
+            show_default="the images the run validated on",
+            help="Part of the split to score instead: train, val or all.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+        typer.Option(
+            "--data",
+            show_default="none",
+            help="Score another data folder or .zip (Kaggle layout) instead.",
+        ),
     ] = None,
+    out: Out = Layout().root,
     artifacts: Annotated[
-        Path,
-        typer.Option("--artifacts", help="Output root holding raw/ and splits/ (train's --out)."),
-    ] = Layout().root,
+        Path | None,
+        typer.Option("--artifacts", hidden=True, help="Deprecated: the output root, now --out."),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(
@@ -41,25 +54,41 @@ def validate(
     ] = _E.score_threshold,
     min_map50: Annotated[
         float | None,
-        typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
+        typer.Option(
+            "--min-map50",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5 is below this.",
+        ),
     ] = None,
     min_map: Annotated[
         float | None,
-        typer.Option("--min-map", min=0.0, max=1.0, help="Exit 1 when mAP@0.5:0.95 is below this."),
+        typer.Option(
+            "--min-map",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5:0.95 is below this.",
+        ),
     ] = None,
     json_out: Json = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the JSON report to this file.")
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", show_default="none", help="Also write the JSON report to FILE."),
     ] = None,
     save_predictions: Annotated[
         Path | None,
         typer.Option(
-            "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
+            "--save-predictions",
+            show_default="none",
+            help="Write images with boxes drawn and COCO-style JSON to this folder.",
         ),
     ] = None,
     device: Device = _E.device,
     batch_size: BatchSize = _E.batch_size,
     workers: Workers = _E.workers,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
@@ -69,11 +98,14 @@ def validate(
     """
     from gunctl.core.scoring import score
 
-    if data is not None and part != _E.part:
+    if data is not None and part is not None:
         raise UsageError("--data scores a whole folder; it does not go with --split")
+    if artifacts is not None:
+        render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
+        out = artifacts
     config = EvalConfig(
-        checkpoint=checkpoint,
-        layout=Layout(artifacts),
+        checkpoint=checkpoint or Layout(out).best_model,
+        layout=Layout(out),
         part=part,
         data=data,
         score_threshold=score_threshold,
@@ -87,12 +119,12 @@ def validate(
         result = score(config, on_batch=counter)
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
-    if out is not None:
+    if report_file is not None:
         import json
 
         from gunctl.core.fileio import write_bytes_atomic
 
-        write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
     if json_out:
         render.print_json(report)
     elif not quiet:

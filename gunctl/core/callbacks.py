@@ -39,18 +39,33 @@ class Callback:
 
 
 class CheckpointSaver(Callback):
-    """``last.pth`` every epoch (and on a resumable stop), ``best.pth`` and the model copy
-    when the selection metric improves. Best and copy are hard links to that epoch's
-    ``last.pth`` (a copy across file systems): one write per epoch, however large the model.
+    """``last.pth`` (the full, resumable state) every epoch and on a resumable stop;
+    ``best.pth`` (weights only: model, config, class names, metrics) when the selection metric
+    improves, and the model copy as a hard link to it (a copy across file systems);
+    ``epoch_<E>.pth`` (a hard link to that epoch's ``last.pth``) every ``--save-period`` epochs.
+    The run's resolved options go to ``config.yaml`` at the start.
     """
+
+    def on_fit_start(self, state) -> None:
+        import yaml
+
+        from gunctl.config import train_options
+        from gunctl.core.fileio import write_bytes_atomic
+
+        header = "# gunctl train --config this-file repeats the run (add --run-name NEW)\n"
+        text = yaml.safe_dump(train_options(state.config), sort_keys=False)
+        write_bytes_atomic(state.run_dir / "config.yaml", (header + text).encode())
 
     def on_epoch_end(self, state, record, result) -> None:
         from gunctl.core.checkpoint import save_checkpoint
 
         save_checkpoint(state.last_path, state.payload())
         if state.best_epoch == state.epoch:
-            _place(state.last_path, state.best_path)
-            _place(state.last_path, state.config.layout.best_model)
+            save_checkpoint(state.best_path, state.weights_payload(), kind="weights")
+            _place(state.best_path, state.config.layout.best_model)
+        period = state.config.save_period
+        if period and state.epoch % period == 0:
+            _place(state.last_path, state.run_dir / f"epoch_{state.epoch}.pth")
 
     def on_exception(self, state, exc, resumable) -> None:
         if resumable:

@@ -63,7 +63,17 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
     layout = config.layout
     if layout.raw.exists() and not config.force:
         raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
+    created = not layout.root.exists()
     _make_dirs(layout.root)
+    try:
+        return _ingest(config, layout, progress)
+    except BaseException:
+        if created:  # a failed ingest leaves no empty --out behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _ingest(config: IngestConfig, layout: Layout, progress) -> IngestReport:
     _remove_abandoned(layout.root)
     with tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root) as scratch:
         label, version, files, problems = _open_source(config, Path(scratch))
@@ -131,7 +141,9 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        from gunctl.errors import shorten
+
+        reason = shorten(str(exc).splitlines()[0], 120) if str(exc) else type(exc).__name__
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"

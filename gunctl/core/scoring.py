@@ -35,7 +35,7 @@ class ScoreResult:
 
 def score(config: EvalConfig, on_batch=None) -> ScoreResult:
     """``on_batch(images, total)`` is called after each batch (for a progress display)."""
-    if config.part not in PARTS:
+    if config.part is not None and config.part not in PARTS:
         raise UsageError(f"--split {config.part}: choose one of {', '.join(PARTS)}")
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
@@ -43,6 +43,8 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
     with tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch:
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
+        if on_batch:
+            on_batch(0, len(dataset))  # the total shows before the first batch
         result = evaluate(
             to_device_layout(model, device, config.channels_last),
             loader,
@@ -106,10 +108,29 @@ def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDa
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw
         )
-    items = split["train"] + split["val"] if config.part == "all" else split[config.part]
+    if config.part is None and checkpoint.get("val_images"):
+        return _run_images(config, checkpoint, manifest)
+    part = config.part or "val"
+    items = split["train"] + split["val"] if part == "all" else split[part]
     if not items:
-        raise DataError(f"{config.layout.split_file}: the {config.part} part is empty")
-    return GunDataset(config.layout.raw, items), f"split {config.part} ({len(items)} images)"
+        raise DataError(f"{config.layout.split_file}: the {part} part is empty")
+    return GunDataset(config.layout.raw, items), f"split {part} ({len(items)} images)"
+
+
+def _run_images(config: EvalConfig, checkpoint: dict, manifest: dict) -> tuple[GunDataset, str]:
+    """The images the run validated on, as the checkpoint lists them, found in the manifest."""
+    names = [str(name) for name in checkpoint["val_images"]]
+    by_name = {entry["image"]: entry for entry in manifest.get("files", [])}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise DataError(
+            f"{config.layout.raw}: {len(missing)} of the run's {len(names)} val images are not "
+            f"there (first: {missing[0]}); pass --split val or --data"
+        )
+    subset = (checkpoint.get("config") or {}).get("subset")
+    how = f", --subset {subset} of the split" if subset else ""
+    described = f"the run's val images ({len(names)}{how})"
+    return GunDataset(config.layout.raw, [by_name[name] for name in names]), described
 
 
 def save_predictions(

@@ -33,7 +33,7 @@ from gunctl.config import (
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.checkpoint import load_checkpoint, require_full
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import (
     EvalResult,
@@ -82,6 +82,7 @@ class TrainState:
     resumed_from: Path | None = None
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
+    stopped_early: str | None = None  # why training ended before --epochs (--patience)
 
     @property
     def last_path(self) -> Path:
@@ -119,8 +120,15 @@ class TrainState:
             "split_checksum": self.split_checksum,
             "manifest_checksum": self.manifest_checksum,
             "world_size": self.world_size,
+            "val_images": [item["image"] for item in self.val_dataset.items],
             "rng": _rng_state(),
         }
+
+    def weights_payload(self) -> dict[str, Any]:
+        """What scoring, fine-tuning and export need (no optimizer state): a quarter of the
+        size of a full checkpoint with Adam."""
+        full_only = ("optimizer", "scheduler", "scaler", "rng", "partial_epoch")
+        return {k: v for k, v in self.payload().items() if k not in full_only}
 
     def hparams(self) -> dict[str, Any]:
         flat = {k: v for k, v in self.config_dict().items() if k != "model"}
@@ -144,6 +152,7 @@ class FitResult:
     epochs: int
     history: list[dict]
     seconds: float
+    stopped_early: str | None
     weights_origin: str
     train_images: int
     val_images: int
@@ -166,6 +175,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
     if config.resume:
         resume_path = resolve_resume(config)
         checkpoint = load_checkpoint(resume_path)
+        require_full(resume_path, checkpoint)
         config = _resumed_config(checkpoint, config)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
@@ -216,6 +226,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
         epochs=state.epoch,
         history=state.history,
         seconds=time.perf_counter() - started,
+        stopped_early=state.stopped_early,
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
@@ -242,6 +253,8 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
                     raise KeyboardInterrupt
                 _train_epoch(state, fire, train_loader, sampler, ddp_model, setup, stop)
                 _validate_epoch(state, fire, val_loader, setup, info)
+                if _patience_ran_out(state, info):
+                    break
             _check_ranks_agree(state, info)
             fire("on_fit_end")
         except DivergedError as exc:
@@ -316,6 +329,22 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
             state.best_metric, state.best_epoch = score, state.epoch
         fire("on_epoch_end", record, result)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
+
+
+def _patience_ran_out(state: TrainState, info) -> bool:
+    """--patience N: stop when val mAP@0.5 has not improved for N epochs (all ranks agree)."""
+    patience = state.config.patience
+    stale = state.epoch - (state.best_epoch or 0)
+    stop = bool(patience and state.epoch < state.config.epochs and stale >= patience)
+    stop = distributed.broadcast_object(stop)
+    if stop:
+        state.stopped_early = (
+            f"stopped after epoch {state.epoch} of {state.config.epochs}: val mAP@0.5 has not "
+            f"improved for {stale} epoch(s) (--patience {patience}); best: epoch "
+            f"{state.best_epoch}"
+        )
+        log.info("%s", state.stopped_early)
+    return stop
 
 
 class _Firer:
