@@ -140,7 +140,8 @@ def save_predictions(
     ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
     so that any COCO tool can re-score them."""
     from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
+
+    from gunctl.core.draw import draw_detections
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -158,14 +159,15 @@ def save_predictions(
             {**_coco_box(index, box), "score": round(score, 5)}
             for box, score in zip(pred["boxes"].tolist(), pred["scores"].tolist(), strict=True)
         ]
-        keep = pred["scores"] >= threshold
-        boxes = torch.cat([truth["boxes"], pred["boxes"][keep]])
-        colors = ["green"] * len(truth["boxes"]) + ["red"] * int(keep.sum())
-        labels = ["gun"] * len(truth["boxes"]) + [f"{s:.2f}" for s in pred["scores"][keep].tolist()]
-        drawn = (image * 255).round().to(torch.uint8)
-        if len(boxes):
-            drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colors, width=2)
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{Path(name).stem}.png")
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        drawn = draw_detections(
+            Image.fromarray(pixels),
+            truth["boxes"].tolist(),
+            pred["boxes"].tolist(),
+            pred["scores"].tolist(),
+            threshold,
+        )
+        drawn.save(folder / f"{Path(name).stem}.png")
     categories = [{"id": 1, "name": "gun"}]
     write_bytes_atomic(folder / "predictions.json", json.dumps(detections).encode())
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}
