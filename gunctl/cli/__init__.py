@@ -56,6 +56,9 @@ class GuardedGroup(GunctlGroup):
     """Turns known errors into one line and an exit code, for the CLI and CliRunner alike."""
 
     def invoke(self, ctx):
+        from gunctl.cli.render import refresh_width
+
+        refresh_width()
         _route_core_logging()
         try:
             return super().invoke(ctx)

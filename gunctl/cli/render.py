@@ -31,6 +31,14 @@ console = Console(highlight=False, width=_width(sys.stdout))
 err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
+def refresh_width() -> None:
+    """Re-read COLUMNS (set after import, e.g. by a test runner or an embedding program)."""
+    for target, stream in ((console, sys.stdout), (err_console, sys.stderr)):
+        width = _width(stream)
+        if width is not None:
+            target.width = width
+
+
 def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
 

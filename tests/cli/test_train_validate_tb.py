@@ -70,7 +70,7 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
         assert label in table.stdout, label
 
     report_file = tmp_path / "report.json"
-    result = gunctl("validate", ckpt, "--artifacts", out, "--json", "--out", report_file)
+    result = gunctl("validate", ckpt, "--out", out, "--json", "--report", report_file)
     assert result.exit_code == 0
     report = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert json.loads(report_file.read_text()) == report
