@@ -182,31 +182,37 @@ def epoch_line(record: dict, epochs: int) -> str:
     )
 
 
-def epoch_table() -> Table:
+_PARTS_MIN_WIDTH = 130  # below it the four losses per part would wrap into a column each
+
+
+def epoch_table(width: int | None = None) -> Table:
+    """The per-epoch table; the cls/box/obj/rpn columns only where they fit on one line."""
+    parts = (width or console.width) >= _PARTS_MIN_WIDTH
     table = Table(title="Training", title_justify="left")
     for name, justify in (
         ("epoch", "right"),
         ("train loss", "right"),
-        ("cls / box / obj / rpn", "left"),
+        *([("cls / box / obj / rpn", "left")] if parts else []),
         ("val loss", "right"),
-        ("cls / box / obj / rpn", "left"),
+        *([("cls / box / obj / rpn", "left")] if parts else []),
         ("mAP@.5", "right"),
         ("mAP", "right"),
         ("lr", "right"),
         ("time", "right"),
     ):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=True)
     return table
 
 
 def add_epoch_row(table: Table, record: dict, epochs: int) -> None:
     train, val = record["train"], record["val"]
+    parts = len(table.columns) > 7
     table.add_row(
         f"{record['epoch']}/{epochs}",
         _num(train.get("loss")),
-        _parts(train),
+        *([_parts(train)] if parts else []),
         _num(val.get("loss")),
-        _parts(val),
+        *([_parts(val)] if parts else []),
         _num(val.get("map_50")),
         _num(val.get("map")),
         f"{record['lr']:.1e}",
@@ -238,7 +244,7 @@ class TrainDisplay(Callback):
 
     def __init__(self, live: bool | None = None):
         self.live_mode = console.is_terminal if live is None else live
-        self.table = epoch_table()
+        self.table = None  # made at the start, for the terminal's width then
         self.progress = None
         self.live = None
         self.task = None
@@ -253,13 +259,17 @@ class TrainDisplay(Callback):
             else ""
         )
         console.print(
-            f"run [bold]{_escape(state.run_name)}[/]: {config.model.name} "
-            f"({_escape(state.weights_origin)}), {state.train_images} train / "
-            f"{len(state.val_dataset)} val images, "
-            f"{batch_words(config.batch_size, state.world_size)}, "
-            f"{_plural(config.epochs, 'epoch')} on {state.device}{_escape(resumed)}",
+            f"run [bold]{_escape(state.run_name)}[/]: {config.model.name}, weights "
+            f"{_escape(state.weights_origin)}{_escape(resumed)}",
             soft_wrap=True,
         )
+        console.print(
+            f"{state.train_images} train / {len(state.val_dataset)} val images, "
+            f"{batch_words(config.batch_size, state.world_size)}, "
+            f"{_plural(config.epochs, 'epoch')} on {state.device}",
+            soft_wrap=True,
+        )
+        self.table = epoch_table()
         if not self.live_mode:
             return
         from rich.live import Live

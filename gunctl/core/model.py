@@ -55,7 +55,7 @@ def build_model(config: ModelConfig) -> BuiltModel:
         else:
             log.warning("no COCO weights cached: training from scratch (--weights coco fetches)")
             log.info("COCO weights file: %s", cached)
-            return BuiltModel(_build(config, None, None), "none (auto: COCO weights unavailable)")
+            return BuiltModel(_build(config, None, None), "none (auto)")
     if weights == "coco":
         return BuiltModel(_build_coco(config), "coco")
     if weights == "imagenet":
