@@ -92,7 +92,8 @@ def test_failed_ingest_leaves_no_out_folder(gunctl, tmp_path):
 def test_validate_artifacts_is_a_deprecated_alias_of_out(gunctl, out):
     result = gunctl("validate", out / "nope.pth", "--artifacts", out)
     assert result.exit_code == 2 and "--artifacts is deprecated" in result.stderr
-    assert "--artifacts" not in _help(gunctl, "validate") and "--report" in _help(gunctl, "validate")
+    text = _help(gunctl, "validate")
+    assert "--artifacts" not in text and "--report" in text
 
 
 def test_text_file_as_checkpoint_says_so(gunctl, out, tmp_path):
