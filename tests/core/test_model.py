@@ -15,9 +15,7 @@ def test_none_builds_two_classes_without_downloading(tmp_path, monkeypatch):
     assert not (tmp_path / "hub").exists()
 
 
-def test_auto_offline_falls_back_with_a_short_warning_and_no_network(
-    tmp_path, monkeypatch, caplog
-):
+def test_auto_offline_falls_back_with_a_short_warning_and_no_network(tmp_path, monkeypatch, caplog):
     def no_network(*args, **kwargs):
         raise AssertionError("auto must not probe the network")
 
