@@ -140,6 +140,11 @@ def test_validate_scores_the_runs_val_images_by_default(gunctl, out):
         gunctl("validate", run / "last.pth", "--out", out, "--split", "val", "--json").stdout
     )
     assert split_val["metrics"]["images"] == 3  # the whole split's val part
+    options = out / "validate.yaml"
+    options.write_text(f"split: all\njson: true\nout: {out}\n")
+    from_file = gunctl("validate", run / "last.pth", "--config", options)
+    assert from_file.exit_code == 0, from_file.output
+    assert json.loads(from_file.stdout)["metrics"]["images"] == 16  # the file's --split all
 
 
 @pytest.mark.slow
