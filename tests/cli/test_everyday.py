@@ -204,3 +204,20 @@ def test_import_gunctl_cli_loads_no_torch():
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
+
+
+def test_tb_list_is_silent_about_purged_steps_of_a_resumed_run(gunctl, tmp_path):
+    """A resume after an interrupted epoch rewrites steps; TensorBoard's reader then warns
+    "Detected out of order event.step" on stderr unless gunctl quiets it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "runs" / "resumed"
+    for steps, purge in (((1, 2, 3, 4), None), ((3, 4, 5), 3)):  # as gunctl's resume does
+        writer = SummaryWriter(log_dir=str(run), purge_step=purge)
+        for step in steps:
+            writer.add_scalar("train/loss", 1.0 / step, step)
+        writer.close()
+    result = gunctl("tb", "--list", "--json", "--out", tmp_path)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["runs"][0]["name"] == "resumed"
+    assert "out of order" not in result.stderr
