@@ -41,12 +41,23 @@ def _read_config_file(ctx: typer.Context, param, value: Path | None) -> Path | N
         return value
     from gunctl.cli.configfile import read_options
 
-    names = [p.name for p in ctx.command.params if p.name not in _NOT_IN_CONFIG]
-    ctx.default_map = {**(ctx.default_map or {}), **read_options(value, names)}
+    names = _config_names(ctx.command.params)
+    options = read_options(value, list(names))
+    ctx.default_map = {**(ctx.default_map or {}), **{names[k]: v for k, v in options.items()}}
     return value
 
 
-_NOT_IN_CONFIG = ("config", "help", "debug")
+def _config_names(params) -> dict[str, str]:
+    """{name in a config file: parameter}: an option's long name as typed (``split`` for
+    ``--split``, ``batch_size`` or ``batch-size``), an argument's own name."""
+    names = {}
+    for param in params:
+        if getattr(param, "hidden", False) or param.name in ("config_file", "help", "debug"):
+            continue
+        longs = [opt for opt in param.opts if opt.startswith("--")]
+        key = longs[0][2:] if longs else param.name
+        names[key.replace("-", "_")] = param.name
+    return names
 
 ConfigFile = Annotated[
     Path | None,

@@ -61,6 +61,18 @@ def test_flags_render_as_flags_with_every_default_and_description(gunctl):
                 assert shows, f"{name} {param.opts} shows no default"
 
 
+def test_a_runs_config_yaml_uses_only_names_train_accepts():
+    from typer.main import get_command
+
+    from gunctl.cli import app
+    from gunctl.cli.options import _config_names
+    from gunctl.config import TrainConfig, train_options
+
+    accepted = _config_names(get_command(app).commands["train"].params)
+    assert set(train_options(TrainConfig())) <= set(accepted)
+    assert _config_names(get_command(app).commands["validate"].params)["split"] == "part"
+
+
 def test_debug_works_after_the_command_and_completion_is_offered(gunctl, tmp_path):
     from gunctl.errors import SourceError
 

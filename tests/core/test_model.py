@@ -19,8 +19,11 @@ def test_auto_offline_falls_back_with_a_short_warning_and_no_network(tmp_path, m
     def no_network(*args, **kwargs):
         raise AssertionError("auto must not probe the network")
 
+    import logging
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(logging.getLogger("gunctl"), "propagate", True)  # after CLI tests
     with caplog.at_level("INFO", logger="gunctl"):
         built = build_model(ModelConfig(name=NAME, weights="auto"))
     assert built.weights_origin.startswith("none (auto")
