@@ -125,7 +125,7 @@ class TrainState:
         }
 
     def weights_payload(self) -> dict[str, Any]:
-        """What scoring, fine-tuning and export need (no optimizer state): a quarter of the
+        """What scoring, fine-tuning and export need (no optimizer state): a third of the
         size of a full checkpoint with Adam."""
         full_only = ("optimizer", "scheduler", "scaler", "rng", "partial_epoch")
         return {k: v for k, v in self.payload().items() if k not in full_only}
