@@ -25,7 +25,7 @@ from gunctl.core import tree
 from gunctl.core.fileio import read_document
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
-from gunctl.errors import DataError, OutputError, SourceError, UsageError
+from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
 MANIFEST_FORMAT = "gunctl-raw"
 MANIFEST_SCHEMA = 1
@@ -131,7 +131,7 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160)
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"
@@ -393,4 +393,4 @@ def _make_dirs(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
