@@ -58,10 +58,6 @@ class Gunctl:
 
 @pytest.fixture
 def gunctl() -> Gunctl:
-    return Gunctl()
-
-
-@pytest.fixture
-def gunctl_runner() -> Gunctl:
-    """The in-process runner, for tests that monkeypatch (e.g. a full disk)."""
+    """The in-process runner (tests may monkeypatch it, e.g. a full disk); for a real process
+    use helpers.run_gunctl."""
     return Gunctl()

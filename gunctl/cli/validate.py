@@ -95,7 +95,7 @@ def validate(
     if json_out:
         render.print_json(report)
     elif not quiet:
-        render.console.print(render.score_table(result, score_threshold))
+        render.console.print(render.validation_table(result, score_threshold))
     if failures:
         raise ThresholdError("; ".join(failures))
 

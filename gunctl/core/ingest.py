@@ -283,42 +283,42 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
         return None
     data = image.read()
     try:
-        _, info = decode_rgb(data, config.max_pixels)
+        _, meta = decode_rgb(data, config.max_pixels)
     except ImageProblem as problem:
         report.problems.append(Problem(image.name, problem.kind, problem.detail))
         return None
     extension = Path(image.name).suffix
-    if not format_matches(extension, info.format):
-        report.problems.append(Problem(image.name, "format_mismatch", f"{info.format} content"))
+    if not format_matches(extension, meta.format):
+        report.problems.append(Problem(image.name, "format_mismatch", f"{meta.format} content"))
     parsed = parse_label(label.read(), label.name)
     report.problems.extend(parsed.problems)
     if not parsed.usable:
         return None
-    boxes, box_problems = check_boxes(parsed.boxes, info.width, info.height, label.name)
+    boxes, box_problems = check_boxes(parsed.boxes, meta.width, meta.height, label.name)
     report.problems.extend(box_problems)
     image_name = Path(image.name).name
     label_bytes = format_label(boxes).encode()
     (stage / tree.IMAGES / image_name).write_bytes(data)
     (stage / tree.LABELS / f"{stem}.txt").write_bytes(label_bytes)
-    _count(report, info, len(boxes))
+    _count(report, meta, len(boxes))
     return {
         "stem": stem,
         "image": image_name,
         "label": f"{stem}.txt",
-        "width": info.width,
-        "height": info.height,
+        "width": meta.width,
+        "height": meta.height,
         "boxes": len(boxes),
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
     }
 
 
-def _count(report: IngestReport, info, boxes: int) -> None:
+def _count(report: IngestReport, meta, boxes: int) -> None:
     report.images += 1
     report.boxes += boxes
     report.empty_images += boxes == 0
-    report.converted += info.mode != "RGB"
-    size = (info.width, info.height)
+    report.converted += meta.mode != "RGB"
+    size = (meta.width, meta.height)
     if report.smallest is None or size[0] * size[1] < report.smallest[0] * report.smallest[1]:
         report.smallest = size
     if report.largest is None or size[0] * size[1] > report.largest[0] * report.largest[1]:
