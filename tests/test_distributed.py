@@ -12,6 +12,8 @@ from helpers import TINY_CLI, run_gunctl
 
 from gunctl.core.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # torchrun with two processes trains twice
+
 
 def torchrun() -> list[str]:
     script = Path(sys.executable).with_name("torchrun")

@@ -149,6 +149,7 @@ def test_strict_refuses_and_keeps_the_previous_tree(corpus, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["raw"]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_corpus_trains_and_validates_after_repair(corpus, tmp_path):
     out = tmp_path / "out"
     assert run_gunctl("ingest", "--source", corpus, "--out", out).returncode == 0
@@ -228,6 +229,7 @@ def demo_out(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["validate", "resume", "weights"])
 def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
     marker = tmp_path / "pwned"
@@ -252,6 +254,7 @@ def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out, tmp_path):
     out = share_data(tmp_path / "artifacts", demo_out)
     process, last = start_long_training(out, "killed")
@@ -284,6 +287,7 @@ def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out,
     assert not list((out / "runs" / "killed").glob(".*.tmp"))  # half-written files cleared
 
 
+@pytest.mark.slow
 def test_unwritable_out_is_refused_before_training(demo_out, tmp_path):
     out = share_data(tmp_path / "artifacts", demo_out)
     (out / "runs").write_text("a file where the runs folder should be")  # cannot hold runs
@@ -308,6 +312,7 @@ def test_disk_full_is_refused_before_training(demo_out, gunctl, monkeypatch, tmp
     assert not (out / "runs" / "full" / "last.pth").exists()
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_write_keeps_the_previous_one(demo_out, gunctl, monkeypatch, tmp_path):
     import torch
 
@@ -330,6 +335,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(demo_out, gunctl, monkey
     assert checkpoint["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_out_of_memory_says_what_to_do_and_saves(demo_out, tmp_path):
     import torch
     from helpers import tiny_config
