@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(os.environ.get("GUNCTL_SAMPLE_DATA", ROOT.parent / "shared" / "data" / "guns-sample"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_core_logger():
+    """The CLI routes the "gunctl" logger to Rich and stops it propagating; undo that after each
+    test, so that caplog sees the core's warnings whatever ran before."""
+    import logging
+
+    logger = logging.getLogger("gunctl")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+
+
 @pytest.fixture
 def small_tree(tmp_path: Path) -> Path:
     """Three good images (one negative) in the Kaggle layout."""

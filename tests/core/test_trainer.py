@@ -119,6 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(layout):
     )
 
 
+@pytest.mark.slow
 def test_validation_leaves_batchnorm_statistics_alone(layout):
     from gunctl.core.dataset import GunDataset, collate
     from gunctl.core.engine import evaluate
