@@ -13,15 +13,21 @@ SAMPLE = Path(os.environ.get("GUNCTL_SAMPLE_DATA", ROOT.parent / "shared" / "dat
 
 
 @pytest.fixture(autouse=True)
-def _restore_core_logger():
-    """The CLI routes the "gunctl" logger to Rich and stops it propagating; undo that after each
-    test, so that caplog sees the core's warnings whatever ran before."""
+def _plain_core_logger():
+    """The CLI routes the "gunctl" logger to Rich and stops it propagating (for the whole
+    process); give every test the plain logger, so that caplog sees the core's warnings
+    whatever ran before (module fixtures that run the CLI included)."""
     import logging
 
     logger = logging.getLogger("gunctl")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
+
+    def reset() -> None:
+        logger.handlers.clear()
+        logger.propagate, logger.level = True, logging.NOTSET
+
+    reset()
     yield
-    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+    reset()
 
 
 @pytest.fixture
