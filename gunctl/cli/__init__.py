@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
 from gunctl.cli import ingest, runs, split, tb, train, validate
-from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError
+from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 _DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
 
@@ -65,7 +65,7 @@ class GuardedGroup(GunctlGroup):
         except GunctlError as exc:
             if _debug(ctx):
                 raise
-            _report(_one_line(exc))
+            _report(first_line(exc, limit=10_000))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if _debug(ctx):
@@ -191,12 +191,3 @@ def _report(message: str) -> None:
     from gunctl.cli.render import error
 
     error(escape(message))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message, without the wrapping that DataLoader workers add to re-raised errors."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__

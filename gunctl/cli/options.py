@@ -59,6 +59,7 @@ def _config_names(params) -> dict[str, str]:
         names[key.replace("-", "_")] = param.name
     return names
 
+
 ConfigFile = Annotated[
     Path | None,
     typer.Option(

@@ -9,10 +9,10 @@ import typer
 
 from gunctl.cli import render
 from gunctl.cli.options import BatchSize, ConfigFile, Device, Json, Out, Quiet, Workers
-from gunctl.config import EvalConfig, Layout
-from gunctl.errors import ThresholdError, UsageError
+from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
+from gunctl.errors import ThresholdError
 
-_E = EvalConfig()
+_DEFAULTS = ValidateConfig()
 
 
 def validate(
@@ -27,7 +27,7 @@ def validate(
         typer.Option(
             "--split",
             show_default="the images the run validated on",
-            help="Part of the split to score instead: train, val or all.",
+            help=f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}.",
         ),
     ] = None,
     data: Annotated[
@@ -51,7 +51,7 @@ def validate(
             max=1.0,
             help="Detections below it do not count for precision, recall and F1.",
         ),
-    ] = _E.score_threshold,
+    ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
         typer.Option(
@@ -85,9 +85,9 @@ def validate(
             help="Write images with boxes drawn and COCO-style JSON to this folder.",
         ),
     ] = None,
-    device: Device = _E.device,
-    batch_size: BatchSize = _E.batch_size,
-    workers: Workers = _E.workers,
+    device: Device = _DEFAULTS.device,
+    batch_size: BatchSize = _DEFAULTS.batch_size,
+    workers: Workers = _DEFAULTS.workers,
     config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
@@ -96,14 +96,12 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
-    from gunctl.core.scoring import score
+    from gunctl.core.validate import validate_checkpoint
 
-    if data is not None and part is not None:
-        raise UsageError("--data scores a whole folder; it does not go with --split")
     if artifacts is not None:
         render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
         out = artifacts
-    config = EvalConfig(
+    config = ValidateConfig(
         checkpoint=checkpoint or Layout(out).best_model,
         layout=Layout(out),
         part=part,
@@ -116,7 +114,7 @@ def validate(
     )
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
-        result = score(config, on_batch=counter)
+        result = validate_checkpoint(config, on_batch=counter)
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
     if report_file is not None:
@@ -128,7 +126,7 @@ def validate(
     if json_out:
         render.print_json(report)
     elif not quiet:
-        render.console.print(render.score_table(result, score_threshold))
+        render.console.print(render.validation_table(result, score_threshold))
     if failures:
         raise ThresholdError("; ".join(failures))
 

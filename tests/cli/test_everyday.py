@@ -101,17 +101,17 @@ def test_failed_ingest_leaves_no_out_folder(gunctl, tmp_path):
     assert result.exit_code == 2 and not out.exists()
 
 
-def test_validate_artifacts_is_a_deprecated_alias_of_out(gunctl, out):
-    result = gunctl("validate", out / "nope.pth", "--artifacts", out)
+def test_validate_artifacts_is_a_deprecated_alias_of_out(gunctl, tmp_path):
+    result = gunctl("validate", tmp_path / "nope.pth", "--artifacts", tmp_path)
     assert result.exit_code == 2 and "--artifacts is deprecated" in result.stderr
     text = _help(gunctl, "validate")
     assert "--artifacts" not in text and "--report" in text
 
 
-def test_text_file_as_checkpoint_says_so(gunctl, out, tmp_path):
+def test_text_file_as_checkpoint_says_so(gunctl, tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("these are my notes\n")
-    result = gunctl("validate", text, "--out", out)
+    result = gunctl("validate", text, "--out", tmp_path)
     assert result.exit_code == 2
     assert "not a checkpoint (a text file" in result.stderr and "unsafe" not in result.stderr
 
