@@ -87,6 +87,7 @@ class SplitConfig:
     val_fraction: float = 0.2  # the usual 80/20 hold-out
     subset: int | None = None  # None: all images; N: a seeded sample of N images first
     layout: Layout = field(default_factory=Layout)
+    keep_source_split: bool = False  # the source's own train/val (YOLO, Roboflow) when asked
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ def validate(
         render.print_json(report)
     elif not quiet:
         render.console.print(render.score_table(result, score_threshold))
+        per_class = render.class_table(result.metrics.get("per_class"))
+        if per_class is not None:
+            render.console.print(per_class)
     if failures:
         raise ThresholdError("; ".join(failures))
 

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from gunctl.config import (
-    CLASS_NAMES,
     LR_SCHEDULES,
     OPTIMIZERS,
     SplitConfig,
@@ -45,7 +44,13 @@ from gunctl.core.engine import (
 )
 from gunctl.core.model import build_model, load_model_state, to_device_layout
 from gunctl.core.runlock import RunLock
-from gunctl.core.split import create_split, load_split, split_checksum, subset_split
+from gunctl.core.split import (
+    class_names_of,
+    create_split,
+    load_split,
+    split_checksum,
+    subset_split,
+)
 from gunctl.core.transforms import EvalTransform, TrainTransform
 from gunctl.errors import CheckpointError, DivergedError, TrainingError, UsageError
 
@@ -72,6 +77,7 @@ class TrainState:
     val_dataset: GunDataset
     batches_per_epoch: int
     world_size: int = 1
+    class_names: list[str] = field(default_factory=lambda: ["gun"])  # label k + 1 is name k
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batches_done: int = 0  # batches completed in the epoch under way (after an interrupt)
@@ -113,7 +119,7 @@ class TrainState:
             "metrics": self.history[-1] if self.history else None,
             "history": self.history,
             "config": self.config_dict(),
-            "class_names": list(CLASS_NAMES),
+            "class_names": ["background", *self.class_names],
             "run_name": self.run_name,
             "weights_origin": self.weights_origin,
             "split_checksum": self.split_checksum,
@@ -184,6 +190,8 @@ def _fit(config, callbacks, info, device) -> FitResult:
         if info.is_main:
             _remove_stale_temporaries(run_dir)
         split, manifest_checksum = _prepare_split(config, info)
+        class_names = class_names_of(split)
+        config = _with_classes(config, class_names, checkpoint, resume_path)
         checksum = split_checksum(split)
         if checkpoint and checkpoint.get("split_checksum") not in (None, checksum):
             log.warning("the split differs from the one %s was trained on", resume_path)
@@ -307,6 +315,7 @@ def _validate_epoch(state, fire, val_loader, setup, info) -> None:
             score_threshold=state.config.score_threshold,
             amp_dtype=setup.amp_dtype,
             on_batch=lambda n: fire("on_validation_batch", n),
+            class_names=state.class_names,
         )
         record["val"] = result.metrics
         record["seconds"] = record["train"]["seconds"] + result.metrics["seconds"]
@@ -418,6 +427,19 @@ def _resumed_config(checkpoint: dict, requested: TrainConfig) -> TrainConfig:
     return config
 
 
+def _with_classes(config: TrainConfig, names: list[str], checkpoint, path) -> TrainConfig:
+    """One model output per class plus the background; a resumed run keeps its classes."""
+    if checkpoint is not None:
+        stored = list(checkpoint.get("class_names") or [])[1:]
+        if stored and stored != names:
+            raise CheckpointError(
+                f"{path}: trained on classes {', '.join(stored)}, but the data set has "
+                f"{', '.join(names)}; ingest with --classes or start a new run"
+            )
+    model = dataclasses.replace(config.model, num_classes=len(names) + 1)
+    return dataclasses.replace(config, model=model)
+
+
 def _check_config(config: TrainConfig) -> None:
     if config.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer {config.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
@@ -499,6 +521,7 @@ def _setup(config, checkpoint, resume_path, split, info, device, run_dir, checks
         val_dataset=val_set,
         batches_per_epoch=sampler.batches_per_epoch(),
         world_size=info.world_size,
+        class_names=class_names_of(split),
     )
     if info.is_main:
         _check_free_space(run_dir, model, config)
