@@ -54,6 +54,9 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+escape = _escape  # for commands that print user-controlled text
+
+
 def ingest_table(report) -> Table:
     title = f"Ingested {_escape(report.source)}"
     table = Table(title=title, show_header=False, title_justify="left")
