@@ -24,8 +24,8 @@ def kaggle_items(root: Path, count: int | None = None, classes=None):
         lines = (root / "Labels" / f"{path.stem}.txt").read_text().split("\n")[1:]
         boxes = [tuple(float(v) for v in line.split()) for line in lines if line.strip()]
         width, height = Image.open(path).size
-        name = (lambda i: classes(path.stem, i)) if classes else (lambda i: "gun")
-        items.append((path, width, height, [(*b, name(i)) for i, b in enumerate(boxes)]))
+        named = [(*b, classes(path.stem, i) if classes else "gun") for i, b in enumerate(boxes)]
+        items.append((path, width, height, named))
     return items
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from convert import kaggle_items, to_kaggle, voc_xml
+from convert import kaggle_items, to_coco, to_kaggle, voc_xml
 from helpers import jpeg_bytes
 
 
@@ -247,3 +247,46 @@ def test_export_data_without_ingest_and_unknown_format(gunctl, tmp_path):
     assert not (tmp_path / "x").exists()
     result = gunctl("export-data", tmp_path / "y", "--format", "voc", "--artifacts", tmp_path)
     assert result.exit_code == 2 and "--format voc" in one_line(result)
+
+
+@pytest.mark.slow
+def test_two_classes_train_and_validate_per_class(gunctl, tmp_path, sample_data):
+    """Boxes of the sample under two class names (by image), as COCO: one epoch with the tiny
+    model, then validate with a per-class table and per-class figures in --json."""
+    from helpers import TINY_CLI
+
+    from gunctl.core.checkpoint import load_checkpoint
+
+    items = kaggle_items(
+        sample_data, 16, classes=lambda stem, i: "rifle" if int(stem) % 3 else "pistol"
+    )
+    out = tmp_path / "a"
+    source = to_coco(items, tmp_path / "coco", names=["pistol", "rifle"])
+    assert gunctl("ingest", "--source", source, "--out", out).exit_code == 0
+    assert gunctl("split", "--out", out, "--val-fraction", "0.25").exit_code == 0
+    split = json.loads((out / "splits" / "split.json").read_text())
+    val_labels = "".join((out / "raw" / "Labels" / i["label"]).read_text() for i in split["val"])
+    assert " 0\n" in val_labels and " 1\n" in val_labels  # both classes reach val
+    result = gunctl("train", "--epochs", "1", "--out", out, "--run-name", "two", *TINY_CLI)
+    assert result.exit_code == 0, result.stderr
+    assert "Per class" in result.stdout and "pistol" in result.stdout
+    checkpoint = load_checkpoint(out / "runs" / "two" / "last.pth")
+    assert checkpoint["class_names"] == ["background", "pistol", "rifle"]
+    assert checkpoint["config"]["model"]["num_classes"] == 3
+    assert checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3
+    assert set(checkpoint["metrics"]["val"]["per_class"]) == {"pistol", "rifle"}
+    preds, ckpt = tmp_path / "preds", out / "runs" / "two" / "last.pth"
+    args = ("--artifacts", out, "--workers", "0", "--save-predictions", preds)
+    table = gunctl("validate", ckpt, *args, "--out", tmp_path / "report.json")
+    assert table.exit_code == 0, table.stderr
+    assert "Per class" in table.stdout and "rifle" in table.stdout
+    report = json.loads((tmp_path / "report.json").read_text())  # what --json prints
+    per_class = report["metrics"]["per_class"]
+    assert report["class_names"] == ["pistol", "rifle"] and set(per_class) == {"pistol", "rifle"}
+    assert all(set(v) == {"map", "map_50", "boxes"} for v in per_class.values())
+    assert sum(v["boxes"] for v in per_class.values()) == report["metrics"]["boxes"]
+    truth = json.loads((preds / "ground_truth.json").read_text())
+    assert truth["categories"] == [{"id": 1, "name": "pistol"}, {"id": 2, "name": "rifle"}]
+    assert {a["category_id"] for a in truth["annotations"]} == {1, 2}
+    events = b"".join(p.read_bytes() for p in (out / "runs" / "two").glob("events.out.*"))
+    assert b"val_per_class/map_50/pistol" in events and b"val_per_class/map/rifle" in events
