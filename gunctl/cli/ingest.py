@@ -87,6 +87,11 @@ def ingest(
 
 
 ingest.__doc__ += (
+    "\n\nLayouts (detected, or --format): kaggle (Images/ + Labels/, count then x1 y1 x2 y2 "
+    "in pixels), yolo (images/ + labels/, class cx cy w h normalised, names from data.yaml or "
+    "classes.txt, train/ val/ valid/ kept as the source split), coco (instances*.json or "
+    "_annotations.coco.json with its images; iscrowd boxes left out), voc (Annotations/*.xml "
+    "+ JPEGImages/; difficult objects kept; entity declarations refused)."
     "\n\nAccepted as they are: CRLF line ends, a UTF-8 BOM, trailing spaces, blank lines, "
     "a count of 0 (a negative image), float coordinates (kept, not rounded), .JPG/.jpg/.jpeg/"
     ".png names; grayscale, CMYK, palette and alpha images are converted to RGB."

@@ -24,7 +24,11 @@ def validate(
     ] = _E.part,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+        typer.Option(
+            "--data",
+            help="Score another data folder or .zip instead (any layout ingest reads; its "
+            "classes are matched to the checkpoint's by name).",
+        ),
     ] = None,
     artifacts: Annotated[
         Path,

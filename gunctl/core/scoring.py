@@ -106,7 +106,10 @@ def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDa
         layout = Layout(scratch)
         names = class_names(checkpoint, config.checkpoint)
         classes = {"merge_classes": names[0]} if len(names) == 1 else {"classes": tuple(names)}
-        report = ingest(IngestConfig(source=str(config.data), layout=layout, **classes))
+        try:
+            report = ingest(IngestConfig(source=str(config.data), layout=layout, **classes))
+        except UsageError as exc:  # the data lack a class of the checkpoint
+            raise DataError(f"{config.data}: {str(exc).removeprefix('--classes: ')}") from None
         if report.problems:
             log.warning(
                 "%s: %d problem(s) repaired or skipped, as ingest would (first: %s)",

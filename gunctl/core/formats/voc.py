@@ -36,7 +36,7 @@ def read(files: dict[str, SourceFile], where: str) -> Source:
     parsed = [(n, _parse(files[n], where)) for n in sorted(files) if _is_annotation(n)]
     names = sorted({a.class_name for _, labels in parsed for a in labels.annotations})
     source = Source(NAME, names or ["object"])
-    images = {n: f for n, f in files.items() if tree.is_image_name(n) and not tree.is_hidden(n)}
+    images = _image_index(files)
     seen: dict[str, str] = {}
     records = []
     for name, labels in parsed:
@@ -110,16 +110,24 @@ def _box(element) -> tuple[float, float, float, float] | None:
     return values if all(math.isfinite(v) for v in values) else None  # type: ignore[return-value]
 
 
-def _find_image(xml_name: str, parsed: _Parsed, images: dict[str, SourceFile]):
+def _image_index(files: dict[str, SourceFile]) -> dict[str, dict[str, list[SourceFile]]]:
+    """Images of the JPEGImages/ folder(s) (else all images) by base name and by stem."""
+    images = [
+        f for n, f in sorted(files.items()) if tree.is_image_name(n) and not tree.is_hidden(n)
+    ]
+    chosen = [f for f in images if _in_jpeg_images(f.name)] or images
+    index: dict[str, dict[str, list[SourceFile]]] = {"base": {}, "stem": {}}
+    for file in chosen:
+        index["base"].setdefault(base_name(file.name), []).append(file)
+        index["stem"].setdefault(stem_of(file.name), []).append(file)
+    return index
+
+
+def _find_image(xml_name: str, parsed: _Parsed, images: dict):
     """By <filename> in a JPEGImages/ folder, else an image with the XML's stem there."""
-    in_folder = [f for n, f in sorted(images.items()) if _in_jpeg_images(n)] or list(
-        images.values()
-    )
-    wanted = base_name(parsed.filename) if parsed.filename else None
-    for file in in_folder:
-        if wanted and base_name(file.name) == wanted:
-            return file
-    matches = [f for f in in_folder if stem_of(f.name) == stem_of(xml_name)]
+    if parsed.filename and images["base"].get(base_name(parsed.filename)):
+        return images["base"][base_name(parsed.filename)][0]
+    matches = images["stem"].get(stem_of(xml_name), [])
     return matches[0] if len(matches) == 1 else None
 
 

@@ -54,9 +54,12 @@ def read(files: dict[str, SourceFile], where: str) -> Source:
             source.items.append(Problem(image.name, "duplicate_stem", f"same stem as {seen[stem]}"))
             continue
         seen[stem] = image.name
-        label = labels.get(_image_key(image.name))
+        label = labels.pop(_image_key(image.name), None)
         split = split_of(image.name.split("/")[:-1])
         records.append(Record(stem, image, _labels_reader(label, image.name, names), split))
+    for label in sorted(labels.values(), key=lambda f: f.name):
+        if not tree.is_hidden(label.name):
+            source.items.append(Problem(label.name, "label_without_image"))
     source.items += sorted(records, key=lambda r: tree.natural_key(r.stem))
     return source
 
