@@ -45,7 +45,8 @@ def read(files: dict[str, SourceFile], where: str) -> Source:
     for name, document in documents:
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         split = split_of(name.split("/")[:-1])
-        for record in _records(name, document, folder, split, images, names, source.items):
+        records_of = _records(name, document, folder, split, images, names, source.items, where)
+        for record in records_of:
             if record.stem in seen:
                 detail = f"same stem as {seen[record.stem]}"
                 source.items.append(Problem(record.image.name, "duplicate_stem", detail))
@@ -106,15 +107,16 @@ def _class_names(documents: list[tuple[str, dict]], where: str) -> list[str]:
     return names
 
 
-def _records(name, document, folder, split, images, names, problems):
+def _records(name, document, folder, split, images, names, problems, where):
     index: dict[int, tuple[int, dict]] = {}
     for i, image in enumerate(document.get("images", [])):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
-            raise DataError(f"{name}: images[{i}]: needs a file_name")
+            raise DataError(f"{where}/{name}: images[{i}]: needs a file_name")
         image_id = image.get("id")
-        if image_id in {k for k in index}:
+        if image_id in index:
             raise DataError(
-                f"{name}: images[{i}].id {image_id!r} repeats images[{index[image_id][0]}].id"
+                f"{where}/{name}: images[{i}].id {image_id!r} repeats "
+                f"images[{index[image_id][0]}].id"
             )
         index[image_id] = (i, image)
     categories = {c["id"]: c["name"].strip() for c in document.get("categories", [])}
