@@ -99,6 +99,35 @@ def test_coco_duplicate_image_ids_and_invalid_json_are_refused(gunctl, tmp_path)
     assert "instances_default.json:1:16: not valid JSON" in one_line(result)
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"images": [{"id": [1], "file_name": "1.jpg"}], "categories": [{"id": 1, "name": "a"}]},
+        {"images": "x", "annotations": [], "categories": []},
+        [1, 2],
+        {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}]},
+        {"images": [], "categories": [{"id": "x"}]},
+    ],
+    ids=["list-id", "images-not-a-list", "not-an-object", "no-file-name", "bad-category"],
+)
+def test_coco_of_the_wrong_shape_is_one_line(gunctl, tmp_path, document):
+    result = ingest(gunctl, coco_set(tmp_path / "coco", document), tmp_path)
+    assert result.exit_code == 2
+    assert "instances_default.json" in one_line(result)
+
+
+def test_coco_annotations_of_the_wrong_shape_are_dropped_and_reported(gunctl, tmp_path):
+    document = coco_doc()
+    document["annotations"] += ["junk", {"image_id": [1], "category_id": {"a": 1}}]
+    document["annotations"][0]["category_id"] = [1]
+    result = ingest(gunctl, coco_set(tmp_path / "coco", document), tmp_path, "--json")
+    assert result.exit_code == 0
+    problems = json.loads(result.stdout)["problems"]
+    assert any("annotations[2].image_id" in p for p in problems)
+    assert any("annotations[3].image_id" in p for p in problems)
+    assert any("annotations[0].category_id" in p for p in problems)
+
+
 def test_coco_crowd_boxes_are_left_out_and_counted(gunctl, tmp_path):
     document = coco_doc(annotations__1__iscrowd=1)
     result = ingest(gunctl, coco_set(tmp_path / "coco", document), tmp_path, "--json")

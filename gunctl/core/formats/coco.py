@@ -97,7 +97,9 @@ def _class_names(documents: list[tuple[str, dict]], where: str) -> list[str]:
             if isinstance(parent, str) and parent != cname:
                 parents.add(parent)
         used |= {
-            a.get("category_id") for a in document.get("annotations", []) if isinstance(a, dict)
+            _key(a.get("category_id"))
+            for a in document.get("annotations", [])
+            if isinstance(a, dict)
         }
     names = [by_id[c] for c in sorted(by_id) if c in used or by_id[c] not in parents]
     if len(set(names)) != len(names):
@@ -113,6 +115,10 @@ def _records(name, document, folder, split, images, names, problems, where):
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
             raise DataError(f"{where}/{name}: images[{i}]: needs a file_name")
         image_id = image.get("id")
+        if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+            raise DataError(
+                f"{where}/{name}: images[{i}].id: expected a number, got {image_id!r:.40}"
+            )
         if image_id in index:
             raise DataError(
                 f"{where}/{name}: images[{i}].id {image_id!r} repeats "
@@ -136,13 +142,14 @@ def _records(name, document, folder, split, images, names, problems, where):
 
 def _annotation(name, i, ann, index, categories, names, boxes, problems) -> None:
     place = f"annotations[{i}]"
-    if not isinstance(ann, dict) or ann.get("image_id") not in index:
-        image_id = ann.get("image_id") if isinstance(ann, dict) else None
-        detail = f"image_id {image_id!r} is not in images"
+    image_id = _key(ann.get("image_id")) if isinstance(ann, dict) else None
+    if image_id not in index:
+        shown = ann.get("image_id") if isinstance(ann, dict) else ann
+        detail = f"image_id {shown!r:.40} is not in images"
         problems.append(Problem(name, "unknown_image", detail, f"{place}.image_id"))
         return
-    annotations, box_problems, crowd = boxes[ann["image_id"]]
-    category = categories.get(ann.get("category_id"))
+    annotations, box_problems, crowd = boxes[image_id]
+    category = categories.get(_key(ann.get("category_id")))
     if category is None or category not in names:
         detail = f"category_id {ann.get('category_id')!r} is not in categories"
         box_problems.append(Problem(name, "unknown_class", detail, f"{place}.category_id"))
@@ -164,6 +171,11 @@ def _annotation(name, i, ann, index, categories, names, boxes, problems) -> None
         return
     box = (round(x, 6), round(y, 6), round(x + w, 6), round(y + h, 6))
     annotations.append(Annotation(box, category, f"{place}.bbox"))
+
+
+def _key(value):
+    """An id as a dict key: numbers and text; anything else (lists, objects) matches nothing."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 def _image_index(files: dict[str, SourceFile]) -> dict:
