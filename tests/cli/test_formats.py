@@ -317,5 +317,8 @@ def test_two_classes_train_and_validate_per_class(gunctl, tmp_path, sample_data)
     truth = json.loads((preds / "ground_truth.json").read_text())
     assert truth["categories"] == [{"id": 1, "name": "pistol"}, {"id": 2, "name": "rifle"}]
     assert {a["category_id"] for a in truth["annotations"]} == {1, 2}
+    other = gunctl("validate", ckpt, "--data", source, "--workers", "0", "--json")
+    assert other.exit_code == 0, other.stderr
+    assert set(json.loads(other.stdout)["metrics"]["per_class"]) == {"pistol", "rifle"}
     events = b"".join(p.read_bytes() for p in (out / "runs" / "two").glob("events.out.*"))
     assert b"val_per_class/map_50/pistol" in events and b"val_per_class/map/rifle" in events

@@ -81,17 +81,24 @@ def _item(layout: Layout, entry: dict, classes: int) -> dict:
     for name in (image, label):
         if not _plain_name(name):
             raise DataError(f"{layout.manifest}: file name {name!r} is not a plain file name")
-    data = (layout.raw / tree.IMAGES / image).read_bytes()
-    if hashlib.sha256(data).hexdigest() != entry.get("image_sha256"):
-        raise DataError(f"{layout.raw / tree.IMAGES / image}: changed since ingest (checksum)")
     width, height = int(entry["width"]), int(entry["height"])
     label_path = layout.raw / tree.LABELS / label
     boxes, indices = read_targets(label_path.read_bytes(), width, height, str(label_path))
     if any(k >= classes for k in indices):
         raise DataError(f"{label_path}: a class index beyond the manifest's class_names")
     stem = tree.stem_of(label)
-    return {"image": image, "stem": stem, "data": data, "width": width, "height": height,
+    return {"image": image, "stem": stem, "path": layout.raw / tree.IMAGES / image,
+            "sha256": entry.get("image_sha256"), "width": width, "height": height,
             "boxes": boxes, "classes": indices}  # fmt: skip
+
+
+def _copy_image(item: dict, folder: Path) -> None:
+    """Copy one image (read one at a time: the set may not fit in memory), checking that it
+    is the file ingest checked."""
+    data = item["path"].read_bytes()
+    if hashlib.sha256(data).hexdigest() != item["sha256"]:
+        raise DataError(f"{item['path']}: changed since ingest (its checksum differs)")
+    (folder / item["image"]).write_bytes(data)
 
 
 def _plain_name(name) -> bool:
@@ -111,7 +118,7 @@ def _write_yolo(stage: Path, items: list[dict], names: list[str]) -> None:
     (stage / "images").mkdir()
     (stage / "labels").mkdir()
     for item in items:
-        (stage / "images" / item["image"]).write_bytes(item["data"])
+        _copy_image(item, stage / "images")
         w, h = item["width"], item["height"]
         lines = [
             f"{k} {(x1 + x2) / 2 / w:.8f} {(y1 + y2) / 2 / h:.8f} "
@@ -129,7 +136,7 @@ def _write_coco(stage: Path, items: list[dict], names: list[str]) -> None:
     (stage / "annotations").mkdir()
     images, annotations = [], []
     for image_id, item in enumerate(items, start=1):
-        (stage / "images" / item["image"]).write_bytes(item["data"])
+        _copy_image(item, stage / "images")
         images.append(
             {"id": image_id, "file_name": item["image"], "width": item["width"],
              "height": item["height"]}

@@ -30,3 +30,12 @@ def test_export_into_the_raw_tree_is_refused(tmp_path, small_tree):
     ingest(IngestConfig(source=str(small_tree), layout=layout))
     with pytest.raises(UsageError, match="inside"):
         export_data(layout, layout.raw / "Images" / "x", "yolo", force=True)
+
+
+def test_an_image_changed_since_ingest_is_refused(tmp_path, small_tree):
+    layout = Layout(tmp_path / "a")
+    ingest(IngestConfig(source=str(small_tree), layout=layout))
+    (layout.raw / "Images" / "2.jpeg").write_bytes(b"tampered")
+    with pytest.raises(DataError, match="2.jpeg: changed since ingest"):
+        export_data(layout, tmp_path / "out", "yolo", force=False)
+    assert list((tmp_path / "out").iterdir()) == []
