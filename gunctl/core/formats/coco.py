@@ -36,7 +36,10 @@ def looks_like(files: dict[str, SourceFile]) -> bool:
 
 
 def read(files: dict[str, SourceFile], where: str) -> Source:
-    documents = [(name, _load(files[name], where)) for name in _annotation_files(files)]
+    found = _annotation_files(files)
+    if not found:
+        raise DataError(f"{where}: no instances*.json or _annotations.coco.json (COCO layout)")
+    documents = [(name, _load(files[name], where)) for name in found]
     names = _class_names(documents, where)
     source = Source(NAME, names)
     images = _image_index(files)

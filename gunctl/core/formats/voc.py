@@ -23,7 +23,7 @@ from gunctl.core.formats import (
     stem_of,
 )
 from gunctl.core.labels import Problem
-from gunctl.errors import SourceError
+from gunctl.errors import DataError, SourceError
 
 NAME = "voc"
 
@@ -33,7 +33,10 @@ def looks_like(files: dict[str, SourceFile]) -> bool:
 
 
 def read(files: dict[str, SourceFile], where: str) -> Source:
-    parsed = [(n, _parse(files[n], where)) for n in sorted(files) if _is_annotation(n)]
+    found = [n for n in sorted(files) if _is_annotation(n)]
+    if not found:
+        raise DataError(f"{where}: no Annotations/*.xml (Pascal VOC layout)")
+    parsed = [(n, _parse(files[n], where)) for n in found]
     names = sorted({a.class_name for _, labels in parsed for a in labels.annotations})
     source = Source(NAME, names or ["object"])
     images = _image_index(files)

@@ -62,6 +62,12 @@ def test_bad_yaml_names_the_line(tmp_path):
         ingest(IngestConfig(source=str(source), layout=Layout(tmp_path / "a")))
 
 
+@pytest.mark.parametrize(("fmt", "message"), [("coco", "no instances"), ("voc", "no Annotations")])
+def test_a_named_format_that_is_not_there_says_what_is_missing(tmp_path, small_tree, fmt, message):
+    with pytest.raises(DataError, match=message):
+        ingest(IngestConfig(source=str(small_tree), layout=Layout(tmp_path / "a"), format=fmt))
+
+
 def test_detect_tells_yolo_labels_from_kaggle_labels(tmp_path):
     for name, text in (("kaggle", "1\n1 1 9 9\n"), ("yolo", "0 0.5 0.5 0.1 0.1\n")):
         root = tmp_path / name
