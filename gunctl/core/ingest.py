@@ -28,7 +28,7 @@ from gunctl.core.fileio import read_document
 from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import Problem, check_boxes, format_label
-from gunctl.errors import DataError, OutputError, SourceError, UsageError
+from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
 MANIFEST_FORMAT = "gunctl-raw"
 MANIFEST_SCHEMA = 1
@@ -148,7 +148,7 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160)
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"
@@ -346,14 +346,14 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
     image = record.image
     data = image.read()
     try:
-        _, info = decode_rgb(data, config.max_pixels)
+        _, meta = decode_rgb(data, config.max_pixels)
     except ImageProblem as problem:
         report.problems.append(Problem(image.name, problem.kind, problem.detail))
         return None
     extension = Path(image.name).suffix
-    if not format_matches(extension, info.format):
-        report.problems.append(Problem(image.name, "format_mismatch", f"{info.format} content"))
-    labels = record.labels(info.width, info.height)
+    if not format_matches(extension, meta.format):
+        report.problems.append(Problem(image.name, "format_mismatch", f"{meta.format} content"))
+    labels = record.labels(meta.width, meta.height)
     report.problems.extend(labels.problems)
     if not labels.usable:
         return None
@@ -363,7 +363,7 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
             report.classes_left_out[annotation.class_name] += 1
             continue
         kept, box_problems = check_boxes(
-            [(annotation.box, annotation.place)], info.width, info.height, labels.file
+            [(annotation.box, annotation.place)], meta.width, meta.height, labels.file
         )
         report.problems.extend(box_problems)
         if kept:
@@ -376,15 +376,15 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
     label_bytes = format_label(boxes, classes if multi else None).encode()
     (stage / tree.IMAGES / image_name).write_bytes(data)
     (stage / tree.LABELS / f"{record.stem}.txt").write_bytes(label_bytes)
-    _count(report, info, len(boxes))
+    _count(report, meta, len(boxes))
     for k in classes:
         report.boxes_per_class[report.class_names[k]] += 1
     entry = {
         "stem": record.stem,
         "image": image_name,
         "label": f"{record.stem}.txt",
-        "width": info.width,
-        "height": info.height,
+        "width": meta.width,
+        "height": meta.height,
         "boxes": len(boxes),
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
@@ -396,12 +396,12 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
     return entry
 
 
-def _count(report: IngestReport, info, boxes: int) -> None:
+def _count(report: IngestReport, meta, boxes: int) -> None:
     report.images += 1
     report.boxes += boxes
     report.empty_images += boxes == 0
-    report.converted += info.mode != "RGB"
-    size = (info.width, info.height)
+    report.converted += meta.mode != "RGB"
+    size = (meta.width, meta.height)
     if report.smallest is None or size[0] * size[1] < report.smallest[0] * report.smallest[1]:
         report.smallest = size
     if report.largest is None or size[0] * size[1] > report.largest[0] * report.largest[1]:
@@ -482,4 +482,4 @@ def _make_dirs(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
