@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import ingest, runs, split, tb, train, validate
+from gunctl.cli import export_data, ingest, runs, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 _DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
@@ -148,6 +148,7 @@ for _name, _function in (
     ("train", train.train),
     ("validate", validate.validate),
     ("tb", tb.tb),
+    ("export-data", export_data.export_data),
 ):
     app.command(_name, cls=GunctlCommand)(_with_debug(_function))
 

@@ -62,8 +62,12 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+escape = _escape  # for commands that print user-controlled text
+
+
 def ingest_table(report) -> Table:
-    table = Table(title=f"Ingested {report.source}", show_header=False, title_justify="left")
+    title = f"Ingested {_escape(report.source)}"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     rows = [
@@ -76,6 +80,17 @@ def ingest_table(report) -> Table:
         ("image heights (px)", _span(size_ranges(report)["height"])),
         ("problems", len(report.problems)),
     ]
+    rows.insert(0, ("format", report.source_format))
+    rows.insert(4, ("classes", _escape(", ".join(report.class_names))))
+    if len(report.class_names) > 1:
+        per_class = ", ".join(f"{k} {v}" for k, v in report.boxes_per_class.items())
+        rows.insert(5, ("boxes per class", _escape(per_class)))
+    extra = (
+        ("boxes of classes left out (--classes)", sum(report.classes_left_out.values())),
+        ("crowd boxes left out (COCO iscrowd)", report.crowd_left_out),
+        ("difficult boxes kept (Pascal VOC)", report.difficult),
+    )
+    rows += [(name, value) for name, value in extra if value]
     if report.version is not None:
         rows.insert(0, ("version", report.version))
     for name, value in rows:
@@ -391,7 +406,8 @@ def validation_table(result, score_threshold: float) -> Table:
         ("epoch", str(facts["epoch"]) + (" (interrupted)" if facts.get("interrupted") else "")),
         ("run", facts.get("run") or "-"),
         ("weights origin", facts.get("weights_origin") or "-"),
-        ("data", result.data),
+        ("classes", _escape(", ".join(facts.get("class_names") or ["gun"]))),
+        ("data", _escape(result.data)),
         ("mAP@0.5:0.95", _num(m.get("map"), 4)),
         ("mAP@0.5", _num(m.get("map_50"), 4)),
         ("mAP@0.75", _num(m.get("map_75"), 4)),
@@ -408,6 +424,25 @@ def validation_table(result, score_threshold: float) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    return table
+
+
+def class_table(per_class: dict | None, title: str = "Per class") -> Table | None:
+    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures)."""
+    if not per_class:
+        return None
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    table.add_column("mAP@0.5", justify="right")
+    table.add_column("mAP@0.5:0.95", justify="right")
+    for name, values in per_class.items():
+        table.add_row(
+            _escape(name),
+            str(values.get("boxes", "-")),
+            _num(values.get("map_50"), 4),
+            _num(values.get("map"), 4),
+        )
     return table
 
 

@@ -35,7 +35,8 @@ def validate(
         typer.Option(
             "--data",
             show_default="none",
-            help="Score another data folder or .zip (Kaggle layout) instead.",
+            help="Score another data folder or .zip instead (any layout ingest reads; its "
+            "classes are matched to the checkpoint's by name).",
         ),
     ] = None,
     out: Out = Layout().root,
@@ -127,6 +128,9 @@ def validate(
         render.print_json(report)
     elif not quiet:
         render.console.print(render.validation_table(result, score_threshold))
+        per_class = render.class_table(result.metrics.get("per_class"))
+        if per_class is not None:
+            render.console.print(per_class)
     if failures:
         raise ThresholdError("; ".join(failures))
 

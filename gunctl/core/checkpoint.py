@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from gunctl.config import CLASS_NAMES
 from gunctl.core.fileio import write_with
 from gunctl.errors import CheckpointError, first_line
 
@@ -111,7 +110,7 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         metrics=state.history[-1] if state.history else None,
         history=state.history,
         config=state.config_dict(),
-        class_names=list(CLASS_NAMES),
+        class_names=["background", *state.class_names],
         run_name=state.run_name,
         weights_origin=state.weights_origin,
         split_checksum=state.split_checksum,

@@ -21,11 +21,13 @@ def draw_detections(
     pred_scores: Sequence[float],
     threshold: float,
     max_labels: int = 10,
+    pred_names: Sequence[str] | None = None,
 ):
     """A PIL image: ``image`` (PIL RGB) with boxes and a legend strip below it.
 
     ``pred_boxes``/``pred_scores`` are every detection; those below ``threshold`` are counted
-    in the legend but not drawn.
+    in the legend but not drawn. ``pred_names`` (the class of each detection) prefixes the
+    labels when given (data sets of several classes).
     """
     from PIL import Image, ImageDraw
 
@@ -34,8 +36,10 @@ def draw_detections(
     font = _font(max(10, round(min(width, height) / 22)))
     kept = sorted(
         (
-            (float(s), list(b))
-            for s, b in zip(pred_scores, pred_boxes, strict=True)
+            (float(s), list(b), n)
+            for s, b, n in zip(
+                pred_scores, pred_boxes, pred_names or [None] * len(pred_scores), strict=True
+            )
             if s >= threshold
         ),
         key=lambda pair: -pair[0],
@@ -48,11 +52,12 @@ def draw_detections(
     for box in true_boxes:
         draw.rectangle(_clamp(box, width, height), outline=TRUE_COLOUR, width=line)
     placed: list[tuple[float, float, float, float]] = []
-    for rank, (score, box) in enumerate(kept):
+    for rank, (score, box, name) in enumerate(kept):
         x1, y1, x2, y2 = _clamp(box, width, height)
         draw.rectangle((x1, y1, x2, y2), outline=PRED_COLOUR, width=line)
         if rank < max_labels:
-            _label(draw, font, f"{score:.2f}", (x1, y1), placed, width)
+            text = f"{name} {score:.2f}" if name else f"{score:.2f}"
+            _label(draw, font, text, (x1, y1), placed, width)
     _write_legend(draw, font, legend, height, width)
     return canvas
 
