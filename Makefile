@@ -1,12 +1,13 @@
 # Two commands on a fresh machine (Python 3.10+, PyPI reachable):
 #   make demo   creates .venv, installs gunctl, and runs the whole job on built-in demo data
 #   make test   creates .venv with the test extras and runs the test suite (what CI runs)
+#   make test-fast   the tests not marked slow (no training, no torchrun): under 2 minutes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= artifacts
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +22,13 @@ demo: $(VENV)/.installed
 	$(BIN)/gunctl ingest --source demo --force --out $(OUT)
 	$(BIN)/gunctl split --out $(OUT)
 	$(BIN)/gunctl train --epochs 1 --subset 5 --out $(OUT) --run-name demo-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/gunctl validate $(OUT)/models/fasterrcnn.pth --artifacts $(OUT)
+	$(BIN)/gunctl validate $(OUT)/models/fasterrcnn.pth --out $(OUT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -166,10 +166,10 @@ def make_config(args, layout, seed: int, train_images: int):
 
 
 def tta_scores(layout, checkpoint: Path) -> dict:
-    from gunctl.config import EvalConfig
-    from gunctl.core.scoring import score
+    from gunctl.config import ValidateConfig
+    from gunctl.core.validate import validate_checkpoint
 
-    result = score(EvalConfig(checkpoint=checkpoint, layout=layout, tta=True))
+    result = validate_checkpoint(ValidateConfig(checkpoint=checkpoint, layout=layout, tta=True))
     tta = result.tta or {}
     return {"tta_map50": tta.get("map_50"), "tta_map": tta.get("map")}
 

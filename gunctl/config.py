@@ -7,9 +7,13 @@ stored in every checkpoint and in the TensorBoard run (see ``to_dict``).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from gunctl.errors import UsageError
 
 KAGGLE_HANDLE = "issaisasank/guns-object-detection"  # the data set the original pipeline used
 CLASS_NAMES = ("background", "gun")  # torchvision detectors reserve label 0 for background
@@ -33,13 +37,21 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 CACHE_MODES = ("none", "ram")
 RECIPES = ("auto", "scratch", "finetune", "plain")  # auto: scratch without pretrained weights
 NORMS = ("default", "bn", "frozen_bn", "gn")  # default: torchvision's choice for the weights
+VALIDATE_PARTS = ("train", "val", "all")  # what `validate --split` may score
+RUN_SORT_KEYS = ("name", "start", "map50", "loss", "epochs")  # `tb --list --sort`
+# TrainConfig fields that --resume takes from the command line; the rest come from the checkpoint.
+RESUMABLE_OPTIONS = ("epochs", "device", "workers", "cache", "resume")
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each command reads and writes, under one output root."""
+    """Where each command reads and writes, under one output root; the one home of file names."""
 
     root: Path = Path("artifacts")  # the original pipeline's folder; git-ignored
+
+    LAST: ClassVar[str] = "last.pth"  # in each run's folder: written every epoch
+    BEST: ClassVar[str] = "best.pth"  # in each run's folder: the best epoch so far (weights)
+    RUN_CONFIG: ClassVar[str] = "config.yaml"  # in each run's folder: its resolved options
 
     @property
     def raw(self) -> Path:
@@ -68,6 +80,18 @@ class Layout:
     def run_dir(self, name: str) -> Path:
         return self.runs / name
 
+    def last_checkpoint(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.LAST
+
+    def best_checkpoint(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.BEST
+
+    def epoch_checkpoint(self, run_name: str, epoch: int) -> Path:
+        return self.run_dir(run_name) / f"epoch_{epoch}.pth"  # --save-period
+
+    def run_config(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.RUN_CONFIG
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -80,6 +104,9 @@ class IngestConfig:
     count: int = 40  # demo data only: small enough to train on in a minute on a laptop CPU
     handle: str = KAGGLE_HANDLE
     max_pixels: int = 50_000_000  # refuse decompression bombs; real images are ~0.05 MP
+    format: str = "auto"  # kaggle, yolo, coco or voc; auto detects it from the files
+    classes: tuple[str, ...] | None = None  # keep (and order) these classes; None: all
+    merge_classes: str | None = None  # map every kept class to this one name
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,10 @@ class SplitConfig:
     val_fraction: float = 0.2  # the usual 80/20 hold-out
     subset: int | None = None  # None: all images; N: a seeded sample of N images first
     layout: Layout = field(default_factory=Layout)
+    keep_source_split: bool = False  # the source's own train/val (YOLO, Roboflow) when asked
+
+    def check(self) -> None:
+        check_fraction("--val-fraction", self.val_fraction)
 
 
 @dataclass(frozen=True)
@@ -122,6 +153,12 @@ class ModelConfig:
     # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
     fpn_levels: tuple[int, ...] = ()
 
+    def check(self) -> None:
+        check_choice("--model", self.name, MODEL_NAMES)
+        check_choice("--norm", self.norm, NORMS)
+        if self.min_size > self.max_size:
+            raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
+
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
         fields = dataclasses.asdict(self)
@@ -155,7 +192,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # the original pipeline used none; try 1e-4 with adamw/sgd
     momentum: float = 0.9  # sgd only; the usual value
     lr_schedule: str = "cosine"  # decays to ~0 at the last step: no tuning of decay epochs
-    warmup_steps: int = 50  # linear warm-up, capped at a fifth of all steps for short runs
+    warmup_steps: int = 50  # linear warm-up, capped at one epoch for short runs
     grad_clip: float | None = 10.0  # keeps from-scratch runs from diverging on a bad batch
     device: str = "auto"  # cuda when available, else cpu
     amp: bool = True  # bf16/fp16 autocast on CUDA only; ignored on the CPU
@@ -170,6 +207,9 @@ class TrainConfig:
     val_fraction: float = 0.2  # used only when train has to make a split itself
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
+    patience: int | None = None  # None: all epochs; N: stop after N epochs without a better mAP
+    save_period: int | None = None  # None: last.pth only; N: also keep epoch_<E>.pth every N
+
     # The recipe fills the options below that the user did not set (``explicit``); the
     # defaults here are the plain recipe: gunctl's behaviour before recipes existed.
     recipe: str = "auto"  # scratch without pretrained weights, finetune with them
@@ -184,12 +224,25 @@ class TrainConfig:
     minutes: float | None = None  # a wall-time budget: epochs and schedule fitted to it
     val_every: int = 1  # validate every k epochs (and always after the last)
 
+    def check(self) -> None:
+        self.model.check()
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("--cache", self.cache, CACHE_MODES)
+        check_choice("--recipe", self.recipe, RECIPES)
+        if self.minutes is not None and not self.minutes > 0:
+            raise UsageError(f"--minutes must be a positive number, got {self.minutes}")
+        check_device(self.device)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        check_fraction("--val-fraction", self.val_fraction)
+
 
 @dataclass(frozen=True)
-class EvalConfig:
-    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+class ValidateConfig:
+    checkpoint: Path = field(default_factory=lambda: Layout().best_model)
     layout: Layout = field(default_factory=Layout)
-    part: str = "val"  # the held-out part of the split
+    part: str | None = None  # None: the images the run validated on (else the split's val part)
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
     batch_size: int = 4
     workers: int = 2
@@ -200,6 +253,88 @@ class EvalConfig:
     amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
     tta: bool = False  # also score with horizontal-flip test-time augmentation (box fusion)
+
+    def check(self) -> None:
+        if self.part is not None:
+            check_choice("--split", self.part, VALIDATE_PARTS)
+        check_device(self.device)
+        if self.data is not None and self.part is not None:
+            raise UsageError("--data scores a whole folder; it does not go with --split")
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{flag} {value}: choose one of {', '.join(choices)}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise UsageError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+
+
+def check_device(value: str) -> None:
+    """The form of --device; whether that device exists here is distributed's question."""
+    if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
+        raise UsageError(f"--device {value}: use auto, cpu, cuda or cuda:N")
+
+
+def resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
+    """The stored config, with the RESUMABLE_OPTIONS (and the output layout) of the request."""
+    changes = {name: getattr(requested, name) for name in RESUMABLE_OPTIONS}
+    return dataclasses.replace(stored, layout=requested.layout, **changes)
+
+
+# TrainConfig fields that `gunctl train` takes as options of the same name; the model's are
+# --model (ModelConfig.name), --weights, --min-size, --max-size, --norm, --multiscale
+# (train_sizes) and --fpn-levels.
+TRAIN_OPTIONS = (
+    "epochs",
+    "subset",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "device",
+    "amp",
+    "channels_last",
+    "workers",
+    "cache",
+    "seed",
+    "hflip",
+    "patience",
+    "save_period",
+    "recipe",
+    "photometric",
+    "zoom_out",
+    "crop",
+    "mosaic",
+    "ema",
+    "ema_decay",
+    "fit_anchors",
+    "minutes",
+    "val_every",
+)
+
+
+def train_options(config: TrainConfig) -> dict[str, Any]:
+    """The config as `gunctl train` options ({name: value}): what a run's config.yaml holds,
+    so that `gunctl train --config <run>/config.yaml` repeats the run. Where the files go
+    (--out, --run-name, --resume) is left out."""
+    options: dict[str, Any] = {
+        "model": config.model.name,
+        "weights": config.model.weights,
+        "min_size": config.model.min_size,
+        "max_size": config.model.max_size,
+        "norm": config.model.norm,
+        "multiscale": ",".join(map(str, config.model.train_sizes)) or "off",
+        "fpn_levels": ",".join(map(str, config.model.fpn_levels)) or "all",
+    }
+    options.update({name: getattr(config, name) for name in TRAIN_OPTIONS})
+    if config.minutes is not None:  # a budget fits the epochs; both would be refused
+        options.pop("epochs")
+    return options
 
 
 def to_dict(config: Any) -> dict[str, Any]:

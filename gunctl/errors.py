@@ -58,3 +58,30 @@ class TrainingError(GunctlError):
 
 class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut at a word boundary (never mid-token) with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), for a one-line error.
+
+    DataLoader workers re-raise errors wrapped in an "Original Traceback"; the last line of
+    that is the message that matters.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return shorten(text.splitlines()[0], limit) if text else type(exc).__name__
+
+
+def cannot_write(path: object, exc: OSError) -> OutputError:
+    """The one error for an output that the OS refused (read-only, disk full, no permission)."""
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers
 from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
@@ -16,16 +16,18 @@ from gunctl.config import (
     NORMS,
     OPTIMIZERS,
     RECIPES,
+    RESUMABLE_OPTIONS,
     Layout,
     ModelConfig,
     TrainConfig,
 )
 from gunctl.errors import UsageError
 
-_M, _T = ModelConfig(), TrainConfig()
+_MODEL_DEFAULTS, _TRAIN_DEFAULTS = ModelConfig(), TrainConfig()
 
-# What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+# Options that --resume takes from the command line (the others are ignored, with a warning):
+# the config's RESUMABLE_OPTIONS, plus those that are not part of what was trained.
+_RESUME_OPTIONS = (*RESUMABLE_OPTIONS, "out", "quiet", "nproc", "config_file", "debug")
 # Command-line names whose TrainConfig field differs (the recipe keeps what the user set).
 _FIELDS = {
     "model": "model.name",
@@ -43,7 +45,7 @@ def train(
     ctx: typer.Context,
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
-    ] = _T.epochs,
+    ] = _TRAIN_DEFAULTS.epochs,
     minutes: Annotated[
         float | None,
         typer.Option(
@@ -60,29 +62,35 @@ def train(
             "plain: flip only, Adam 1e-4 (gunctl before recipes); auto: finetune with "
             "pretrained weights, else scratch. Options given explicitly override the recipe's.",
         ),
-    ] = _T.recipe,
+    ] = _TRAIN_DEFAULTS.recipe,
     subset: Subset = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
             "--batch-size",
             min=1,
-            help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
+            show_default="8 on CUDA, 2 on the CPU",
+            help="Images per step, per process (the global batch is this x processes).",
         ),
     ] = None,
     lr: Annotated[
         float, typer.Option("--lr", help="Peak learning rate." + _RECIPE_NOTE, show_default=False)
-    ] = _T.lr,
+    ] = _TRAIN_DEFAULTS.lr,
     optimizer: Annotated[
         str,
         typer.Option(
             "--optimizer", help=f"{', '.join(OPTIMIZERS)}." + _RECIPE_NOTE, show_default=False
         ),
-    ] = _T.optimizer,
+    ] = _TRAIN_DEFAULTS.optimizer,
     weight_decay: Annotated[
         float,
-        typer.Option("--weight-decay", min=0.0, help=_RECIPE_NOTE.strip(), show_default=False),
-    ] = _T.weight_decay,
+        typer.Option(
+            "--weight-decay",
+            min=0.0,
+            help="L2 penalty on the weights." + _RECIPE_NOTE,
+            show_default=False,
+        ),
+    ] = _TRAIN_DEFAULTS.weight_decay,
     lr_schedule: Annotated[
         str,
         typer.Option(
@@ -91,7 +99,7 @@ def train(
             + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.lr_schedule,
+    ] = _TRAIN_DEFAULTS.lr_schedule,
     warmup_steps: Annotated[
         int,
         typer.Option(
@@ -100,13 +108,13 @@ def train(
             help="Warm-up length (capped at one epoch)." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.warmup_steps,
+    ] = _TRAIN_DEFAULTS.warmup_steps,
     model: Annotated[
         str,
         typer.Option(
             "--model", help=", ".join(MODEL_NAMES) + "." + _RECIPE_NOTE, show_default=False
         ),
-    ] = _M.name,
+    ] = _MODEL_DEFAULTS.name,
     weights: Annotated[
         str,
         typer.Option(
@@ -114,7 +122,7 @@ def train(
             help="auto (COCO when available, else from scratch), coco, imagenet, none, "
             "or a gunctl checkpoint to fine-tune.",
         ),
-    ] = _M.weights,
+    ] = _MODEL_DEFAULTS.weights,
     min_size: Annotated[
         int,
         typer.Option(
@@ -122,44 +130,47 @@ def train(
             min=32,
             help="Shorter image side fed to the model (the data set's images are ~180 px).",
         ),
-    ] = _M.min_size,
+    ] = _MODEL_DEFAULTS.min_size,
     max_size: Annotated[
         int, typer.Option("--max-size", min=32, help="Cap on the longer side.")
-    ] = _M.max_size,
-    device: Device = _T.device,
+    ] = _MODEL_DEFAULTS.max_size,
+    device: Device = _TRAIN_DEFAULTS.device,
     amp: Annotated[
         bool,
         typer.Option(
             "--amp/--no-amp",
             help="Mixed precision (bf16, else fp16) on CUDA; no effect on the CPU.",
         ),
-    ] = _T.amp,
+    ] = _TRAIN_DEFAULTS.amp,
     channels_last: Annotated[
         bool,
         typer.Option(
             "--channels-last/--no-channels-last",
             help="Channels-last memory format on CUDA (faster with AMP); no effect on the CPU.",
         ),
-    ] = _T.channels_last,
-    workers: Workers = _T.workers,
+    ] = _TRAIN_DEFAULTS.channels_last,
+    workers: Workers = _TRAIN_DEFAULTS.workers,
     cache: Annotated[
         str,
         typer.Option(
             "--cache", help=f"{', '.join(CACHE_MODES)}: ram keeps decoded images in memory."
         ),
-    ] = _T.cache,
-    seed: Seed = _T.seed,
+    ] = _TRAIN_DEFAULTS.cache,
+    seed: Seed = _TRAIN_DEFAULTS.seed,
     run_name: Annotated[
         str | None,
-        typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
+        typer.Option("--run-name", show_default="a timestamp", help="Folder under <out>/runs."),
     ] = None,
     out: Out = Layout().root,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="A run name or checkpoint path to continue from.")
+        str | None,
+        typer.Option(
+            "--resume", show_default="none", help="A run name or checkpoint path to continue from."
+        ),
     ] = None,
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
-    ] = _T.hflip,
+    ] = _TRAIN_DEFAULTS.hflip,
     photometric: Annotated[
         float,
         typer.Option(
@@ -169,7 +180,7 @@ def train(
             help="Probability of brightness/contrast/saturation/hue distortion." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.photometric,
+    ] = _TRAIN_DEFAULTS.photometric,
     zoom_out: Annotated[
         float,
         typer.Option(
@@ -179,7 +190,7 @@ def train(
             help="Probability of a zoom-out (image on a canvas up to 2x larger)." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.zoom_out,
+    ] = _TRAIN_DEFAULTS.zoom_out,
     crop: Annotated[
         float,
         typer.Option(
@@ -189,7 +200,7 @@ def train(
             help="Probability of an IoU-aware crop." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.crop,
+    ] = _TRAIN_DEFAULTS.crop,
     mosaic: Annotated[
         float,
         typer.Option(
@@ -199,7 +210,7 @@ def train(
             help="Probability of a 2x2 mosaic of training images." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.mosaic,
+    ] = _TRAIN_DEFAULTS.mosaic,
     multiscale: Annotated[
         str,
         typer.Option(
@@ -217,7 +228,7 @@ def train(
             "also in the FPN)." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _M.norm,
+    ] = _MODEL_DEFAULTS.norm,
     fpn_levels: Annotated[
         str,
         typer.Option(
@@ -235,7 +246,7 @@ def train(
             + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.fit_anchors,
+    ] = _TRAIN_DEFAULTS.fit_anchors,
     ema: Annotated[
         bool,
         typer.Option(
@@ -243,7 +254,7 @@ def train(
             help="Evaluate and save an exponential moving average of the weights." + _RECIPE_NOTE,
             show_default=False,
         ),
-    ] = _T.ema,
+    ] = _TRAIN_DEFAULTS.ema,
     ema_decay: Annotated[
         float | None,
         typer.Option(
@@ -260,13 +271,33 @@ def train(
             min=1,
             help="Validate every k epochs, and after the last [default: 1; fitted with --minutes].",
         ),
-    ] = _T.val_every,
+    ] = _TRAIN_DEFAULTS.val_every,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            "--patience",
+            min=1,
+            show_default="off",
+            help="Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept).",
+        ),
+    ] = None,
+    save_period: Annotated[
+        int | None,
+        typer.Option(
+            "--save-period",
+            min=1,
+            show_default="off",
+            help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
+        ),
+    ] = None,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,
         typer.Option(
             "--nproc",
             min=1,
+            show_default="one process, no torchrun",
             help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
             "processes with gloo); --batch-size is per process.",
         ),
@@ -285,8 +316,8 @@ def train(
     explicit = tuple(
         _FIELDS.get(name, name)
         for name in ctx.params
-        if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-    )
+        if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "DEFAULT_MAP")
+    )  # given on the command line or in --config: the recipe keeps them
     config = TrainConfig(
         model=ModelConfig(
             name=model,
@@ -315,6 +346,8 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        patience=patience,
+        save_period=save_period,
         recipe=recipe,
         explicit=explicit,
         photometric=photometric,
@@ -327,10 +360,15 @@ def train(
         minutes=minutes,
         val_every=val_every,
     )
+
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
         render.console.print(render.fit_summary(result))
+        last = result.history[-1]["val"] if result.history else {}
+        per_class = render.class_table(last.get("per_class"), "Per class (last epoch, val)")
+        if per_class is not None:
+            render.console.print(per_class)
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -8,28 +8,42 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Json, Quiet, Workers
-from gunctl.config import EvalConfig, Layout
-from gunctl.errors import ThresholdError, UsageError
+from gunctl.cli.options import BatchSize, ConfigFile, Device, Json, Out, Quiet, Workers
+from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
+from gunctl.errors import ThresholdError
 
-_E = EvalConfig()
+_DEFAULTS = ValidateConfig()
 
 
 def validate(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A gunctl checkpoint (.pth).", show_default=True)
-    ] = Layout().best_model,
+        Path | None,
+        typer.Argument(
+            help="A gunctl checkpoint (.pth).", show_default="<out>/models/fasterrcnn.pth"
+        ),
+    ] = None,
     part: Annotated[
-        str, typer.Option("--split", help="Part of the split to score: train, val or all.")
-    ] = _E.part,
+        str | None,
+        typer.Option(
+            "--split",
+            show_default="the images the run validated on",
+            help=f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+        typer.Option(
+            "--data",
+            show_default="none",
+            help="Score another data folder or .zip instead (any layout ingest reads; its "
+            "classes are matched to the checkpoint's by name).",
+        ),
     ] = None,
+    out: Out = Layout().root,
     artifacts: Annotated[
-        Path,
-        typer.Option("--artifacts", help="Output root holding raw/ and splits/ (train's --out)."),
-    ] = Layout().root,
+        Path | None,
+        typer.Option("--artifacts", hidden=True, help="Deprecated: the output root, now --out."),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(
@@ -38,23 +52,38 @@ def validate(
             max=1.0,
             help="Detections below it do not count for precision, recall and F1.",
         ),
-    ] = _E.score_threshold,
+    ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
-        typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
+        typer.Option(
+            "--min-map50",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5 is below this.",
+        ),
     ] = None,
     min_map: Annotated[
         float | None,
-        typer.Option("--min-map", min=0.0, max=1.0, help="Exit 1 when mAP@0.5:0.95 is below this."),
+        typer.Option(
+            "--min-map",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5:0.95 is below this.",
+        ),
     ] = None,
     json_out: Json = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the JSON report to this file.")
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", show_default="none", help="Also write the JSON report to FILE."),
     ] = None,
     save_predictions: Annotated[
         Path | None,
         typer.Option(
-            "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
+            "--save-predictions",
+            show_default="none",
+            help="Write images with boxes drawn and COCO-style JSON to this folder.",
         ),
     ] = None,
     tta: Annotated[
@@ -65,9 +94,10 @@ def validate(
             "fused), reported beside the plain scores; --min-map50/--min-map still judge those.",
         ),
     ] = False,
-    device: Device = _E.device,
-    batch_size: BatchSize = _E.batch_size,
-    workers: Workers = _E.workers,
+    device: Device = _DEFAULTS.device,
+    batch_size: BatchSize = _DEFAULTS.batch_size,
+    workers: Workers = _DEFAULTS.workers,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
@@ -75,13 +105,14 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
-    from gunctl.core.scoring import score
+    from gunctl.core.validate import validate_checkpoint
 
-    if data is not None and part != _E.part:
-        raise UsageError("--data scores a whole folder; it does not go with --split")
-    config = EvalConfig(
-        checkpoint=checkpoint,
-        layout=Layout(artifacts),
+    if artifacts is not None:
+        render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
+        out = artifacts
+    config = ValidateConfig(
+        checkpoint=checkpoint or Layout(out).best_model,
+        layout=Layout(out),
         part=part,
         data=data,
         score_threshold=score_threshold,
@@ -93,19 +124,22 @@ def validate(
     )
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
-        result = score(config, on_batch=counter)
+        result = validate_checkpoint(config, on_batch=counter)
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
-    if out is not None:
+    if report_file is not None:
         import json
 
         from gunctl.core.fileio import write_bytes_atomic
 
-        write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
     if json_out:
         render.print_json(report)
     elif not quiet:
-        render.console.print(render.score_table(result, score_threshold))
+        render.console.print(render.validation_table(result, score_threshold))
+        per_class = render.class_table(result.metrics.get("per_class"))
+        if per_class is not None:
+            render.console.print(per_class)
         if result.tta is not None:
             render.console.print(render.tta_table(result))
     if failures:

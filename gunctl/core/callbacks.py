@@ -13,6 +13,7 @@ Hooks, in the order they fire:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,9 @@ from gunctl.config import LOSS_KEYS
 
 if TYPE_CHECKING:
     from gunctl.core.engine import EvalResult, StepInfo
-    from gunctl.core.trainer import TrainState
+    from gunctl.core.state import TrainState
+
+log = logging.getLogger("gunctl")
 
 
 class Callback:
@@ -38,25 +41,61 @@ class Callback:
         """Training stopped early; ``resumable`` when the state is consistent enough to save."""
 
 
+class CallbackList:
+    """Calls a hook on every callback, in list order (see the module's docstring)."""
+
+    def __init__(self, callbacks: list[Callback], state: TrainState):
+        self.callbacks, self.state = callbacks, state
+
+    def __call__(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.state, *args)
+
+    def exception(self, exc: BaseException, resumable: bool) -> None:
+        for callback in self.callbacks:
+            try:
+                callback.on_exception(self.state, exc, resumable)
+            except Exception as inner:  # the first error is the one to report
+                log.warning("while stopping: %s", inner)
+
+
 class CheckpointSaver(Callback):
-    """``last.pth`` every epoch (and on a resumable stop), ``best.pth`` and the model copy
-    when the selection metric improves. Best and copy are hard links to that epoch's
-    ``last.pth`` (a copy across file systems): one write per epoch, however large the model.
+    """``last.pth`` (the full, resumable state) every epoch and on a resumable stop;
+    ``best.pth`` (weights only: model, config, class names, metrics) when the selection metric
+    improves, and the model copy as a hard link to it (a copy across file systems);
+    ``epoch_<E>.pth`` (a hard link to that epoch's ``last.pth``) every ``--save-period`` epochs.
+    The run's resolved options go to ``config.yaml`` at the start.
     """
 
-    def on_epoch_end(self, state, record, result) -> None:
-        from gunctl.core.checkpoint import save_checkpoint
+    def on_fit_start(self, state) -> None:
+        import yaml
 
-        save_checkpoint(state.last_path, state.payload())
+        from gunctl.config import train_options
+        from gunctl.core.fileio import write_bytes_atomic
+
+        header = "# gunctl train --config this-file repeats the run (add --run-name NEW)\n"
+        text = yaml.safe_dump(train_options(state.config), sort_keys=False)
+        path = state.config.layout.run_config(state.run_name)
+        write_bytes_atomic(path, (header + text).encode())
+
+    def on_epoch_end(self, state, record, result) -> None:
+        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint, weights_payload
+
+        save_checkpoint(state.last_path, checkpoint_payload(state))
         if state.best_epoch == state.epoch:
-            _place(state.last_path, state.best_path)
-            _place(state.last_path, state.config.layout.best_model)
+            save_checkpoint(state.best_path, weights_payload(state), kind="weights")
+            _place(state.best_path, state.config.layout.best_model)
+        period = state.config.save_period
+        if period and state.epoch % period == 0:
+            _place(
+                state.last_path, state.config.layout.epoch_checkpoint(state.run_name, state.epoch)
+            )
 
     def on_exception(self, state, exc, resumable) -> None:
         if resumable:
-            from gunctl.core.checkpoint import save_checkpoint
+            from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint
 
-            save_checkpoint(state.last_path, state.payload(interrupted=True))
+            save_checkpoint(state.last_path, checkpoint_payload(state, interrupted=True))
             state.saved_on_exit = True
 
 
@@ -92,6 +131,10 @@ class TensorBoardLogger(Callback):
         for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall", "f1"):
             if record["val"].get(key) is not None:
                 self.writer.add_scalar(f"val/{key}", record["val"][key], epoch)
+        for name, values in (record["val"].get("per_class") or {}).items():
+            for key in ("map", "map_50"):
+                if values.get(key) is not None:
+                    self.writer.add_scalar(f"val_per_class/{key}/{name}", values[key], epoch)
         self.writer.add_scalar("train/lr", record["lr"], epoch)
         self.writer.add_scalar("perf/images_per_s", record["train"]["images_per_s"], epoch)
         self.writer.add_scalar("perf/epoch_seconds", record["seconds"], epoch)
@@ -109,7 +152,11 @@ class TensorBoardLogger(Callback):
             pred, truth = result.predictions[index], result.targets[index]
             keep = pred["scores"] >= threshold
             boxes = [truth["boxes"], pred["boxes"][keep]]
-            labels = ["true"] * len(truth["boxes"]) + [f"gun {s:.2f}" for s in pred["scores"][keep]]
+            names = ["background", *state.class_names]
+            labels = [f"true {names[int(k)]}" for k in truth["labels"]] + [
+                f"{names[int(k)]} {s:.2f}"
+                for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)
+            ]
             self.writer.add_image_with_boxes(
                 f"val/image_{index}", image, torch.cat(boxes), epoch, labels=labels
             )

@@ -9,8 +9,9 @@ Weights:
 - ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
 - ``imagenet``: ImageNet weights for the backbone only.
 - ``none``: random initialisation (``weights_backbone=None``, so nothing is downloaded).
-- ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``) or
-  can be downloaded, otherwise ``none`` with a warning.
+- ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``),
+  otherwise ``none`` with a warning. Nothing is downloaded (no network probe: fast offline);
+  ``coco`` downloads the file once.
 - a path: a gunctl checkpoint of the same model to fine-tune from.
 """
 
@@ -28,8 +29,8 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-from gunctl.config import MODEL_NAMES, ModelConfig
-from gunctl.errors import CheckpointError, SourceError, UsageError
+from gunctl.config import ModelConfig
+from gunctl.errors import CheckpointError, SourceError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
 
@@ -54,23 +55,19 @@ class BuiltModel:
 
 
 def build_model(config: ModelConfig) -> BuiltModel:
-    if config.name not in MODEL_NAMES:
-        raise UsageError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    config.check()
     _check_model_options(config)
     weights = config.weights
     if weights == "auto":
-        available, reason = coco_weights_available(config.name)
-        if available:
+        if config.name in _OWN_BUILDS:  # no COCO weights exist for them
+            return BuiltModel(_build(config, None, None), "none (auto)")
+        cached = coco_weights_file(config.name)
+        if cached.exists():
             weights = "coco"
         else:
-            log.warning(
-                "no COCO weights for %s (%s): training from scratch; put %s in %s to use them",
-                config.name,
-                reason,
-                coco_weights_file(config.name).name,
-                coco_weights_file(config.name).parent,
-            )
-            return BuiltModel(_build(config, None, None), "none (auto: COCO weights unavailable)")
+            log.warning("no COCO weights cached: training from scratch (--weights coco fetches)")
+            log.info("COCO weights file: %s", cached)
+            return BuiltModel(_build(config, None, None), "none (auto)")
     if weights == "coco":
         return BuiltModel(_build_coco(config), "coco")
     if weights == "imagenet":
@@ -93,17 +90,10 @@ def coco_weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def coco_weights_available(name: str) -> tuple[bool, str]:
-    """Whether COCO weights are cached or can be downloaded now (downloading them if so)."""
-    if name in _OWN_BUILDS:
-        return False, "torchvision has no COCO weights for it"
-    if coco_weights_file(name).exists():
-        return True, "cached"
-    try:
-        _download(get_model_weights(name).COCO_V1)
-    except SourceError as exc:
-        return False, str(exc)
-    return True, "downloaded"
+def coco_weights_cached(name: str) -> bool:
+    """Whether torchvision's COCO weights for ``name`` are in the torch cache (none exist for
+    gunctl's own ResNet-18/34 builds)."""
+    return name not in _OWN_BUILDS and coco_weights_file(name).exists()
 
 
 def _check_model_options(config: ModelConfig) -> None:
@@ -155,7 +145,7 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
         if weights is None and weights_backbone is None:
             raise
         raise SourceError(
-            f"could not load pretrained weights for {config.name} ({_first_line(exc)}); "
+            f"could not load pretrained weights for {config.name} ({first_line(exc)}); "
             "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
         ) from None
 
@@ -226,26 +216,17 @@ def _build_coco(config: ModelConfig) -> nn.Module:
 
 
 def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:
-    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.core.checkpoint import load_checkpoint, load_weights, read_facts
 
     checkpoint = load_checkpoint(path)
-    stored = checkpoint["config"]["model"]["name"]
+    stored = read_facts(checkpoint, path).model
     if stored != config.name:
         raise CheckpointError(
             f"{path}: made for {stored}, not {config.name}; pass --model {stored}"
         )
     model = _build(config, None, None)
-    load_model_state(model, checkpoint, path)
+    load_weights(model, checkpoint, path)
     return model
-
-
-def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model ({_first_line(exc)})"
-        ) from None
 
 
 def _backbone_weights(name: str):
@@ -267,11 +248,9 @@ def _download(weights) -> None:
         found = re.search(r"-([a-f0-9]+)\.", target.name)  # torchvision names carry a hash prefix
         torch.hub.download_url_to_file(weights.url, str(target), found and found.group(1), False)
     except Exception as exc:  # urllib, socket and hash errors alike
-        raise SourceError(f"cannot download {weights.url} ({_first_line(exc)})") from None
+        raise SourceError(
+            f"{target.name}: cannot download it ({first_line(exc, 60)}); put the file "
+            f"in {target.parent}/ (from {weights.url}) or use --weights none"
+        ) from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -115,19 +115,15 @@ def _choose(config: TrainConfig) -> TrainConfig:
         return dataclasses.replace(config, recipe="scratch")
     if weights != "auto":  # coco, imagenet or a checkpoint path
         return dataclasses.replace(config, recipe="finetune")
-    from gunctl.core.model import coco_weights_available, coco_weights_file
+    from gunctl.core.model import coco_weights_cached
 
-    available, reason = coco_weights_available(config.model.name)
-    if available:
+    if coco_weights_cached(config.model.name):
         model = dataclasses.replace(config.model, weights="coco")
         return dataclasses.replace(config, recipe="finetune", model=model)
     log.warning(
-        "no COCO weights for %s (%s): training from scratch with the scratch recipe; put %s in "
-        "%s to fine-tune instead, or pass --recipe plain for the recipe before gunctl 0.2",
+        "no COCO weights cached for %s: training from scratch with the scratch recipe "
+        "(--weights coco fetches them; --recipe plain is gunctl's recipe before 0.2)",
         config.model.name,
-        reason,
-        coco_weights_file(config.model.name).name,
-        coco_weights_file(config.model.name).parent,
     )
     return dataclasses.replace(
         config, recipe="scratch", model=dataclasses.replace(config.model, weights="none")

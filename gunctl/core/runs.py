@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gunctl.config import RUN_SORT_KEYS, Layout, check_choice
 from gunctl.errors import UsageError
-
-SORT_KEYS = ("name", "start", "map50", "loss", "epochs")
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,8 @@ class RunInfo:
     epochs: int | None  # completed, from the last checkpoint
     final_train_loss: float | None  # train/loss of the last epoch logged
     best_map50: float | None  # the highest val/map_50 logged
-    checkpoint: Path | None
+    checkpoint: Path | None  # best.pth when there is one (what to validate), else last.pth
+    last_checkpoint: Path | None = None  # what --resume NAME continues from
 
     def as_dict(self) -> dict:
         return {
@@ -34,28 +34,29 @@ class RunInfo:
             "final_train_loss": self.final_train_loss,
             "best_map50": self.best_map50,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
         }
 
 
 def list_runs(runs_dir: Path, sort: str = "start") -> list[RunInfo]:
     """Every folder of ``runs_dir`` with TensorBoard events or a checkpoint, sorted."""
-    if sort not in SORT_KEYS:
-        raise UsageError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
+    check_choice("--sort", sort, RUN_SORT_KEYS)
     if not runs_dir.is_dir():
         return []
     runs = [
         read_run(path)
         for path in sorted(runs_dir.iterdir())
         if path.is_dir()
-        and (any(path.glob("events.out.tfevents.*")) or (path / "last.pth").exists())
+        and (any(path.glob("events.out.tfevents.*")) or (path / Layout.LAST).exists())
     ]
     return sorted(runs, key=_sort_key(sort), reverse=sort in ("map50", "epochs", "start"))
 
 
 def read_run(path: Path) -> RunInfo:
     scalars, start = _read_events(path)
-    checkpoint = path / "last.pth" if (path / "last.pth").exists() else None
-    model, epochs = _read_checkpoint(checkpoint) if checkpoint else (None, None)
+    last = path / Layout.LAST if (path / Layout.LAST).exists() else None
+    best = path / Layout.BEST if (path / Layout.BEST).exists() else None
+    model, epochs = _read_checkpoint(last or best) if (last or best) else (None, None)
     losses = scalars.get("train/loss", [])
     maps = [value for _, value in scalars.get("val/map_50", [])]
     return RunInfo(
@@ -66,7 +67,8 @@ def read_run(path: Path) -> RunInfo:
         epochs=epochs if epochs is not None else (max(s for s, _ in losses) if losses else None),
         final_train_loss=max(losses)[1] if losses else None,
         best_map50=max(maps) if maps else None,
-        checkpoint=checkpoint,
+        checkpoint=best or last,
+        last_checkpoint=last,
     )
 
 
@@ -74,7 +76,8 @@ def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dateti
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    with _quiet_tensorboard():  # a resumed run has "out of order" steps: purged, as intended
+        accumulator.Reload()
     scalars: dict[str, list[tuple[int, float]]] = {}
     first = None
     for tag in ("train/loss", "val/map_50"):
@@ -90,16 +93,44 @@ def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dateti
     return scalars, start
 
 
+@contextlib.contextmanager
+def _quiet_tensorboard():
+    logger = logging.getLogger("tensorboard")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def remove_run(runs_dir: Path, name: str) -> Path:
+    """Delete the run ``name`` under ``runs_dir``; refused while a process holds its lock."""
+    import shutil
+
+    from gunctl.core.runlock import RunLock
+
+    path = runs_dir / name
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise UsageError(f"{name!r}: a run name, not a path")
+    if not path.is_dir() or path.is_symlink():
+        raise UsageError(f"{path}: no such run")
+    with RunLock(path):  # RunLockedError while a `gunctl train` writes to it
+        shutil.rmtree(path)
+    return path
+
+
 def _read_checkpoint(path: Path) -> tuple[str | None, int | None]:
-    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.core.checkpoint import load_checkpoint, read_facts
     from gunctl.errors import CheckpointError
 
     try:
         checkpoint = load_checkpoint(path, mmap=True)  # maps tensors lazily: fast for large models
+        facts = read_facts(checkpoint, path)
     except CheckpointError as exc:
         logging.getLogger("gunctl").warning("%s", exc)
         return None, None
-    return checkpoint["config"]["model"]["name"], int(checkpoint["epoch"])
+    return facts.model, facts.epoch
 
 
 def _sort_key(sort: str):

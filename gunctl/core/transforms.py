@@ -84,20 +84,21 @@ class AugmentTransform:
         seed = int(torch.randint(2**62, (), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            image, boxes = self._apply(image, target["boxes"], source)
-        return to_float(image), _with_boxes(target, boxes)
+            image, boxes, labels = self._apply(image, target["boxes"], target["labels"], source)
+        return to_float(image), _with_boxes(target, boxes, labels)
 
-    def _apply(self, image: torch.Tensor, boxes: torch.Tensor, source):
+    def _apply(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, source):
         from torchvision.transforms import v2
 
         if self.mosaic > 0 and source is not None and len(source) > 1 and _chance(self.mosaic):
             others = torch.randint(len(source), (3,)).tolist()
-            image, boxes = mosaic([(image, boxes), *(source.raw_item(i) for i in others)])
+            tiles = [(image, boxes, labels), *(source.raw_item(i) for i in others)]
+            image, boxes, labels = mosaic(tiles)
         height, width = image.shape[-2:]
         sample = {
             "image": tv_tensors.Image(image),
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
-            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "labels": labels,
         }
         steps = []
         if self.photometric > 0:
@@ -110,14 +111,15 @@ class AugmentTransform:
             steps.append(v2.RandomHorizontalFlip(p=self.hflip))
         steps.append(v2.SanitizeBoundingBoxes(min_size=2.0))
         out = v2.Compose(steps)(sample)
-        return out["image"].as_subclass(torch.Tensor), out["boxes"].as_subclass(torch.Tensor)
+        image, boxes = out["image"].as_subclass(torch.Tensor), out["boxes"]
+        return image, boxes.as_subclass(torch.Tensor), out["labels"]
 
 
 _FILL = {tv_tensors.Image: (124, 116, 104), "others": 0}  # ImageNet's mean colour, in uint8
 
 
-def mosaic(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four (uint8 image, boxes) on a canvas twice the first image's size, split at a random
+def mosaic(items: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Four (uint8 image, boxes, labels) on a canvas twice the first image's size, split at a random
     centre; each image is scaled to fit its quarter (aspect kept) and placed against the
     centre, so no box is cut. Draws from torch's global RNG."""
     height, width = items[0][0].shape[-2:]
@@ -128,8 +130,10 @@ def mosaic(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor
     canvas[:] = torch.tensor(_FILL[tv_tensors.Image], dtype=torch.uint8).view(3, 1, 1)
     right, bottom = canvas_w, canvas_h
     cells = ((0, 0, cx, cy), (cx, 0, right, cy), (0, cy, cx, bottom), (cx, cy, right, bottom))
-    placed = []
-    for (image, boxes), (x1, y1, x2, y2), corner in zip(items, cells, range(4), strict=True):
+    placed, labels = [], []
+    for (image, boxes, classes), (x1, y1, x2, y2), corner in zip(
+        items, cells, range(4), strict=True
+    ):
         h, w = image.shape[-2:]
         scale = min((x2 - x1) / w, (y2 - y1) / h)
         new_h, new_w = max(1, int(h * scale)), max(1, int(w * scale))
@@ -141,20 +145,21 @@ def mosaic(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor
         shift = torch.tensor([left, top, left, top], dtype=torch.float32)
         scaled = boxes * torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h]) + shift
         placed.append(scaled.reshape(-1, 4))
-    return canvas, torch.cat(placed)
+        labels.append(classes.reshape(-1))
+    return canvas, torch.cat(placed), torch.cat(labels)
 
 
 def _chance(probability: float) -> bool:
     return torch.rand(()).item() < probability
 
 
-def _with_boxes(target: Target, boxes: torch.Tensor) -> Target:
+def _with_boxes(target: Target, boxes: torch.Tensor, labels: torch.Tensor) -> Target:
     boxes = boxes.to(torch.float32).reshape(-1, 4)
     count = boxes.shape[0]
     return {
         **target,
         "boxes": boxes,
-        "labels": torch.ones(count, dtype=torch.int64),
+        "labels": labels.to(torch.int64).reshape(-1),
         "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
         "iscrowd": torch.zeros(count, dtype=torch.int64),
     }

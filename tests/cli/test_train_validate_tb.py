@@ -38,6 +38,7 @@ def trained(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_train_makes_a_split_and_reports(trained):
     out, result = trained
     assert "no split at" in result.stderr and "made one" in result.stderr
@@ -51,10 +52,11 @@ def test_train_makes_a_split_and_reports(trained):
     assert "\x1b[" not in result.stdout  # no animation or colour codes when not a terminal
 
 
+@pytest.mark.slow
 def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "best.pth"
-    table = gunctl("validate", ckpt, "--artifacts", out)
+    table = gunctl("validate", ckpt, "--out", out)
     assert table.exit_code == 0, table.output
     for label in (
         "mAP@0.5:0.95",
@@ -70,7 +72,7 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
         assert label in table.stdout, label
 
     report_file = tmp_path / "report.json"
-    result = gunctl("validate", ckpt, "--artifacts", out, "--json", "--out", report_file)
+    result = gunctl("validate", ckpt, "--out", out, "--json", "--report", report_file)
     assert result.exit_code == 0
     report = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert json.loads(report_file.read_text()) == report
@@ -82,12 +84,12 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     assert metrics["loss"] == pytest.approx(stored["loss"])
 
     above = metrics["map_50"] + 0.01
-    failed = gunctl("validate", ckpt, "--artifacts", out, "--json", "--min-map50", f"{above:.4f}")
+    failed = gunctl("validate", ckpt, "--out", out, "--json", "--min-map50", f"{above:.4f}")
     assert failed.exit_code == 1
     assert json.loads(failed.stdout)["passed"] is False
     assert "below --min-map50" in failed.stderr
-    assert gunctl("validate", ckpt, "--artifacts", out, "--min-map50", "0").exit_code == 0
-    assert gunctl("validate", ckpt, "--artifacts", out, "--min-map", "1").exit_code == 1
+    assert gunctl("validate", ckpt, "--out", out, "--min-map50", "0").exit_code == 0
+    assert gunctl("validate", ckpt, "--out", out, "--min-map", "1").exit_code == 1
 
 
 def test_train_names_the_recipe_and_validate_tta_reports_beside(trained, gunctl):
@@ -97,10 +99,10 @@ def test_train_names_the_recipe_and_validate_tta_reports_beside(trained, gunctl)
     assert stored["recipe"] == "scratch" and stored["ema"] and stored["mosaic"] > 0
     assert stored["model"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn"  # as given
     ckpt = out / "runs" / "first" / "last.pth"
-    report = json.loads(gunctl("validate", ckpt, "--artifacts", out, "--json", "--tta").stdout)
+    report = json.loads(gunctl("validate", ckpt, "--out", out, "--json", "--tta").stdout)
     assert report["tta"]["images"] == report["metrics"]["images"] == 3
     assert 0.0 <= report["tta"]["map_50"] <= 1.0
-    table = gunctl("validate", ckpt, "--artifacts", out, "--tta")
+    table = gunctl("validate", ckpt, "--out", out, "--tta")
     assert table.exit_code == 0 and "With flip TTA" in table.stdout
 
 
@@ -112,10 +114,11 @@ def test_minutes_goes_not_with_epochs(trained, gunctl):
     assert result.exit_code == 2 and "--multiscale" in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "last.pth"
-    result = gunctl("validate", ckpt, "--artifacts", out, "--split", "all", "--json")
+    result = gunctl("validate", ckpt, "--out", out, "--split", "all", "--json")
     assert json.loads(result.stdout)["metrics"]["images"] == 16
     from gunctl.core.demo import generate
 
@@ -132,6 +135,7 @@ def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     assert isinstance(json.loads((preds / "predictions.json").read_text()), list)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "malicious", "other-model"])
 def test_validate_refuses_bad_checkpoints(trained, gunctl, tmp_path, kind):
     import torch
@@ -150,7 +154,7 @@ def test_validate_refuses_bad_checkpoints(trained, gunctl, tmp_path, kind):
         data = load_checkpoint(out / "runs" / "first" / "last.pth")
         data["config"]["model"]["name"] = "fasterrcnn_resnet50_fpn"
         torch.save(data, path)
-    result = gunctl("validate", path, "--artifacts", out)
+    result = gunctl("validate", path, "--out", out)
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in result.output
@@ -167,6 +171,7 @@ def _evil_pickle(marker: Path) -> bytes:
     return pickle.dumps({"format": "gunctl-checkpoint", "x": Evil()})
 
 
+@pytest.mark.slow
 def test_tb_list_reads_back_the_numbers(trained, gunctl):
     out, _ = trained
     result = gunctl("tb", "--list", "--json", "--out", out)
@@ -177,9 +182,10 @@ def test_tb_list_reads_back_the_numbers(trained, gunctl):
     assert runs[0]["final_train_loss"] == pytest.approx(stored["metrics"]["train"]["loss"])
     assert runs[0]["epochs"] == 1 and runs[0]["model"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
     table = gunctl("tb", "--list", "--out", out)
-    assert "first" in table.stdout and "best val mAP@0.5" in table.stdout
+    assert "first" in table.stdout and "best mAP@.5" in table.stdout
 
 
+@pytest.mark.slow
 def test_tb_serves_the_runs_on_loopback(trained):
     out, _ = trained
     with socket.socket() as probe:
@@ -212,6 +218,7 @@ def test_tb_serves_the_runs_on_loopback(trained):
     assert f"http://127.0.0.1:{port}/" in stdout
 
 
+@pytest.mark.slow
 def test_train_resume_warns_about_ignored_options(trained, gunctl):
     out, _ = trained
     result = gunctl(
@@ -222,6 +229,7 @@ def test_train_resume_warns_about_ignored_options(trained, gunctl):
     assert load_checkpoint(out / "runs" / "first" / "last.pth")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_train_refuses_an_existing_run_and_a_locked_run(trained, gunctl):
     from gunctl.core.runlock import RunLock
 
@@ -239,6 +247,7 @@ def test_train_without_data(gunctl, tmp_path):
     assert "gunctl ingest" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_diverging_training_exits_3_with_advice(trained, gunctl):
     out, _ = trained
     result = gunctl(
@@ -261,6 +270,7 @@ def test_diverging_training_exits_3_with_advice(trained, gunctl):
     assert "non-finite" in result.stderr and "lower --lr" in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(trained):
     out, _ = trained
     process, last = start_long_training(out, "stopped")

@@ -35,11 +35,14 @@ def test_coco_or_a_path_chooses_finetune():
 
 def test_auto_without_coco_weights_trains_from_scratch(monkeypatch, caplog, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("gunctl.core.model.coco_weights_available", lambda name: (False, "offline"))
+    monkeypatch.setattr("gunctl.core.model.coco_weights_cached", lambda name: False)
     with caplog.at_level("WARNING", logger="gunctl"):
         resolved = recipes.resolve(TrainConfig())
     assert resolved.recipe == "scratch" and resolved.model.weights == "none"
     assert "scratch recipe" in caplog.text and "--recipe plain" in caplog.text
+    monkeypatch.setattr("gunctl.core.model.coco_weights_cached", lambda name: True)
+    cached = recipes.resolve(TrainConfig())
+    assert cached.recipe == "finetune" and cached.model.weights == "coco"
 
 
 def test_norm_and_anchors_only_for_resnet_fpn_models():

@@ -59,10 +59,14 @@ def test_seeded_repeatable_and_leaves_the_global_rng_alone():
 
 
 def test_mosaic_keeps_every_box_on_its_pixels():
-    items = [_patch_image(120 + 10 * i, 180 - 10 * i, (10 + i, 20, 60 + i, 70)) for i in range(4)]
+    items = [
+        (*_patch_image(120 + 10 * i, 180 - 10 * i, (10 + i, 20, 60 + i, 70)), torch.tensor([i + 1]))
+        for i in range(4)
+    ]
     torch.manual_seed(0)
-    canvas, boxes = mosaic(items)
+    canvas, boxes, labels = mosaic(items)
     assert canvas.shape[-2:] == (240, 360) and boxes.shape == (4, 4)
+    assert labels.tolist() == [1, 2, 3, 4]  # each box keeps its class
     assert _white_inside(canvas.float() / 255, boxes) > 0.97
     assert (boxes[:, 2] <= 360).all() and (boxes[:, 3] <= 240).all() and (boxes >= 0).all()
 
