@@ -46,7 +46,7 @@ for SEED in $SEEDS; do
   # from scratch: --weights none (offline, auto would also fall back to it)
   timeout $(( ${MINUTES%.*} * 120 + 900 )) $PY -m gunctl train --minutes "$MINUTES" --weights none \
     --seed "$SEED" --out "$A" --run-name q "${EXTRA[@]}" 2>&1 | tee "$OUT/train-$SEED.log" | tail -30
-  $PY -m gunctl validate "$A/models/fasterrcnn.pth" --artifacts "$A" --tta --json \
+  $PY -m gunctl validate "$A/models/fasterrcnn.pth" --out "$A" --tta --json \
     > "$OUT/validate-$SEED.json"
   $PY - "$A/runs/q/last.pth" "$OUT/validate-$SEED.json" "$SEED" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys
