@@ -1,8 +1,8 @@
 """``--minutes``: fit the number of epochs (and so the schedule) to a wall-time budget.
 
 The trainer asks twice: after the first ``PROBE_STEPS`` steps (a provisional count from the
-speed of those steps, with validation estimated), and when the second epoch starts (the
-final count, from the first epoch's measured wall time: training, validation, checkpoint and
+speed of those steps, with validation estimated), and after the first epoch (the final
+count, from the first epoch's measured wall time: training, validation, checkpoint and
 logging). The learning-rate schedule's decay and the EMA's window are then sized to that
 count, so the run ends with a finished schedule and a checkpoint rather than being cut off.
 Validation runs every k epochs, k chosen so that validating takes at most ``VAL_SHARE`` of the
@@ -49,12 +49,13 @@ class Budget:
         remaining = self.seconds - (now - self.started) + spent_in_epoch
         return plan(remaining, epoch_train, val, done=0)
 
-    def final(self, now: float, val: float) -> Plan:
-        """When epoch 2 starts: how many epochs in all (at least 2: the second epoch has
-        begun, and it finishes the schedule if no other fits)."""
+    def final(self, now: float, val: float, least: int = 1) -> Plan:
+        """After epoch 1 (its checkpoint and logging included): how many epochs in all, at
+        least ``least`` (2 when epoch 1 ran on a longer provisional schedule: the second
+        finishes it). More than the provisional count restarts the decay from there."""
         epoch_wall = now - (self.epoch_started if self.epoch_started is not None else now)
         fitted = plan(self.seconds - (now - self.started), max(epoch_wall - val, 0.0), val, 1)
-        return Plan(epochs=max(2, fitted.epochs), val_every=fitted.val_every)
+        return Plan(epochs=max(least, fitted.epochs), val_every=fitted.val_every)
 
 
 def plan(remaining: float, epoch_train: float, val: float, done: int) -> Plan:

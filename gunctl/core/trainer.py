@@ -169,11 +169,13 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
     fire("on_fit_start")
     with _GracefulStop(second_stops_at_once=not dist.enabled) as stop:
         try:
-            while state.epoch < state.config.epochs:  # a --minutes budget may refit it
+            while state.epoch < state.config.epochs or state.budget is not None:
                 if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
                     raise KeyboardInterrupt
-                if state.budget is not None and state.epoch >= 1:
+                if state.budget is not None and state.epoch >= 1:  # a --minutes budget: refit
                     _final_plan(state, setup, dist)
+                    if state.epoch >= state.config.epochs:
+                        break
                 _train_epoch(parts, fire, setup, stop)
                 _validate_epoch(state, fire, parts.val_loader, setup, dist)
                 if _patience_ran_out(state):
@@ -280,7 +282,9 @@ def _final_plan(state: TrainState, setup: TrainSetup, dist: DistInfo) -> None:
     plan = None
     if dist.is_main:
         val_seconds = state.history[-1]["val"].get("seconds", 0.0) if state.history else 0.0
-        plan = state.budget.final(time.perf_counter(), val_seconds)
+        # an epoch 1 that ran a schedule of several epochs needs a second to finish it
+        least = 1 if state.config.epochs <= 1 else 2
+        plan = state.budget.final(time.perf_counter(), val_seconds, least)
     _replan(state, setup, plan)
     state.budget = None
 

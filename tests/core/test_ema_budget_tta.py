@@ -97,4 +97,5 @@ def test_final_plan_from_the_first_epochs_wall_time():
     assert budget.final(now=60.0, val=6.0) == Plan(epochs=9, val_every=1)
     late = Budget(minutes=0.01, started=0.0)
     late.epoch_started = 0.0
-    assert late.final(now=100.0, val=1.0).epochs == 2  # the started epoch finishes the schedule
+    assert late.final(now=100.0, val=1.0).epochs == 1  # none more fits
+    assert late.final(now=100.0, val=1.0, least=2).epochs == 2  # to finish a longer schedule
