@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-PROBE_STEPS = 10  # timed steps, after SKIP_STEPS of start-up (workers, allocator, caches)
+PROBE_STEPS = 20  # timed steps, after SKIP_STEPS of start-up (workers, allocator, caches)
 SKIP_STEPS = 2
 VAL_SHARE = 0.15  # of training time, at most, spent validating
 VAL_COST = 0.6  # a val image (loss pass + detection) against a training image: estimate only
@@ -41,8 +41,8 @@ class Budget:
         return len(self.step_seconds) == SKIP_STEPS + PROBE_STEPS
 
     def provisional(self, now: float, steps_per_epoch: int, val_images: int, batch: int) -> Plan:
-        timed = self.step_seconds[SKIP_STEPS:]
-        step = sum(timed) / len(timed)
+        timed = sorted(self.step_seconds[SKIP_STEPS:])
+        step = timed[len(timed) // 2]  # the median: a slow step or two (another process) aside
         epoch_train = step * steps_per_epoch
         val = VAL_COST * step / batch * val_images
         spent_in_epoch = sum(self.step_seconds)
