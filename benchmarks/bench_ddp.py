@@ -58,6 +58,8 @@ def run(out: Path, procs: int, subset: int) -> dict:
     started = time.perf_counter()
     gunctl(
         "train",
+        "--recipe",
+        "plain",  # the recorded figures predate recipes
         "--nproc",
         procs,
         "--epochs",

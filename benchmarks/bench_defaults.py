@@ -119,6 +119,7 @@ def worker(args) -> int:
         epochs=1,
         log_images=0,
         run_name=f"v-{args.worker}",
+        recipe="plain",  # gunctl's settings when these figures were taken (before recipes)
     )
     val_fraction = 0.2
     subset = round(args.images / (1 - val_fraction))

@@ -61,6 +61,8 @@ def time_gunctl(out: Path, run_name: str, weights: str) -> tuple[float, dict]:
     cmd = [
         *gunctl_command(),
         "train",
+        "--recipe",
+        "plain",  # the recorded figures predate recipes; bench_quality.py measures those
         "--epochs",
         "1",
         "--subset",

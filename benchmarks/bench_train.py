@@ -64,6 +64,7 @@ def train_config(name: str, root: Path, subset: int, min_size: int, device: str)
         "subset": subset,
         "device": device,
         "run_name": f"bench-{name}",
+        "recipe": "plain",  # the figures below predate recipes; bench_quality.py measures them
     }
     if name == "a":
         return with_batch_size(TrainConfig(model=ModelConfig(weights="none"), **common))

@@ -98,6 +98,7 @@ def run(name: str, model: ModelConfig, layout: Layout, args) -> dict:
     from gunctl.core.trainer import fit
 
     config = TrainConfig(
+        recipe="plain",  # the settings compared here, not a recipe's
         model=model,
         layout=layout,
         epochs=args.epochs,
