@@ -38,7 +38,8 @@ _FIELDS = {
     "multiscale": "model.train_sizes",
     "fpn_levels": "model.fpn_levels",
 }
-_RECIPE_NOTE = " Default: the recipe's (see --recipe and the README)."
+_RECIPE_NOTE = " Set by --recipe unless given (see the README)."
+_BY_RECIPE = "the recipe's"
 
 
 def train(
@@ -50,6 +51,7 @@ def train(
         float | None,
         typer.Option(
             "--minutes",
+            show_default="off: --epochs",
             help="Train for a wall-time budget instead of --epochs: epochs, schedule and EMA "
             "are fitted to it, validation included.",
         ),
@@ -74,12 +76,13 @@ def train(
         ),
     ] = None,
     lr: Annotated[
-        float, typer.Option("--lr", help="Peak learning rate." + _RECIPE_NOTE, show_default=False)
+        float,
+        typer.Option("--lr", help="Peak learning rate." + _RECIPE_NOTE, show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.lr,
     optimizer: Annotated[
         str,
         typer.Option(
-            "--optimizer", help=f"{', '.join(OPTIMIZERS)}." + _RECIPE_NOTE, show_default=False
+            "--optimizer", help=f"{', '.join(OPTIMIZERS)}." + _RECIPE_NOTE, show_default=_BY_RECIPE
         ),
     ] = _TRAIN_DEFAULTS.optimizer,
     weight_decay: Annotated[
@@ -88,7 +91,7 @@ def train(
             "--weight-decay",
             min=0.0,
             help="L2 penalty on the weights." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.weight_decay,
     lr_schedule: Annotated[
@@ -97,7 +100,7 @@ def train(
             "--lr-schedule",
             help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps."
             + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.lr_schedule,
     warmup_steps: Annotated[
@@ -106,13 +109,13 @@ def train(
             "--warmup-steps",
             min=0,
             help="Warm-up length (capped at one epoch)." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.warmup_steps,
     model: Annotated[
         str,
         typer.Option(
-            "--model", help=", ".join(MODEL_NAMES) + "." + _RECIPE_NOTE, show_default=False
+            "--model", help=", ".join(MODEL_NAMES) + "." + _RECIPE_NOTE, show_default=_BY_RECIPE
         ),
     ] = _MODEL_DEFAULTS.name,
     weights: Annotated[
@@ -178,7 +181,7 @@ def train(
             min=0.0,
             max=1.0,
             help="Probability of brightness/contrast/saturation/hue distortion." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.photometric,
     zoom_out: Annotated[
@@ -188,7 +191,7 @@ def train(
             min=0.0,
             max=1.0,
             help="Probability of a zoom-out (image on a canvas up to 2x larger)." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.zoom_out,
     crop: Annotated[
@@ -198,7 +201,7 @@ def train(
             min=0.0,
             max=1.0,
             help="Probability of an IoU-aware crop." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.crop,
     mosaic: Annotated[
@@ -208,7 +211,7 @@ def train(
             min=0.0,
             max=1.0,
             help="Probability of a 2x2 mosaic of training images." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.mosaic,
     multiscale: Annotated[
@@ -217,7 +220,7 @@ def train(
             "--multiscale",
             help="Shorter sides drawn per batch in training, e.g. 192,224,288,320, or off "
             "(validation uses --min-size)." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = "off",
     norm: Annotated[
@@ -226,7 +229,7 @@ def train(
             "--norm",
             help=f"{', '.join(NORMS)}: normalisation of ResNet-FPN backbones (gn: GroupNorm, "
             "also in the FPN)." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _MODEL_DEFAULTS.norm,
     fpn_levels: Annotated[
@@ -235,7 +238,7 @@ def train(
             "--fpn-levels",
             help="ResNet stages feeding the FPN, e.g. 2,3,4 (no stride-4 level: faster), or all "
             "(ResNet-FPN models)." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = "all",
     fit_anchors: Annotated[
@@ -244,7 +247,7 @@ def train(
             "--fit-anchors/--no-fit-anchors",
             help="Anchor sizes and ratios from the training boxes (ResNet-FPN models)."
             + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.fit_anchors,
     ema: Annotated[
@@ -252,7 +255,7 @@ def train(
         typer.Option(
             "--ema/--no-ema",
             help="Evaluate and save an exponential moving average of the weights." + _RECIPE_NOTE,
-            show_default=False,
+            show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.ema,
     ema_decay: Annotated[
@@ -261,7 +264,8 @@ def train(
             "--ema-decay",
             min=0.0,
             max=1.0,
-            help="EMA decay per step [default: window of a tenth of the run].",
+            show_default="a window of a tenth of the run's steps",
+            help="EMA decay per step.",
         ),
     ] = None,
     val_every: Annotated[
@@ -269,7 +273,8 @@ def train(
         typer.Option(
             "--val-every",
             min=1,
-            help="Validate every k epochs, and after the last [default: 1; fitted with --minutes].",
+            show_default="1; fitted with --minutes",
+            help="Validate every k epochs, and after the last.",
         ),
     ] = _TRAIN_DEFAULTS.val_every,
     patience: Annotated[
