@@ -58,3 +58,13 @@ class TrainingError(GunctlError):
 
 class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of the CPU (MemoryError, or torch's allocator's RuntimeError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "DefaultCPUAllocator: can't allocate memory" in text or "not enough memory" in text
+    )

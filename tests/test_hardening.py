@@ -151,7 +151,7 @@ def test_strict_refuses_and_keeps_the_previous_tree(corpus, tmp_path):
     result = gunctl("ingest", "--source", corpus, "--out", out, "--strict", "--force")
     assert_clean_failure(result, 2, "problem(s) under --strict")
     assert (out / "raw" / "manifest.json").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == ["raw"]  # no staging folder left
+    assert sorted(p.name for p in out.iterdir()) == [".raw.lock", "raw"]  # no staging left
 
 
 def test_corpus_trains_and_validates_after_repair(corpus, tmp_path):

@@ -109,17 +109,18 @@ def _route_core_logging() -> None:
 
 
 def _report(message: str) -> None:
-    from rich.markup import escape
-
     from gunctl.cli.render import error
 
-    error(escape(message))
+    error(message)  # escaped there: markup and control characters (names may hold both)
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message, without the wrapping that DataLoader workers add to re-raised errors."""
+    """The message, without the wrapping that DataLoader workers add to re-raised errors.
+
+    A line break inside a name stays part of the one line (render shows it as ``\\n``).
+    """
     text = str(exc).strip()
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text or type(exc).__name__

@@ -62,7 +62,7 @@ def ingest(
         table = render.problems_table(report)
         if table is not None:
             render.console.print(table)
-        render.console.print(f"Wrote {report.raw_dir} and {config.layout.manifest}")
+        render.say(f"Wrote {report.raw_dir} and {config.layout.manifest}")
 
 
 ingest.__doc__ += (

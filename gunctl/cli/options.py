@@ -11,7 +11,12 @@ Out = Annotated[
     Path,
     typer.Option("--out", help="Output root: raw/, splits/, runs/ and models/ live under it."),
 ]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same result.")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed", min=0, max=2**32 - 1, help="Random seed (0 to 2**32-1); same seed, same result."
+    ),
+]
 Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")
 ]

@@ -1,7 +1,14 @@
 """Everything gunctl shows a person: the Rich consoles, tables and progress displays.
 
 Human output goes to stdout; warnings and errors go to stderr. Under ``--json`` only the
-JSON object goes to stdout. NO_COLOR is honoured by Rich itself.
+JSON object goes to stdout (``json.dumps`` escapes control characters). NO_COLOR is honoured
+by Rich itself.
+
+Everything a user, a file name, a label or a checkpoint controls goes through ``escape``
+before it reaches the terminal: Rich markup is escaped (``[/]`` is text, not a closing tag),
+emoji codes are off (``:fire:`` stays text), and control characters, escape sequences, line
+breaks and bidirectional overrides are shown as Python writes them (``\x1b``, ``\n``,
+``\u202e``), so a name can neither drive the terminal nor split a message.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,20 +35,44 @@ def _width(stream) -> int | None:
     return None if stream.isatty() else 120
 
 
-console = Console(highlight=False, width=_width(sys.stdout))
-err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+console = Console(highlight=False, emoji=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, emoji=False, width=_width(sys.stderr))
+# Control (Cc), format (Cf: bidi overrides, zero-width), lone surrogates (Cs), private use,
+# unassigned, and the Unicode line and paragraph separators.
+_SHOWN_ESCAPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def escape(value: object) -> str:
+    """``value`` as inert text for a Rich console: markup escaped, control characters visible."""
+    from rich.markup import escape as escape_markup
+
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(_visible(char) for char in text)
+    return escape_markup(text)
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) in _SHOWN_ESCAPED:
+        return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return char
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err_console.print(_escape(message), soft_wrap=True, style="dim")
+    err_console.print(escape(message), soft_wrap=True, style="dim")
+
+
+def say(message: str) -> None:
+    """A plain line on stdout; ``message`` is escaped (it may hold paths and names)."""
+    console.print(escape(message), soft_wrap=True)
 
 
 def print_json(payload: dict[str, Any]) -> None:
@@ -48,14 +80,9 @@ def print_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 def ingest_table(report) -> Table:
-    table = Table(title=f"Ingested {report.source}", show_header=False, title_justify="left")
+    title = f"Ingested {escape(report.source)}"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     rows = [
@@ -90,7 +117,7 @@ def problems_table(report) -> Table | None:
 
 
 def split_table(path, counts: dict[str, dict[str, int]]) -> Table:
-    table = Table(title="Split", caption=f"{path}", caption_justify="left", title_justify="left")
+    table = Table(title="Split", caption=escape(path), caption_justify="left", title_justify="left")
     table.add_column("part")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")
@@ -210,8 +237,10 @@ class TrainDisplay(Callback):
             if state.resumed_from
             else ""
         )
+        resumed = escape(resumed)
         console.print(
-            f"run [bold]{state.run_name}[/]: {config.model.name} ({state.weights_origin}), "
+            f"run [bold]{escape(state.run_name)}[/]: {escape(config.model.name)} "
+            f"({escape(state.weights_origin)}), "
             f"{state.train_images} train / {len(state.val_dataset)} val images, batch "
             f"{config.batch_size}x{state.world_size}, {config.epochs} epochs on {state.device}"
             f"{resumed}",
@@ -306,7 +335,7 @@ def fit_summary(result) -> Table:
         ("train images/s", f"{images / train_seconds:.2f}" if train_seconds else "-"),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))
     return table
 
 
@@ -315,7 +344,7 @@ def score_table(result, score_threshold: float) -> Table:
 
     m, facts = result.metrics, result.facts
     table = Table(
-        title=f"Validation of {result.checkpoint}", show_header=False, title_justify="left"
+        title=f"Validation of {escape(result.checkpoint)}", show_header=False, title_justify="left"
     )
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -340,12 +369,12 @@ def score_table(result, score_threshold: float) -> Table:
         ("time (s), of which mAP", f"{m.get('seconds', 0):.2f}, {m.get('map_seconds', 0):.2f}"),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))
     return table
 
 
 def runs_table(runs_dir, runs) -> Table:
-    table = Table(title=f"Runs in {runs_dir}", title_justify="left")
+    table = Table(title=f"Runs in {escape(runs_dir)}", title_justify="left")
     for name, justify in (
         ("run", "left"),
         ("started (UTC)", "left"),
@@ -358,13 +387,13 @@ def runs_table(runs_dir, runs) -> Table:
         table.add_column(name, justify=justify)
     for run in runs:
         table.add_row(
-            run.name,
+            escape(run.name),
             run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-",
-            (run.model or "-").removeprefix("fasterrcnn_"),
+            escape((run.model or "-").removeprefix("fasterrcnn_")),
             str(run.epochs) if run.epochs is not None else "-",
             _num(run.final_train_loss),
             _num(run.best_map50),
-            str(run.checkpoint or "-"),
+            escape(run.checkpoint or "-"),
         )
     if not runs:
         table.caption = "no runs yet: `gunctl train` writes them"

@@ -22,7 +22,17 @@ from gunctl.config import (
 _M, _T = ModelConfig(), TrainConfig()
 
 # What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+_RESUME_OPTIONS = (
+    "epochs",
+    "device",
+    "workers",
+    "cache",
+    "out",
+    "quiet",
+    "resume",
+    "nproc",
+    "run_name",  # a new folder for the resumed run
+)
 
 
 def train(
@@ -102,7 +112,11 @@ def train(
     seed: Seed = _T.seed,
     run_name: Annotated[
         str | None,
-        typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
+        typer.Option(
+            "--run-name",
+            help="Folder under <out>/runs: one plain name (default: a timestamp; with "
+            "--resume: the checkpoint's run).",
+        ),
     ] = None,
     out: Out = Layout().root,
     resume: Annotated[

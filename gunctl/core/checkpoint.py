@@ -1,7 +1,10 @@
 """One checkpoint schema, written atomically and read with ``weights_only=True``.
 
 A checkpoint never runs code when it is loaded: ``torch.load(weights_only=True)`` accepts
-tensors and plain data only, and refuses anything else before it is built.
+tensors and plain data only, and refuses anything else before it is built. It is still
+untrusted data: every field is checked here (``FIELDS``, the stored config against the config
+dataclasses' types and ``CONFIG_RANGES``), and the run name, which becomes a folder on resume,
+must be one plain name (``paths.safe_name``). Any mismatch is one CheckpointError line.
 """
 
 from __future__ import annotations
@@ -14,12 +17,72 @@ from typing import Any
 
 import torch
 
+from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
+from gunctl.core.schema import check_fields, dataclass_spec
 from gunctl.errors import CheckpointError
 
 FORMAT = "gunctl-checkpoint"
 SCHEMA = 1
 REQUIRED = ("model", "config", "epoch", "class_names")
+FIELDS = {
+    "model": "dict",
+    "config": "dict",
+    "epoch": "int>=0",
+    "class_names": "list",
+    "step": "int>=0?",
+    "batches_done": "int>=0?",
+    "interrupted": "bool?",
+    "best_metric": "number?",
+    "best_epoch": "int>=0?",
+    "history": "list?",
+    "metrics": "dict?",
+    "run_name": "name?",
+    "run_id": "str?",
+    "weights_origin": "str?",
+    "split_checksum": "str?",
+    "manifest_checksum": "str?",
+    "world_size": "int>=1?",
+    "optimizer": "dict?",
+    "scheduler": "dict?",
+    "scaler": "dict?",
+    "partial_epoch": "dict?",
+    "rng": "dict?",
+    "created": "str?",
+}
+CONFIG_RANGES = {
+    "epochs": "int>=1",
+    "subset": "int>=2?",
+    "batch_size": "int>=1?",
+    "lr": "number>0",
+    "weight_decay": "number>=0",
+    "momentum": "number>=0",
+    "warmup_steps": "int>=0",
+    "grad_clip": "number>0?",
+    "workers": "int>=0",
+    "seed": "seed",
+    "run_name": "name?",
+    "val_fraction": "fraction",
+    "log_images": "int>=0",
+    "score_threshold": "unit",
+}
+MODEL_RANGES = {
+    key: "int>=1"
+    for key in (
+        "num_classes",
+        "min_size",
+        "max_size",
+        "rpn_pre_nms_top_n_train",
+        "rpn_post_nms_top_n_train",
+        "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test",
+        "box_batch_size_per_image",
+        "box_detections_per_img",
+    )
+}
+_SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
+HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
+METER_SPEC = {"sums": "dict", "steps": "int>=0", "images": "int>=0", "seconds": "number>=0"}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -51,6 +114,8 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -79,7 +144,65 @@ def _check(path: Path, data: Any) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
+    check_fields(data, FIELDS, str(path), CheckpointError)
+    _check_config(path, data["config"])
+    _check_contents(path, data)
     return data
+
+
+def _check_config(path: Path, config: dict) -> None:
+    where = f"{path}: config"
+    check_fields(config, dataclass_spec(TrainConfig, CONFIG_RANGES), where, CheckpointError, True)
+    model = check_fields(config, {"model": "dict"}, where, CheckpointError)["model"]
+    spec = dataclass_spec(ModelConfig, MODEL_RANGES)
+    check_fields(model, spec, f"{where}.model", CheckpointError, allow_missing=True)
+    check_fields(model, {"name": "str"}, f"{where}.model", CheckpointError)
+
+
+def _check_contents(path: Path, data: dict) -> None:
+    """Tensors where tensors go, lists of the right things: what the trainer and the
+    displays index into without further checks."""
+    if not all(isinstance(v, torch.Tensor) for v in data["model"].values()):
+        raise CheckpointError(f"{path}: 'model' must map names to tensors")
+    if not all(isinstance(name, str) for name in data["class_names"]):
+        raise CheckpointError(f"{path}: 'class_names' must be a list of strings")
+    for index, record in enumerate(data.get("history") or []):
+        check_fields(record, HISTORY_SPEC, f"{path}: history[{index}]", CheckpointError)
+        for part in ("train", "val"):
+            values = record.get(part) or {}
+            shown = [values.get(key) for key in _SHOWN] if isinstance(values, dict) else [""]
+            if not all(isinstance(v, (int, float)) or v is None for v in shown):
+                raise CheckpointError(f"{path}: history[{index}].{part} must hold numbers")
+    if data.get("partial_epoch") is not None:
+        check_fields(data["partial_epoch"], METER_SPEC, f"{path}: partial_epoch", CheckpointError)
+    rng = (data.get("rng") or {}).get("torch")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+        raise CheckpointError(f"{path}: 'rng.torch' must be a byte tensor")
+
+
+def check_same_run(existing: Path, checkpoint: dict, source: Path) -> None:
+    """Refuse to resume ``checkpoint`` (read from ``source``) into a run folder whose
+    ``last.pth`` (``existing``) belongs to another run: it would be overwritten.
+
+    Same run: the same ``run_id``; for checkpoints written before run ids, the same first
+    epoch record and split.
+    """
+    existing = Path(existing)
+    if not existing.is_file() or existing.resolve() == Path(source).resolve():
+        return
+    other = load_checkpoint(existing, mmap=True)
+    if other.get("run_id") and checkpoint.get("run_id"):
+        same = other["run_id"] == checkpoint["run_id"]
+    else:
+        first = lambda data: (data.get("history") or [None])[0]  # noqa: E731
+        same = first(other) == first(checkpoint) and other.get("split_checksum") == checkpoint.get(
+            "split_checksum"
+        )
+    if not same:
+        raise CheckpointError(
+            f"{existing.parent} holds another run than {source} (a different run id); "
+            "resuming would overwrite it: pass --run-name NEW to go on in a new folder"
+        )
 
 
 def _torchvision_version() -> str:

@@ -1,12 +1,17 @@
 """Bring the data set into ``<out>/raw`` from Kaggle, a folder, a zip or the demo generator.
 
 Every source goes through the same checks (``labels``, ``images``); the checked tree is
-staged in a temporary folder beside ``raw/`` and renamed into place, so ``raw/`` is
-never half-written and an existing one survives a failed ingest.
+staged in a temporary folder beside ``raw/`` and renamed into place under the exclusive
+``raw/`` lock (``rawlock``), so ``raw/`` is never half-written, an existing one survives a
+failed or killed ingest, and no reader sees it change.
+
+Zips are read in one pass over one open archive (linear in the number of members), one
+member at a time with a bounded read (memory bounded by the largest accepted file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,22 +19,42 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gunctl.config import IngestConfig, Layout
+from gunctl.config import IngestConfig
 from gunctl.core import tree
-from gunctl.core.fileio import read_document
+from gunctl.core.fileio import TooLarge, read_bounded
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
-from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
+from gunctl.core.labels import (
+    MAX_LABEL_BYTES,
+    Problem,
+    check_boxes,
+    format_label,
+    parse_label,
+    refuse_other_format,
+)
+from gunctl.core.manifest import MANIFEST_FORMAT, MANIFEST_SCHEMA, data_checksum, read_manifest
+from gunctl.core.paths import name_problem
+from gunctl.core.rawlock import RawLock, replaceable, swap_into_place
 from gunctl.errors import DataError, OutputError, SourceError, UsageError
 
-MANIFEST_FORMAT = "gunctl-raw"
-MANIFEST_SCHEMA = 1
-MAX_MEMBER_BYTES = 64 * 1024 * 1024  # no single image or label of this data set comes near it
+__all__ = ["ingest", "read_manifest", "data_checksum", "IngestReport", "SourceFile"]
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # no single image of this data set comes near it
+MAX_ZIP_MEMBERS = 500_000  # the Kaggle archive holds ~6,000
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,  # bad CRC, bad local header
+    RuntimeError,  # encrypted ("password required")
+    NotImplementedError,  # deflate64, implode and other compression methods
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -37,7 +62,11 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class SourceFile:
     name: str  # "Images/1.jpeg" or "Labels/1.txt", relative to the layout's root
-    read: Callable[[], bytes]
+    read: Callable[[int], bytes]  # read(limit): the bytes; TooLarge or ReadFailed otherwise
+
+
+class ReadFailed(Exception):
+    """A source file that cannot be read (an encrypted or corrupt zip member)."""
 
 
 @dataclass
@@ -61,12 +90,14 @@ class IngestReport:
 def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
     """Check the source, stage the raw tree, and move it into place. Returns the report."""
     layout = config.layout
-    if layout.raw.exists() and not config.force:
-        raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
     _make_dirs(layout.root)
-    _remove_abandoned(layout.root)
-    with tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root) as scratch:
-        label, version, files, problems = _open_source(config, Path(scratch))
+    with RawLock(layout, exclusive=True, command="gunctl ingest"), contextlib.ExitStack() as stack:
+        _check_target(layout.raw, config.force)
+        _remove_abandoned(layout.root)
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root)
+        )
+        label, version, files, problems = _open_source(config, Path(scratch), stack)
         stage = Path(tempfile.mkdtemp(prefix=f".raw-staging-{os.getpid()}-", dir=layout.root))
         try:
             report = _build_tree(config, files, stage, progress)
@@ -79,25 +110,29 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
                 )
             if report.images == 0:
                 raise DataError(f"{label}: no usable image with a label file was found")
+            refuse_other_format(report.problems, report.boxes, label)
             _write_manifest(stage, report, config)
-            _swap_into_place(stage, layout.raw)
+            swap_into_place(stage, layout.raw)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     report.raw_dir = layout.raw
     return report
 
 
-def read_manifest(layout: Layout) -> dict:
-    """The manifest of the ingested tree; a DataError names the file when it is unusable."""
-    return read_document(
-        layout.manifest, MANIFEST_FORMAT, "manifest", "ingest a data set first (`gunctl ingest`)"
-    )
+def _check_target(raw: Path, force: bool) -> None:
+    if (raw.exists() or raw.is_symlink()) and not force:
+        raise UsageError(f"{raw} already exists; pass --force to replace it")
+    if not replaceable(raw):
+        raise UsageError(
+            f"{raw}: not a gunctl data tree (no manifest.json); --force replaces only what "
+            "gunctl ingest wrote: move it away or pick another --out"
+        )
 
 
 # --- sources -------------------------------------------------------------------------------
 
 
-def _open_source(config: IngestConfig, scratch: Path):
+def _open_source(config: IngestConfig, scratch: Path, stack: contextlib.ExitStack):
     """(label for reports, version, files, problems found while listing)."""
     if config.source == "demo":
         from gunctl.core import demo
@@ -116,7 +151,8 @@ def _open_source(config: IngestConfig, scratch: Path):
         files, problems = _folder_files(_require_root(path))
         return str(path), None, files, problems
     if path.is_file() and zipfile.is_zipfile(path):
-        return str(path), None, _zip_files(path), []
+        files, problems = _zip_files(path, stack)
+        return str(path), None, files, problems
     if path.exists():
         raise SourceError(f"{path}: not a folder or a .zip archive")
     raise SourceError(
@@ -154,36 +190,54 @@ def _folder_files(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     for folder in (tree.IMAGES, tree.LABELS):
         for entry in sorted(tree.child_dir(root, folder).iterdir()):
             name = f"{folder}/{entry.name}"
-            if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+            if entry.is_symlink() and not _inside(entry, resolved_root):
                 problems.append(Problem(name, "unsafe_path", f"symlink to {os.readlink(entry)}"))
             elif entry.is_file():
                 files.append(SourceFile(name, _reader(entry)))
     return files, problems
 
 
-def _reader(path: Path) -> Callable[[], bytes]:
-    return lambda: _read_bounded(path.open("rb"), path.name)
-
-
-def _zip_files(path: Path) -> list[SourceFile]:
+def _inside(entry: Path, root: Path) -> bool:
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+        return entry.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _reader(path: Path) -> Callable[[int], bytes]:
+    return lambda limit: read_bounded(path.open("rb"), limit)
+
+
+def _zip_files(path: Path, stack: contextlib.ExitStack) -> tuple[list[SourceFile], list[Problem]]:
+    """The archive's files, read later from the one open archive (closed by ``stack``).
+
+    A name held twice: the last copy is kept (as ``unzip`` and ``ZipFile.open(name)`` do).
+    """
+    try:
+        archive = stack.enter_context(zipfile.ZipFile(path))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise SourceError(f"{path}: unreadable zip ({exc})") from None
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise SourceError(f"{path}: {len(members):,} members, more than {MAX_ZIP_MEMBERS:,}")
+    by_name: dict[str, zipfile.ZipInfo] = {}
     for member in members:
         _refuse_hostile(path, member)
-    prefix = _zip_prefix(path, [m.filename for m in members])
-    files = []
-    for member in members:
-        rest = member.filename[len(prefix) :]
-        parts = rest.split("/")
-        if member.is_dir() or len(parts) != 2 or not member.filename.startswith(prefix):
+        by_name[member.filename] = member  # the last copy of a repeated name wins
+    prefix = _zip_prefix(path, list(by_name))
+    files, problems, seen = [], [], Counter(m.filename for m in members)
+    for name, member in by_name.items():
+        parts = name[len(prefix) :].split("/")
+        if member.is_dir() or len(parts) != 2 or not name.startswith(prefix):
             continue
         folder = {"images": tree.IMAGES, "labels": tree.LABELS}.get(parts[0].lower())
         if folder:
-            files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(path, member.filename)))
-    return files
+            files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(archive, member)))
+            if seen[name] > 1:
+                problems.append(
+                    Problem(f"{folder}/{parts[1]}", "duplicate_member", f"{seen[name]} copies")
+                )
+    return files, problems
 
 
 def _refuse_hostile(path: Path, member: zipfile.ZipInfo) -> None:
@@ -215,20 +269,18 @@ def _zip_prefix(path: Path, names: list[str]) -> str:
     return complete[0]
 
 
-def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        with zipfile.ZipFile(path) as archive:
-            return _read_bounded(archive.open(member), member)
+def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[int], bytes]:
+    def read(limit: int) -> bytes:
+        if member.flag_bits & 0x1:
+            raise ReadFailed("encrypted")
+        try:
+            return read_bounded(archive.open(member), limit)
+        except TooLarge:
+            raise
+        except _ZIP_READ_ERRORS as exc:
+            raise ReadFailed(str(exc).splitlines()[0][:120] or type(exc).__name__) from None
 
     return read
-
-
-def _read_bounded(handle, name: str) -> bytes:
-    with handle:
-        data = handle.read(MAX_MEMBER_BYTES + 1)
-    if len(data) > MAX_MEMBER_BYTES:
-        raise SourceError(f"{name}: larger than {MAX_MEMBER_BYTES // 2**20} MiB")
-    return data
 
 
 # --- checking and staging ------------------------------------------------------------------
@@ -263,6 +315,10 @@ def _index_files(files: list[SourceFile], problems: list[Problem]):
             continue
         if not is_image_folder and not tree.is_label_name(file.name):
             continue  # README files and the like beside the labels
+        unsafe = name_problem(file.name.rsplit("/", 1)[-1])
+        if unsafe:
+            problems.append(Problem(file.name, "unsafe_path", unsafe))
+            continue
         target = images if is_image_folder else labels
         stem = tree.stem_of(file.name)
         if stem in target:
@@ -281,7 +337,10 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
     if image is None:
         report.problems.append(Problem(label.name, "label_without_image"))
         return None
-    data = image.read()
+    data = _read(image, MAX_IMAGE_BYTES, report)
+    label_data = _read(label, MAX_LABEL_BYTES, report) if data is not None else None
+    if data is None or label_data is None:
+        return None
     try:
         _, info = decode_rgb(data, config.max_pixels)
     except ImageProblem as problem:
@@ -290,7 +349,10 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
     extension = Path(image.name).suffix
     if not format_matches(extension, info.format):
         report.problems.append(Problem(image.name, "format_mismatch", f"{info.format} content"))
-    parsed = parse_label(label.read(), label.name)
+    if info.orientation != 1:
+        detail = f"orientation {info.orientation}"
+        report.problems.append(Problem(image.name, "exif_orientation", detail))
+    parsed = parse_label(label_data, label.name)
     report.problems.extend(parsed.problems)
     if not parsed.usable:
         return None
@@ -313,6 +375,17 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
     }
 
 
+def _read(file: SourceFile, limit: int, report: IngestReport) -> bytes | None:
+    """The file's bytes, or None with a problem reported (too large, unreadable member)."""
+    try:
+        return file.read(limit)
+    except TooLarge as exc:
+        report.problems.append(Problem(file.name, "file_too_large", str(exc)))
+    except ReadFailed as exc:
+        report.problems.append(Problem(file.name, "unreadable_member", str(exc)))
+    return None
+
+
 def _count(report: IngestReport, info, boxes: int) -> None:
     report.images += 1
     report.boxes += boxes
@@ -323,12 +396,6 @@ def _count(report: IngestReport, info, boxes: int) -> None:
         report.smallest = size
     if report.largest is None or size[0] * size[1] > report.largest[0] * report.largest[1]:
         report.largest = size
-
-
-def data_checksum(entries: list[dict]) -> str:
-    """The data's identity: a hash of the file list with its checksums (not of timestamps)."""
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> None:
@@ -355,36 +422,11 @@ def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> 
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def _swap_into_place(stage: Path, raw: Path) -> None:
-    """Rename the staged tree over ``raw``; the old tree is removed only once the new one is in."""
-    old = raw.with_name(f".raw-old-{os.getpid()}")
-    if raw.exists():
-        os.replace(raw, old)
-    try:
-        os.replace(stage, raw)
-    except OSError:
-        if old.exists():
-            os.replace(old, raw)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _remove_abandoned(root: Path) -> None:
-    """Staging folders of ingests that were killed (their process is gone) are removed."""
+    """Staging folders of killed ingests (we hold the exclusive lock: none is in use)."""
     for path in root.glob(".*-*"):
-        found = re.match(r"^\.(?:scratch|raw-staging|raw-old)-(\d+)", path.name)
-        if found and path.is_dir() and not _alive(int(found.group(1))):
+        if re.match(r"^\.(?:scratch|raw-staging)-\d+", path.name) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _make_dirs(path: Path) -> None:

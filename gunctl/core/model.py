@@ -139,7 +139,7 @@ def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:
 def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise CheckpointError(
             f"{path}: weights do not fit the model ({_first_line(exc)})"
         ) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -19,6 +20,7 @@ from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.model import build_model, load_model_state, to_device_layout
+from gunctl.core.rawlock import RawLock
 from gunctl.errors import CheckpointError, DataError, UsageError
 
 log = logging.getLogger("gunctl")
@@ -40,7 +42,13 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
     device = distributed.resolve_device(config.device, distributed.DistInfo())
-    with tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch:
+    reading = config.layout if config.data is None else None  # --data: a private scratch copy
+    with (
+        RawLock(reading, exclusive=False, command="gunctl validate")
+        if reading
+        else contextlib.nullcontext(),
+        tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch,
+    ):
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
         result = evaluate(
@@ -97,11 +105,9 @@ def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDa
             )
         items = read_manifest(layout)["files"]
         return GunDataset(layout.raw, items), f"{config.data} (all {len(items)} images)"
-    from gunctl.core.ingest import read_manifest
-    from gunctl.core.split import load_split
+    from gunctl.core.split import open_split
 
-    split = load_split(config.layout.split_file)
-    manifest = read_manifest(config.layout)
+    split, manifest = open_split(config.layout, stale="warn")
     if checkpoint.get("manifest_checksum") not in (None, "", manifest.get("checksum")):
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw

@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +34,7 @@ from gunctl.config import (
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.checkpoint import check_same_run, load_checkpoint
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import (
     EvalResult,
@@ -44,10 +45,18 @@ from gunctl.core.engine import (
     train_one_epoch,
 )
 from gunctl.core.model import build_model, load_model_state, to_device_layout
+from gunctl.core.paths import name_problem, safe_name
+from gunctl.core.rawlock import RawLock
 from gunctl.core.runlock import RunLock
-from gunctl.core.split import create_split, load_split, split_checksum, subset_split
+from gunctl.core.split import create_split, open_split, split_checksum, subset_split
 from gunctl.core.transforms import EvalTransform, TrainTransform
-from gunctl.errors import CheckpointError, DivergedError, TrainingError, UsageError
+from gunctl.errors import (
+    CheckpointError,
+    DivergedError,
+    TrainingError,
+    UsageError,
+    is_out_of_memory,
+)
 
 log = logging.getLogger("gunctl")
 SELECTION_METRIC = "map_50"  # best.pth is the epoch with the highest val mAP@0.5
@@ -82,6 +91,7 @@ class TrainState:
     resumed_from: Path | None = None
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across resumes
 
     @property
     def last_path(self) -> Path:
@@ -115,6 +125,7 @@ class TrainState:
             "config": self.config_dict(),
             "class_names": list(CLASS_NAMES),
             "run_name": self.run_name,
+            "run_id": self.run_id,
             "weights_origin": self.weights_origin,
             "split_checksum": self.split_checksum,
             "manifest_checksum": self.manifest_checksum,
@@ -173,14 +184,17 @@ def _fit(config, callbacks, info, device) -> FitResult:
     run_name = distributed.broadcast_object(
         config.run_name or (checkpoint or {}).get("run_name") or _timestamp()
     )
+    safe_name(run_name, "run name", UsageError)  # it becomes a folder under runs/
     config = dataclasses.replace(config, run_name=run_name)
     run_dir = config.layout.run_dir(run_name)
     lock = RunLock(run_dir) if info.is_main else contextlib.nullcontext()
-    with lock:
+    with lock, RawLock(config.layout, exclusive=False, command="gunctl train"):
         if info.is_main and checkpoint is None and (run_dir / "last.pth").exists():
             raise UsageError(
                 f"{run_dir} already holds a run; pass --resume {run_name} or another --run-name"
             )
+        if info.is_main and checkpoint is not None:
+            check_same_run(run_dir / "last.pth", checkpoint, resume_path)
         if info.is_main:
             _remove_stale_temporaries(run_dir)
         split, manifest_checksum = _prepare_split(config, info)
@@ -199,6 +213,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
             checksum,
             manifest_checksum,
         )
+        state.run_id = (checkpoint or {}).get("run_id") or state.run_id
         main_callbacks = (
             [CheckpointSaver(), TensorBoardLogger(), *callbacks] if info.is_main else []
         )
@@ -264,6 +279,11 @@ def _run(state, callbacks, train_loader, val_loader, sampler, ddp_model, info) -
             fire.exception(exc, resumable=True)
             if stop.requested:  # e.g. a DataLoader worker that died of the same Ctrl-C
                 raise KeyboardInterrupt from exc
+            if is_out_of_memory(exc):  # the CPU's allocator (CUDA's is caught above)
+                raise TrainingError(
+                    f"out of memory at epoch {state.epoch + 1}, batch {state.batches_done + 1}; "
+                    f"try a smaller --batch-size or --min-size (checkpoint: {_saved(state)})"
+                ) from None
             raise
 
 
@@ -391,7 +411,7 @@ def resolve_resume(config: TrainConfig) -> Path:
     if path.is_file():
         return path
     candidate = config.layout.run_dir(value) / "last.pth"
-    if candidate.is_file():
+    if name_problem(value) is None and candidate.is_file():
         return candidate
     raise CheckpointError(
         f"{value}: no such checkpoint file, and no run of that name in {config.layout.runs}"
@@ -408,7 +428,7 @@ def _resumed_config(checkpoint: dict, requested: TrainConfig) -> TrainConfig:
         workers=requested.workers,
         cache=requested.cache,
         resume=requested.resume,
-        run_name=checkpoint.get("run_name"),
+        run_name=requested.run_name or checkpoint.get("run_name"),  # --run-name: a new folder
     )
     done = int(checkpoint["epoch"])
     if config.epochs <= done and not checkpoint.get("batches_done"):
@@ -449,7 +469,7 @@ def _prepare_split(config: TrainConfig, info) -> tuple[dict, str]:
             len(made.split["train"]) + len(made.split["val"]),
         )
     distributed.barrier()
-    split = load_split(path)
+    split, _ = open_split(config.layout, stale="refuse")
     if config.subset is not None:
         split = subset_split(split, config.subset, config.seed)
     if not split["train"] or not split["val"]:
@@ -562,7 +582,7 @@ def _restore(state: TrainState, checkpoint: dict, path: Path) -> None:
         state.scheduler.load_state_dict(checkpoint["scheduler"])
         if state.scaler is not None and checkpoint.get("scaler"):
             state.scaler.load_state_dict(checkpoint["scaler"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from None
     state.epoch = int(checkpoint["epoch"])
     state.step = int(checkpoint.get("step", 0))

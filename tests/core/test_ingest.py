@@ -66,7 +66,8 @@ def test_strict_fails_and_writes_nothing(tmp_path):
     with pytest.raises(DataError, match="--strict.*Labels/1.txt:2"):
         run(src, tmp_path, strict=True)
     assert not (tmp_path / "artifacts" / "raw").exists()
-    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == []  # no staging left behind
+    left = [p.name for p in (tmp_path / "artifacts").iterdir()]
+    assert left == [".raw.lock"]  # the lock file only: no staging left behind
 
 
 def test_existing_raw_needs_force_and_survives_a_failed_ingest(tmp_path, small_tree):
