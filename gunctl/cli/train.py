@@ -31,7 +31,6 @@ _RESUME_OPTIONS = (
     "quiet",
     "resume",
     "nproc",
-    "run_name",  # a new folder for the resumed run
 )
 
 
@@ -114,8 +113,7 @@ def train(
         str | None,
         typer.Option(
             "--run-name",
-            help="Folder under <out>/runs: one plain name (default: a timestamp; with "
-            "--resume: the checkpoint's run).",
+            help="Folder under <out>/runs: one plain name (default: a timestamp).",
         ),
     ] = None,
     out: Out = Layout().root,

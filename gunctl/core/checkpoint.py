@@ -201,7 +201,7 @@ def check_same_run(existing: Path, checkpoint: dict, source: Path) -> None:
     if not same:
         raise CheckpointError(
             f"{existing.parent} holds another run than {source} (a different run id); "
-            "resuming would overwrite it: pass --run-name NEW to go on in a new folder"
+            "resuming would overwrite it: rename that folder, or resume under another --out"
         )
 
 

@@ -35,10 +35,10 @@ def name_problem(value: object) -> str | None:
         return "empty"
     if value in (".", ".."):
         return f"{value!r} is not a name"
-    if value.startswith("."):
-        return "starts with '.' (hidden)"
     if "/" in value or "\\" in value:
         return "holds a path separator"
+    if value.startswith("."):
+        return "starts with '.' (hidden)"
     for char in value:
         if unicodedata.category(char) in _REFUSED_CATEGORIES or char in _INVISIBLE:
             return f"holds the control character {char!r}"

@@ -428,7 +428,7 @@ def _resumed_config(checkpoint: dict, requested: TrainConfig) -> TrainConfig:
         workers=requested.workers,
         cache=requested.cache,
         resume=requested.resume,
-        run_name=requested.run_name or checkpoint.get("run_name"),  # --run-name: a new folder
+        run_name=checkpoint.get("run_name"),
     )
     done = int(checkpoint["epoch"])
     if config.epochs <= done and not checkpoint.get("batches_done"):
