@@ -57,8 +57,12 @@ def ingest(archive: Path, out: Path, pythonpath: str | None) -> dict:
     peak_file = out.with_suffix(".peak")
     command = [sys.executable, "-c", PEAK, str(peak_file), "ingest", "--source", str(archive)]
     started = time.perf_counter()
-    result = subprocess.run(
-        [*command, "--out", str(out), "--json"], capture_output=True, text=True, env=env
+    result = subprocess.run(  # cwd: not the repo root, whose gunctl/ would shadow PYTHONPATH
+        [*command, "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=out.parent,
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -68,13 +72,16 @@ def ingest(archive: Path, out: Path, pythonpath: str | None) -> dict:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--members", type=int, default=10_000, help="members of the big zip")
+    parser.add_argument(
+        "--members", type=int, nargs="+", default=[10_000], help="members of the big zips"
+    )
     parser.add_argument("--pythonpath", default=None, help="run gunctl from this checkout")
     args = parser.parse_args()
     figures: dict = {"environment": environment(torch_info=False), "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as scratch:
         root = Path(scratch)
-        for label, members in (("real sample", None), (f"{args.members:,} members", args.members)):
+        sizes = [("real sample", None), *((f"{n:,} members", n) for n in args.members)]
+        for label, members in sizes:
             archive = root / f"{members or 'sample'}.zip"
             count = build_zip(args.data, archive, members)
             run = ingest(archive, root / f"out-{members or 'sample'}", args.pythonpath)

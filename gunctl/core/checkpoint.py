@@ -19,7 +19,7 @@ import torch
 
 from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
-from gunctl.core.schema import check_fields, dataclass_spec
+from gunctl.core.schema import check_fields, dataclass_spec, kind_problem
 from gunctl.errors import CheckpointError
 
 FORMAT = "gunctl-checkpoint"
@@ -82,6 +82,7 @@ MODEL_RANGES = {
 }
 _SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
 HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
+SCHEDULER_SPEC = {"last_epoch": "int?", "_step_count": "int>=0?", "base_lrs": "list?"}
 METER_SPEC = {"sums": "dict", "steps": "int>=0", "images": "int>=0", "seconds": "number>=0"}
 
 
@@ -175,6 +176,11 @@ def _check_contents(path: Path, data: dict) -> None:
                 raise CheckpointError(f"{path}: history[{index}].{part} must hold numbers")
     if data.get("partial_epoch") is not None:
         check_fields(data["partial_epoch"], METER_SPEC, f"{path}: partial_epoch", CheckpointError)
+    scheduler = data.get("scheduler") or {}
+    check_fields(scheduler, SCHEDULER_SPEC, f"{path}: scheduler", CheckpointError)
+    for key in ("base_lrs", "_last_lr"):
+        if not all(kind_problem(v, "number") is None for v in scheduler.get(key) or []):
+            raise CheckpointError(f"{path}: scheduler {key!r} must hold numbers")
     rng = (data.get("rng") or {}).get("torch")
     if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
         raise CheckpointError(f"{path}: 'rng.torch' must be a byte tensor")
@@ -203,6 +209,19 @@ def check_same_run(existing: Path, checkpoint: dict, source: Path) -> None:
             f"{existing.parent} holds another run than {source} (a different run id); "
             "resuming would overwrite it: rename that folder, or resume under another --out"
         )
+
+
+def check_optimizer_state(optimizer, path: Path) -> None:
+    """After ``load_state_dict``: every state tensor has its parameter's shape (a crafted
+    state would otherwise fail at the first step, deep inside the optimizer)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: optimizer state {key!r} has shape {tuple(value.shape)}, "
+                        f"its parameter {tuple(param.shape)}"
+                    )
 
 
 def _torchvision_version() -> str:

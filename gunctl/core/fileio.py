@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from gunctl.errors import DataError, OutputError
 
-MAX_DOCUMENT_BYTES = 256 * 1024 * 1024  # a manifest of 3,000 images is ~1 MiB
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a manifest of 3,000 images is ~1 MiB
 
 
 class TooLarge(Exception):

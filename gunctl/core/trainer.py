@@ -34,7 +34,7 @@ from gunctl.config import (
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import check_same_run, load_checkpoint
+from gunctl.core.checkpoint import check_optimizer_state, check_same_run, load_checkpoint
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import (
     EvalResult,
@@ -579,6 +579,7 @@ def _restore(state: TrainState, checkpoint: dict, path: Path) -> None:
     load_model_state(state.model, checkpoint, path)
     try:
         state.optimizer.load_state_dict(checkpoint["optimizer"])
+        check_optimizer_state(state.optimizer, path)
         state.scheduler.load_state_dict(checkpoint["scheduler"])
         if state.scaler is not None and checkpoint.get("scaler"):
             state.scaler.load_state_dict(checkpoint["scaler"])
