@@ -22,16 +22,7 @@ from gunctl.config import (
 _M, _T = ModelConfig(), TrainConfig()
 
 # What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = (
-    "epochs",
-    "device",
-    "workers",
-    "cache",
-    "out",
-    "quiet",
-    "resume",
-    "nproc",
-)
+_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
 
 
 def train(
