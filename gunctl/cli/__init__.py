@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from gunctl import __version__
 from gunctl.cli import ingest, split, tb, train, validate
-from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError
+from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 
 class GuardedGroup(TyperGroup):
@@ -34,7 +34,7 @@ class GuardedGroup(TyperGroup):
         except GunctlError as exc:
             if debug:
                 raise
-            _report(_one_line(exc))
+            _report(_message(exc))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if debug:
@@ -114,13 +114,12 @@ def _report(message: str) -> None:
     error(message)  # escaped there: markup and control characters (names may hold both)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message, without the wrapping that DataLoader workers add to re-raised errors.
-
-    A line break inside a name stays part of the one line (render shows it as ``\\n``).
-    """
+def _message(exc: GunctlError) -> str:
+    """A GunctlError's message, whole: it is one line by construction, so a line break in it
+    comes from a name and stays (render shows it as ``\\n``); DataLoader wrapping is removed."""
     text = str(exc).strip()
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text or type(exc).__name__
+    return (
+        first_line(exc, limit=10_000)
+        if "Original Traceback" in text
+        else text or type(exc).__name__
+    )

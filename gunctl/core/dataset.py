@@ -72,7 +72,7 @@ class GunDataset(torch.utils.data.Dataset):
         image_path = confine(self.raw_dir / tree.IMAGES, item["image"], "image")
         label_path = confine(self.raw_dir / tree.LABELS, item["label"], "label file")
         try:
-            rgb, info = decode_rgb(read_bounded(image_path.open("rb"), MAX_IMAGE_BYTES), MAX_PIXELS)
+            rgb, meta = decode_rgb(read_bounded(image_path.open("rb"), MAX_IMAGE_BYTES), MAX_PIXELS)
             label_bytes = read_bounded(label_path.open("rb"), MAX_LABEL_BYTES)
         except ImageProblem as problem:
             raise DataError(f"{image_path}: {problem.detail or problem.kind}") from None
@@ -81,7 +81,7 @@ class GunDataset(torch.utils.data.Dataset):
         except OSError as exc:
             raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
         pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-        boxes = read_boxes(label_bytes, info.width, info.height, str(label_path))
+        boxes = read_boxes(label_bytes, meta.width, meta.height, str(label_path))
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gunctl.errors import DataError, OutputError
+from gunctl.errors import DataError, cannot_write, first_line
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a manifest of 3,000 images is ~1 MiB
 
@@ -43,7 +43,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -65,7 +65,7 @@ def read_document(path: Path, document_format: str, what: str, missing_hint: str
     except TooLarge as exc:
         raise DataError(f"{path}: unreadable {what} ({exc})") from None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
-        raise DataError(f"{path}: unreadable {what} ({_first_line(exc)})") from None
+        raise DataError(f"{path}: unreadable {what} ({first_line(exc, 160)})") from None
     except RecursionError:
         raise DataError(f"{path}: unreadable {what} (nested too deeply)") from None
     if not isinstance(document, dict) or document.get("format") != document_format:
@@ -78,7 +78,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         with atomic_open(path) as handle:
             handle.write(data)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
 
 
 def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
@@ -87,13 +87,8 @@ def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
         with atomic_open(path) as handle:
             writer(handle)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
 
 
 def _size(count: int) -> str:
     return f"{count / 2**20:g} MiB" if count >= 2**20 else f"{count:,} bytes"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

@@ -60,10 +60,10 @@ def decode_rgb(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-            info = ImageInfo(
+            meta = ImageInfo(
                 image.width, image.height, image.format or "?", image.mode, _orientation(image)
             )
-            _check_size(info, max_pixels, max_aspect)
+            _check_size(meta, max_pixels, max_aspect)
             image.load()
             rgb = _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -72,7 +72,7 @@ def decode_rgb(
         raise ImageProblem("unreadable_image", "not a JPEG or PNG image") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:  # corrupt data
         raise ImageProblem("unreadable_image", str(exc) or type(exc).__name__) from None
-    return rgb, info
+    return rgb, meta
 
 
 def format_matches(extension: str, image_format: str) -> bool:

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from gunctl.config import Layout, SplitConfig
+from gunctl.config import Layout, SplitConfig, check_fraction
 from gunctl.core import tree
 from gunctl.core.fileio import read_document, write_bytes_atomic
 from gunctl.core.manifest import read_manifest, verify_files
@@ -56,8 +56,7 @@ def make_split(
     entries: list[dict], seed: int, val_fraction: float, subset: int | None, checksum: str
 ) -> dict:
     """Sample ``subset`` entries (all when None), then hold out ``val_fraction`` of them."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    check_fraction("--val-fraction", val_fraction)
     ordered = sorted(entries, key=lambda e: tree.natural_key(e["stem"]))
     rng = random.Random(seed)
     count = len(ordered) if subset is None else min(subset, len(ordered))
@@ -116,6 +115,7 @@ def split_checksum(split: dict) -> str:
 
 def create_split(config: SplitConfig) -> SplitResult:
     """Read and verify the manifest (and the files' SHA-256), make the split, write it."""
+    config.check()
     with RawLock(config.layout, exclusive=False):
         manifest = read_manifest(config.layout)
         entries = manifest["files"]
