@@ -93,6 +93,9 @@ class IngestConfig:
     count: int = 40  # demo data only: small enough to train on in a minute on a laptop CPU
     handle: str = KAGGLE_HANDLE
     max_pixels: int = 50_000_000  # refuse decompression bombs; real images are ~0.05 MP
+    format: str = "auto"  # kaggle, yolo, coco or voc; auto detects it from the files
+    classes: tuple[str, ...] | None = None  # keep (and order) these classes; None: all
+    merge_classes: str | None = None  # map every kept class to this one name
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class SplitConfig:
     val_fraction: float = 0.2  # the usual 80/20 hold-out
     subset: int | None = None  # None: all images; N: a seeded sample of N images first
     layout: Layout = field(default_factory=Layout)
+    keep_source_split: bool = False  # the source's own train/val (YOLO, Roboflow) when asked
 
     def check(self) -> None:
         check_fraction("--val-fraction", self.val_fraction)

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import ingest, split, tb, train, validate
+from gunctl.cli import export_data, ingest, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 
@@ -84,6 +84,7 @@ app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("validate")(validate.validate)
 app.command("tb")(tb.tb)
+app.command("export-data")(export_data.export_data)
 
 
 def main() -> None:

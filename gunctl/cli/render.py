@@ -95,6 +95,17 @@ def ingest_table(report) -> Table:
         ("largest image (w x h)", _size(report.largest)),
         ("problems", len(report.problems)),
     ]
+    rows.insert(0, ("format", report.source_format))
+    rows.insert(4, ("classes", escape(", ".join(report.class_names))))
+    if len(report.class_names) > 1:
+        per_class = ", ".join(f"{k} {v}" for k, v in report.boxes_per_class.items())
+        rows.insert(5, ("boxes per class", escape(per_class)))
+    extra = (
+        ("boxes of classes left out (--classes)", sum(report.classes_left_out.values())),
+        ("crowd boxes left out (COCO iscrowd)", report.crowd_left_out),
+        ("difficult boxes kept (Pascal VOC)", report.difficult),
+    )
+    rows += [(name, value) for name, value in extra if value]
     if report.version is not None:
         rows.insert(0, ("version", report.version))
     for name, value in rows:
@@ -353,6 +364,7 @@ def validation_table(result, score_threshold: float) -> Table:
         ("epoch", str(facts["epoch"]) + (" (interrupted)" if facts.get("interrupted") else "")),
         ("run", facts.get("run") or "-"),
         ("weights origin", facts.get("weights_origin") or "-"),
+        ("classes", ", ".join(facts.get("class_names") or ["gun"])),
         ("data", result.data),
         ("mAP@0.5:0.95", _num(m.get("map"), 4)),
         ("mAP@0.5", _num(m.get("map_50"), 4)),
@@ -370,6 +382,25 @@ def validation_table(result, score_threshold: float) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, escape(value))
+    return table
+
+
+def class_table(per_class: dict | None, title: str = "Per class") -> Table | None:
+    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures)."""
+    if not per_class:
+        return None
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    table.add_column("mAP@0.5", justify="right")
+    table.add_column("mAP@0.5:0.95", justify="right")
+    for name, values in per_class.items():
+        table.add_row(
+            escape(name),
+            str(values.get("boxes", "-")),
+            _num(values.get("map_50"), 4),
+            _num(values.get("map"), 4),
+        )
     return table
 
 

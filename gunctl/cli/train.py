@@ -166,6 +166,10 @@ def train(
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
         render.console.print(render.fit_summary(result))
+        last = result.history[-1]["val"] if result.history else {}
+        per_class = render.class_table(last.get("per_class"), "Per class (last epoch, val)")
+        if per_class is not None:
+            render.console.print(per_class)
 
 
 def _run_torchrun(nproc: int) -> int:

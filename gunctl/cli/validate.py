@@ -25,7 +25,11 @@ def validate(
     ] = _DEFAULTS.part,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+        typer.Option(
+            "--data",
+            help="Score another data folder or .zip instead (any layout ingest reads; its "
+            "classes are matched to the checkpoint's by name).",
+        ),
     ] = None,
     artifacts: Annotated[
         Path,
@@ -96,6 +100,9 @@ def validate(
         render.print_json(report)
     elif not quiet:
         render.console.print(render.validation_table(result, score_threshold))
+        per_class = render.class_table(result.metrics.get("per_class"))
+        if per_class is not None:
+            render.console.print(per_class)
     if failures:
         raise ThresholdError("; ".join(failures))
 

@@ -113,6 +113,10 @@ class TensorBoardLogger(Callback):
         for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall", "f1"):
             if record["val"].get(key) is not None:
                 self.writer.add_scalar(f"val/{key}", record["val"][key], epoch)
+        for name, values in (record["val"].get("per_class") or {}).items():
+            for key in ("map", "map_50"):
+                if values.get(key) is not None:
+                    self.writer.add_scalar(f"val_per_class/{key}/{name}", values[key], epoch)
         self.writer.add_scalar("train/lr", record["lr"], epoch)
         self.writer.add_scalar("perf/images_per_s", record["train"]["images_per_s"], epoch)
         self.writer.add_scalar("perf/epoch_seconds", record["seconds"], epoch)
@@ -128,7 +132,11 @@ class TensorBoardLogger(Callback):
             pred, truth = result.predictions[index], result.targets[index]
             keep = pred["scores"] >= threshold
             boxes = [truth["boxes"], pred["boxes"][keep]]
-            labels = ["true"] * len(truth["boxes"]) + [f"gun {s:.2f}" for s in pred["scores"][keep]]
+            names = ["background", *state.class_names]
+            labels = [f"true {names[int(k)]}" for k in truth["labels"]] + [
+                f"{names[int(k)]} {s:.2f}"
+                for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)
+            ]
             self.writer.add_image_with_boxes(
                 f"val/image_{index}", image, torch.cat(boxes), epoch, labels=labels
             )

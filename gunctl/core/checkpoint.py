@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from gunctl.config import CLASS_NAMES, LOSS_KEYS, ModelConfig, TrainConfig
+from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
 from gunctl.core.schema import check_fields, dataclass_spec, kind_problem
 from gunctl.errors import CheckpointError, first_line
@@ -172,7 +172,7 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         metrics=state.history[-1] if state.history else None,
         history=state.history,
         config=state.config_dict(),
-        class_names=list(CLASS_NAMES),
+        class_names=["background", *state.class_names],
         run_name=state.run_name,
         run_id=state.run_id,
         weights_origin=state.weights_origin,

@@ -1,12 +1,15 @@
 """Bring the data set into ``<out>/raw`` from Kaggle, a folder, a zip or the demo generator.
 
-Every source goes through the same checks (``labels``, ``images``); the checked tree is
-staged in a temporary folder beside ``raw/`` and renamed into place under the exclusive
-``raw/`` lock (``rawlock``), so ``raw/`` is never half-written, an existing one survives a
-failed or killed ingest, and no reader sees it change.
+Every source layout (Kaggle, YOLO, COCO, Pascal VOC) is read by its reader in
+``gunctl.core.formats`` into common records; every record goes through the same checks
+(``labels``, ``images``), whatever its format. The checked tree is
+staged in a temporary folder beside ``raw/`` and renamed into place, so ``raw/`` is
+never half-written and an existing one survives a failed ingest.
 
-Zips are read in one pass over one open archive (linear in the number of members), one
-member at a time with a bounded read (memory bounded by the largest accepted file).
+The checked tree is renamed into place under the exclusive ``raw/`` lock (``rawlock``): an
+existing ``raw/`` survives a failed or killed ingest, and no reader sees it change. Zips are
+read from one open archive (time linear in the members), every file with a bounded read
+(memory bounded by the largest accepted file).
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gunctl.config import IngestConfig
-from gunctl.core import tree
+from gunctl.core import formats, tree
 from gunctl.core.fileio import TooLarge, read_bounded
+from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import (
     MAX_LABEL_BYTES,
     Problem,
     check_boxes,
     format_label,
-    parse_label,
     refuse_other_format,
 )
 from gunctl.core.manifest import MANIFEST_FORMAT, MANIFEST_SCHEMA, data_checksum, read_manifest
@@ -43,8 +46,10 @@ from gunctl.core.paths import name_problem
 from gunctl.core.rawlock import RawLock, replaceable, swap_into_place
 from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
-__all__ = ["ingest", "read_manifest", "data_checksum", "IngestReport", "SourceFile"]
+__all__ = ["ingest", "read_manifest", "data_checksum", "IngestReport"]
+
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # no single image of this data set comes near it
+MAX_ANNOTATION_BYTES = 256 * 1024 * 1024  # COCO JSON, VOC XML, YOLO YAML: whole-set files
 MAX_ZIP_MEMBERS = 500_000  # the Kaggle archive holds ~6,000
 _ZIP_READ_ERRORS = (
     zipfile.BadZipFile,  # bad CRC, bad local header
@@ -56,17 +61,17 @@ _ZIP_READ_ERRORS = (
     ValueError,
 )
 
+
+class UnreadableFile(Exception):
+    """A source file that cannot be read: too large, or an encrypted or corrupt zip member.
+    ``kind`` is a labels.PROBLEM_KINDS key."""
+
+    def __init__(self, name: str, kind: str, detail: str):
+        super().__init__(f"{name}: {detail}")
+        self.name, self.kind, self.detail = name, kind, detail
+
+
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    name: str  # "Images/1.jpeg" or "Labels/1.txt", relative to the layout's root
-    read: Callable[[int], bytes]  # read(limit): the bytes; TooLarge or ReadFailed otherwise
-
-
-class ReadFailed(Exception):
-    """A source file that cannot be read (an encrypted or corrupt zip member)."""
 
 
 @dataclass
@@ -82,6 +87,14 @@ class IngestReport:
     largest: tuple[int, int] | None = None
     problems: list[Problem] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list, repr=False)  # the manifest's file list
+    source_format: str = "kaggle"
+    class_names: list[str] = field(default_factory=lambda: ["gun"])
+    boxes_per_class: dict[str, int] = field(default_factory=dict)
+    # Counted, not problems: left out by the user's --classes, COCO iscrowd boxes (left out),
+    # Pascal VOC difficult objects (kept).
+    classes_left_out: Counter = field(default_factory=Counter)
+    crowd_left_out: int = 0
+    difficult: int = 0
 
     def problem_counts(self) -> dict[str, int]:
         return dict(Counter(p.kind for p in self.problems))
@@ -97,10 +110,14 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
         scratch = stack.enter_context(
             tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root)
         )
-        label, version, files, problems = _open_source(config, Path(scratch), stack)
+        label, version, files, problems, format_name = _open_source(config, Path(scratch), stack)
+        try:
+            source = formats.read(format_name, {f.name: f for f in files}, label)
+        except UnreadableFile as exc:
+            raise DataError(f"{label}: {exc}") from None
         stage = Path(tempfile.mkdtemp(prefix=f".raw-staging-{os.getpid()}-", dir=layout.root))
         try:
-            report = _build_tree(config, files, stage, progress)
+            report = _build_tree(config, source, stage, progress)
             report.source, report.version = label, version
             report.problems[:0] = problems
             if config.strict and report.problems:
@@ -133,26 +150,37 @@ def _check_target(raw: Path, force: bool) -> None:
 
 
 def _open_source(config: IngestConfig, scratch: Path, stack: contextlib.ExitStack):
-    """(label for reports, version, files, problems found while listing)."""
+    """(label for reports, version, files, problems found while listing, format)."""
+    if config.source in ("demo", "kaggle") and config.format not in ("auto", "kaggle"):
+        raise UsageError(f"--format {config.format} applies to a local folder or .zip only")
     if config.source == "demo":
         from gunctl.core import demo
 
         demo.generate(scratch / "demo", count=config.count, seed=config.seed)
         files, problems = _folder_files(scratch / "demo")
-        return f"demo (seed {config.seed}, {config.count} images)", None, files, problems
+        label = f"demo (seed {config.seed}, {config.count} images)"
+        return label, None, files, problems, "kaggle"
     if config.source == "kaggle":
         path, version = _kaggle_download(config.handle, config.version)
         files, problems = _folder_files(_require_root(path))
-        return f"kaggle:{config.handle}", version, files, problems
+        return f"kaggle:{config.handle}", version, files, problems, "kaggle"
     if config.version is not None:
         raise UsageError("--version applies to --source kaggle only")
+    if config.format != "auto" and config.format not in formats.FORMATS:
+        raise UsageError(f"--format {config.format}: choose auto, {', '.join(formats.FORMATS)}")
     path = Path(config.source).expanduser()
-    if path.is_dir():
-        files, problems = _folder_files(_require_root(path))
-        return str(path), None, files, problems
-    if path.is_file() and zipfile.is_zipfile(path):
+    if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
+        listing, problems = _list_folder(path) if path.is_dir() else _list_zip(path, stack)
+        chosen = config.format
+        if chosen == "auto":
+            chosen = formats.detect({f.name: f for f in listing}) or "kaggle"
+        if chosen != "kaggle":
+            return str(path), None, listing, problems, chosen
+        if path.is_dir():
+            files, problems = _folder_files(_require_root(path))
+            return str(path), None, files, problems, "kaggle"
         files, problems = _zip_files(path, stack)
-        return str(path), None, files, problems
+        return str(path), None, files, problems, "kaggle"
     if path.exists():
         raise SourceError(f"{path}: not a folder or a .zip archive")
     raise SourceError(
@@ -179,7 +207,10 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
 def _require_root(path: Path) -> Path:
     root = tree.find_root(path)
     if root is None:
-        raise DataError(f"{path}: no Images/ and Labels/ folders (the Kaggle layout)")
+        raise DataError(
+            f"{path}: no Images/ and Labels/ folders (the Kaggle layout), and no YOLO, COCO "
+            "or Pascal VOC layout either (--format names one)"
+        )
     return root
 
 
@@ -197,6 +228,46 @@ def _folder_files(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     return files, problems
 
 
+def _list_folder(path: Path) -> tuple[list[SourceFile], list[Problem]]:
+    """Every file under ``path`` (or under its only sub-folder), named relative to it.
+
+    Symbolic links that lead outside are left out and reported; hidden folders are skipped.
+    """
+    root = path
+    entries = [p for p in root.iterdir() if not tree.is_hidden(p.name)]
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        root = entries[0]
+    resolved_root = root.resolve()
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not tree.is_hidden(d))
+        for name in sorted(names):
+            entry = Path(folder) / name
+            relative = entry.relative_to(root).as_posix()
+            if entry.is_symlink() and not _inside(entry, resolved_root):
+                problems.append(
+                    Problem(relative, "unsafe_path", f"symlink to {os.readlink(entry)}")
+                )
+            elif entry.is_file():
+                files.append(SourceFile(relative, _reader(entry)))
+    return files, problems
+
+
+def _list_zip(path: Path, stack) -> tuple[list[SourceFile], list[Problem]]:
+    """Every file member of the zip, named relative to its one top folder when it has one."""
+    archive, by_name, problems = _open_zip(path, stack)
+    names = [name for name, member in by_name.items() if not member.is_dir()]
+    tops = {name.split("/", 1)[0] for name in names}
+    prefix = f"{tops.pop()}/" if len(tops) == 1 and all("/" in n for n in names) else ""
+    files = [
+        SourceFile(name[len(prefix) :], _zip_reader(archive, by_name[name]))
+        for name in names
+        if not name.endswith("/")
+    ]
+    return files, problems
+
+
 def _inside(entry: Path, root: Path) -> bool:
     try:
         return entry.resolve().is_relative_to(root)
@@ -204,15 +275,28 @@ def _inside(entry: Path, root: Path) -> bool:
         return False
 
 
-def _reader(path: Path) -> Callable[[int], bytes]:
-    return lambda limit: read_bounded(path.open("rb"), limit)
+def _limit(name: str) -> int:
+    """The most bytes read of a source file: label text files are small, images less so."""
+    lower = name.lower()
+    if lower.endswith(".txt"):
+        return MAX_LABEL_BYTES
+    return MAX_IMAGE_BYTES if tree.is_image_name(lower) else MAX_ANNOTATION_BYTES
 
 
-def _zip_files(path: Path, stack: contextlib.ExitStack) -> tuple[list[SourceFile], list[Problem]]:
-    """The archive's files, read later from the one open archive (closed by ``stack``).
+def _reader(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            return read_bounded(path.open("rb"), _limit(path.name))
+        except TooLarge as exc:
+            raise UnreadableFile(path.name, "file_too_large", str(exc)) from None
 
-    A name held twice: the last copy is kept (as ``unzip`` and ``ZipFile.open(name)`` do).
-    """
+    return read
+
+
+def _open_zip(path: Path, stack: contextlib.ExitStack):
+    """The open archive (closed by ``stack``), its members by name (indexed once), and the
+    names it holds more than once: the last copy is kept, as ``unzip`` and
+    ``ZipFile.open(name)`` do."""
     try:
         archive = stack.enter_context(zipfile.ZipFile(path))
         members = archive.infolist()
@@ -224,8 +308,19 @@ def _zip_files(path: Path, stack: contextlib.ExitStack) -> tuple[list[SourceFile
     for member in members:
         _refuse_hostile(path, member)
         by_name[member.filename] = member  # the last copy of a repeated name wins
+    seen = Counter(m.filename for m in members)
+    problems = [
+        Problem(name, "duplicate_member", f"{count} copies")
+        for name, count in seen.items()
+        if count > 1 and not name.endswith("/")
+    ]
+    return archive, by_name, problems
+
+
+def _zip_files(path: Path, stack) -> tuple[list[SourceFile], list[Problem]]:
+    archive, by_name, problems = _open_zip(path, stack)
     prefix = _zip_prefix(path, list(by_name))
-    files, problems, seen = [], [], Counter(m.filename for m in members)
+    files = []
     for name, member in by_name.items():
         parts = name[len(prefix) :].split("/")
         if member.is_dir() or len(parts) != 2 or not name.startswith(prefix):
@@ -233,10 +328,15 @@ def _zip_files(path: Path, stack: contextlib.ExitStack) -> tuple[list[SourceFile
         folder = {"images": tree.IMAGES, "labels": tree.LABELS}.get(parts[0].lower())
         if folder:
             files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(archive, member)))
-            if seen[name] > 1:
-                problems.append(
-                    Problem(f"{folder}/{parts[1]}", "duplicate_member", f"{seen[name]} copies")
-                )
+    problems = [
+        Problem(
+            f"{tree.IMAGES if '/images/' in '/' + p.file.lower() else tree.LABELS}/"
+            f"{p.file.rsplit('/', 1)[-1]}",
+            p.kind,
+            p.detail,
+        )
+        for p in problems
+    ]
     return files, problems
 
 
@@ -269,16 +369,18 @@ def _zip_prefix(path: Path, names: list[str]) -> str:
     return complete[0]
 
 
-def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[int], bytes]:
-    def read(limit: int) -> bytes:
+def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
+    def read() -> bytes:
+        name = member.filename
         if member.flag_bits & 0x1:
-            raise ReadFailed("encrypted")
+            raise UnreadableFile(name, "unreadable_member", "encrypted")
         try:
-            return read_bounded(archive.open(member), limit)
-        except TooLarge:
-            raise
+            return read_bounded(archive.open(member), _limit(name))
+        except TooLarge as exc:
+            raise UnreadableFile(name, "file_too_large", str(exc)) from None
         except _ZIP_READ_ERRORS as exc:
-            raise ReadFailed(str(exc).splitlines()[0][:120] or type(exc).__name__) from None
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise UnreadableFile(name, "unreadable_member", detail) from None
 
     return read
 
@@ -286,60 +388,58 @@ def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[
 # --- checking and staging ------------------------------------------------------------------
 
 
-def _build_tree(config, files: list[SourceFile], stage: Path, progress) -> IngestReport:
-    report = IngestReport(source="", version=None, raw_dir=stage)
-    images, labels = _index_files(files, report.problems)
-    stems = sorted(set(images) | set(labels), key=tree.natural_key)
+def _build_tree(config, source: Source, stage: Path, progress) -> IngestReport:
+    report = IngestReport(source="", version=None, raw_dir=stage, source_format=source.format)
+    names, index = _resolve_classes(config, source.class_names)
+    report.class_names = names
+    report.boxes_per_class = dict.fromkeys(names, 0)
     (stage / tree.IMAGES).mkdir()
     (stage / tree.LABELS).mkdir()
     entries = []
-    for done, stem in enumerate(stems, start=1):
-        entry = _ingest_pair(stem, images.get(stem), labels.get(stem), stage, config, report)
-        if entry is not None:
-            entries.append(entry)
+    total = len(source.items)
+    for done, item in enumerate(source.items, start=1):
+        if isinstance(item, Record):
+            entry = _ingest_record(item, stage, config, report, index)
+            if entry is not None:
+                entries.append(entry)
+        else:
+            report.problems.append(item)
         if progress:
-            progress(done, len(stems))
+            progress(done, total)
     report.entries = entries
     return report
 
 
-def _index_files(files: list[SourceFile], problems: list[Problem]):
-    images: dict[str, SourceFile] = {}
-    labels: dict[str, SourceFile] = {}
-    for file in sorted(files, key=lambda f: f.name):
-        if tree.is_hidden(file.name):
-            continue
-        is_image_folder = file.name.startswith(tree.IMAGES + "/")
-        if is_image_folder and not tree.is_image_name(file.name):
-            problems.append(Problem(file.name, "not_an_image"))
-            continue
-        if not is_image_folder and not tree.is_label_name(file.name):
-            continue  # README files and the like beside the labels
-        unsafe = name_problem(file.name.rsplit("/", 1)[-1])
-        if unsafe:
-            problems.append(Problem(file.name, "unsafe_path", unsafe))
-            continue
-        target = images if is_image_folder else labels
-        stem = tree.stem_of(file.name)
-        if stem in target:
-            problems.append(
-                Problem(file.name, "duplicate_stem", f"same stem as {target[stem].name}")
+def _resolve_classes(config, source_names: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The output class names, and each kept source class's index among them.
+
+    ``--classes`` keeps and orders a subset; ``--merge-classes NAME`` maps the (kept) classes
+    to one; a one-class source keeps its one class, as ingest always did.
+    """
+    kept = list(source_names)
+    if config.classes:
+        unknown = [c for c in config.classes if c not in source_names]
+        if unknown:
+            raise UsageError(
+                f"--classes: {', '.join(unknown)} not in the source's classes "
+                f"({', '.join(source_names)})"
             )
-            continue
-        target[stem] = file
-    return images, labels
+        kept = list(dict.fromkeys(config.classes))
+    if config.merge_classes:
+        return [config.merge_classes], dict.fromkeys(kept, 0)
+    return kept, {name: i for i, name in enumerate(kept)}
 
 
-def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage, config, report):
-    if label is None:
-        report.problems.append(Problem(image.name, "image_without_label"))
+def _ingest_record(record: Record, stage: Path, config, report: IngestReport, index) -> dict | None:
+    image = record.image
+    unsafe = name_problem(Path(image.name).name) or name_problem(f"{record.stem}.txt")
+    if unsafe:
+        report.problems.append(Problem(image.name, "unsafe_path", unsafe))
         return None
-    if image is None:
-        report.problems.append(Problem(label.name, "label_without_image"))
-        return None
-    data = _read(image, MAX_IMAGE_BYTES, report)
-    label_data = _read(label, MAX_LABEL_BYTES, report) if data is not None else None
-    if data is None or label_data is None:
+    try:
+        data = image.read()
+    except UnreadableFile as exc:
+        report.problems.append(Problem(image.name, exc.kind, exc.detail))
         return None
     try:
         _, meta = decode_rgb(data, config.max_pixels)
@@ -352,38 +452,51 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
     if meta.orientation != 1:
         detail = f"orientation {meta.orientation}"
         report.problems.append(Problem(image.name, "exif_orientation", detail))
-    parsed = parse_label(label_data, label.name)
-    report.problems.extend(parsed.problems)
-    if not parsed.usable:
+    try:
+        labels = record.labels(meta.width, meta.height)
+    except UnreadableFile as exc:
+        report.problems.append(Problem(_label_name(record, exc), exc.kind, exc.detail))
         return None
-    boxes, box_problems = check_boxes(parsed.boxes, meta.width, meta.height, label.name)
-    report.problems.extend(box_problems)
+    report.problems.extend(labels.problems)
+    if not labels.usable:
+        return None
+    boxes, classes = [], []
+    for annotation in labels.annotations:
+        if annotation.class_name not in index:
+            report.classes_left_out[annotation.class_name] += 1
+            continue
+        kept, box_problems = check_boxes(
+            [(annotation.box, annotation.place)], meta.width, meta.height, labels.file
+        )
+        report.problems.extend(box_problems)
+        if kept:
+            boxes += kept
+            classes.append(index[annotation.class_name])
+            report.difficult += annotation.difficult
+    report.crowd_left_out += labels.crowd
+    multi = len(report.class_names) > 1
     image_name = Path(image.name).name
-    label_bytes = format_label(boxes).encode()
+    label_bytes = format_label(boxes, classes if multi else None).encode()
     (stage / tree.IMAGES / image_name).write_bytes(data)
-    (stage / tree.LABELS / f"{stem}.txt").write_bytes(label_bytes)
+    (stage / tree.LABELS / f"{record.stem}.txt").write_bytes(label_bytes)
     _count(report, meta, len(boxes))
-    return {
-        "stem": stem,
+    for k in classes:
+        report.boxes_per_class[report.class_names[k]] += 1
+    entry = {
+        "stem": record.stem,
         "image": image_name,
-        "label": f"{stem}.txt",
+        "label": f"{record.stem}.txt",
         "width": meta.width,
         "height": meta.height,
         "boxes": len(boxes),
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
     }
-
-
-def _read(file: SourceFile, limit: int, report: IngestReport) -> bytes | None:
-    """The file's bytes, or None with a problem reported (too large, unreadable member)."""
-    try:
-        return file.read(limit)
-    except TooLarge as exc:
-        report.problems.append(Problem(file.name, "file_too_large", str(exc)))
-    except ReadFailed as exc:
-        report.problems.append(Problem(file.name, "unreadable_member", str(exc)))
-    return None
+    if multi:  # boxes per class, for the stratified split (one-class entries stay as they were)
+        entry["classes"] = [classes.count(k) for k in range(len(report.class_names))]
+    if record.split is not None:
+        entry["source_split"] = record.split
+    return entry
 
 
 def _count(report: IngestReport, meta, boxes: int) -> None:
@@ -398,6 +511,12 @@ def _count(report: IngestReport, meta, boxes: int) -> None:
         report.largest = size
 
 
+def _label_name(record: Record, exc: UnreadableFile) -> str:
+    """The label file's name as the listing gives it (``Labels/2.txt``), for the report."""
+    name = exc.name.rsplit("/", 1)[-1]
+    return f"{tree.LABELS}/{name}" if name == f"{record.stem}.txt" else exc.name
+
+
 def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> None:
     from gunctl import __version__
 
@@ -410,11 +529,17 @@ def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> 
         "source": report.source,
         "version": report.version,
         "strict": config.strict,
+        "source_format": report.source_format,
+        "class_names": report.class_names,  # label k in raw/ lines (5th column) is class_names[k]
         "counts": {
             "images": report.images,
             "boxes": report.boxes,
             "empty_images": report.empty_images,
             "problems": report.problem_counts(),
+            "boxes_per_class": report.boxes_per_class,
+            "classes_left_out": dict(report.classes_left_out),
+            "crowd_left_out": report.crowd_left_out,
+            "difficult": report.difficult,
         },
         "checksum": data_checksum(entries),
         "files": entries,

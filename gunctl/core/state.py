@@ -42,6 +42,7 @@ class TrainState:
     val_dataset: GunDataset
     batches_per_epoch: int
     world_size: int = 1
+    class_names: list[str] = field(default_factory=lambda: ["gun"])  # label k + 1 is name k
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batches_done: int = 0  # batches completed in the epoch under way (after an interrupt)

@@ -41,7 +41,13 @@ from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
 from gunctl.core.paths import name_problem, safe_name
 from gunctl.core.rawlock import RawLock
 from gunctl.core.runlock import RunLock
-from gunctl.core.split import create_split, open_split, split_checksum, subset_split
+from gunctl.core.split import (
+    class_names_of,
+    create_split,
+    open_split,
+    split_checksum,
+    subset_split,
+)
 from gunctl.core.state import SELECTION_METRIC, FitResult, TrainState
 from gunctl.core.transforms import EvalTransform, TrainTransform
 from gunctl.errors import (
@@ -120,6 +126,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         if dist.is_main:
             _remove_stale_temporaries(run_dir)
         prepared = _prepare_split(config, dist)
+        config = _with_classes(config, class_names_of(prepared.split), resumed)
         if resumed and read_facts(resumed.checkpoint).split_checksum not in (
             None,
             prepared.checksum,
@@ -243,6 +250,7 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
             score_threshold=state.config.score_threshold,
             amp_dtype=setup.amp_dtype,
             on_batch=lambda n: fire("on_validation_batch", n),
+            class_names=state.class_names,
         )
         record["val"] = result.metrics
         record["seconds"] = record["train"]["seconds"] + result.metrics["seconds"]
@@ -329,6 +337,19 @@ def _resumed_config(resumed: Resumed, requested: TrainConfig) -> TrainConfig:
     return config
 
 
+def _with_classes(config: TrainConfig, names: list[str], resumed: Resumed | None) -> TrainConfig:
+    """One model output per class plus the background; a resumed run keeps its classes."""
+    if resumed is not None:
+        stored = list(resumed.checkpoint.get("class_names") or [])[1:]
+        if stored and stored != names:
+            raise CheckpointError(
+                f"{resumed.path}: trained on classes {', '.join(stored)}, but the data set has "
+                f"{', '.join(names)}; ingest with --classes or start a new run"
+            )
+    model = dataclasses.replace(config.model, num_classes=len(names) + 1)
+    return dataclasses.replace(config, model=model)
+
+
 def _prepare_split(config: TrainConfig, dist: DistInfo) -> PreparedSplit:
     path = config.layout.split_file
     if dist.is_main and not path.exists():
@@ -383,6 +404,7 @@ def _build_parts(
         val_dataset=val_set,
         batches_per_epoch=sampler.batches_per_epoch(),
         world_size=dist.world_size,
+        class_names=class_names_of(prepared.split),
     )
     if dist.is_main:
         _check_free_space(state.run_dir, model, config)

@@ -49,6 +49,7 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
     config.check()
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
+    names = class_names(checkpoint, config.checkpoint)
     device = distributed.resolve_device(config.device, distributed.DistInfo())
     reading = config.layout if config.data is None else None  # --data: a private scratch copy
     with (
@@ -67,11 +68,27 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
             iou_threshold=config.iou_threshold,
             on_batch=(lambda n: on_batch(n, len(dataset))) if on_batch else None,
             amp_dtype=amp_dtype(config.amp, device),
+            class_names=names,
         )
         if config.save_predictions is not None:
-            save_predictions(config.save_predictions, dataset, result, config.score_threshold)
+            save_predictions(
+                config.save_predictions, dataset, result, config.score_threshold, names
+            )
     facts = read_facts(checkpoint, config.checkpoint).report()
+    facts["class_names"] = names
     return ValidationResult(config.checkpoint, facts, described, result.metrics)
+
+
+def class_names(checkpoint: dict, path: Path) -> list[str]:
+    """The checkpoint's classes without the background (["gun"] for one-class checkpoints)."""
+    names = checkpoint.get("class_names")
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise CheckpointError(f"{path}: class_names must list the background and the classes")
+    return list(names[1:])
 
 
 def _model(checkpoint: Checkpoint, path: Path):
@@ -92,7 +109,12 @@ def _dataset(
         from gunctl.core.ingest import ingest, read_manifest
 
         layout = Layout(scratch)
-        report = ingest(IngestConfig(source=str(config.data), layout=layout))
+        names = class_names(checkpoint, config.checkpoint)
+        classes = {"merge_classes": names[0]} if len(names) == 1 else {"classes": tuple(names)}
+        try:
+            report = ingest(IngestConfig(source=str(config.data), layout=layout, **classes))
+        except UsageError as exc:  # the data lack a class of the checkpoint
+            raise DataError(f"{config.data}: {str(exc).removeprefix('--classes: ')}") from None
         if report.problems:
             log.warning(
                 "%s: %d problem(s) repaired or skipped, as ingest would (first: %s)",
@@ -116,7 +138,11 @@ def _dataset(
 
 
 def save_predictions(
-    folder: Path, dataset: GunDataset, result: EvalResult, threshold: float
+    folder: Path,
+    dataset: GunDataset,
+    result: EvalResult,
+    threshold: float,
+    class_names: list[str] | tuple[str, ...] = ("gun",),
 ) -> None:
     """Per image: a PNG with true (green) and predicted (red) boxes; plus COCO-style JSON:
     ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
@@ -133,32 +159,47 @@ def save_predictions(
         height, width = image.shape[-2:]
         images.append({"id": index, "file_name": name, "width": width, "height": height})
         annotations += [
-            _coco_box(index, box, len(annotations) + i + 1)
-            for i, box in enumerate(truth["boxes"].tolist())
+            _coco_box(index, box, label, len(annotations) + i + 1)
+            for i, (box, label) in enumerate(
+                zip(truth["boxes"].tolist(), truth["labels"].tolist(), strict=True)
+            )
         ]
         detections += [
-            {**_coco_box(index, box), "score": round(score, 5)}
-            for box, score in zip(pred["boxes"].tolist(), pred["scores"].tolist(), strict=True)
+            {**_coco_box(index, box, label), "score": round(score, 5)}
+            for box, label, score in zip(
+                pred["boxes"].tolist(),
+                pred["labels"].tolist(),
+                pred["scores"].tolist(),
+                strict=True,
+            )
         ]
         keep = pred["scores"] >= threshold
         boxes = torch.cat([truth["boxes"], pred["boxes"][keep]])
         colors = ["green"] * len(truth["boxes"]) + ["red"] * int(keep.sum())
-        labels = ["gun"] * len(truth["boxes"]) + [f"{s:.2f}" for s in pred["scores"][keep].tolist()]
+        names = ["background", *class_names]
+        labels = [names[k] for k in truth["labels"].tolist()] + [
+            f"{names[k]} {s:.2f}"
+            for k, s in zip(
+                pred["labels"][keep].tolist(), pred["scores"][keep].tolist(), strict=True
+            )
+        ]
         drawn = (image * 255).round().to(torch.uint8)
         if len(boxes):
             drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colors, width=2)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{Path(name).stem}.png")
-    categories = [{"id": 1, "name": "gun"}]
+    categories = [{"id": k, "name": name} for k, name in enumerate(class_names, start=1)]
     write_bytes_atomic(folder / "predictions.json", json.dumps(detections).encode())
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}
     write_bytes_atomic(folder / "ground_truth.json", json.dumps(ground_truth).encode())
 
 
-def _coco_box(image_id: int, box: list[float], annotation_id: int | None = None) -> dict:
+def _coco_box(
+    image_id: int, box: list[float], label: int, annotation_id: int | None = None
+) -> dict:
     x1, y1, x2, y2 = box
     entry = {
         "image_id": image_id,
-        "category_id": 1,
+        "category_id": int(label),
         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
     }
     if annotation_id is not None:
