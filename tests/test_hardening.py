@@ -920,11 +920,13 @@ def test_labels_in_another_format_are_refused_with_the_hint(tmp_path):
         {"1.txt": yolo, "2.txt": yolo},
     )
     out = tmp_path / "out"
-    result = run_gunctl("ingest", "--source", source, "--out", out)
+    result = run_gunctl("ingest", "--source", source, "--out", out)  # detected: YOLO
+    assert_one_line(result, 2, "YOLO")
+    result = run_gunctl("ingest", "--source", source, "--out", out, "--format", "kaggle")
     assert_one_line(result, 2, "no box survived", "Labels/1.txt", "YOLO")
     assert not (out / "raw").exists()
     write_tree(source, {"3.jpeg": jpeg_bytes()}, {"3.txt": GOOD})  # one good file: a warning
-    result = run_gunctl("ingest", "--source", source, "--out", out, "--json")
+    result = run_gunctl("ingest", "--source", source, "--out", out, "--format", "kaggle", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["problem_counts"] == {"other_format": 2}
 
