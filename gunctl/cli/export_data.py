@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import Json, Quiet
+from gunctl.cli.options import Json, Out, Quiet
 from gunctl.config import Layout
 
 
@@ -17,22 +17,20 @@ def export_data(
     format_name: Annotated[
         str, typer.Option("--format", help="yolo (images/, labels/, data.yaml) or coco.")
     ] = "coco",
-    artifacts: Annotated[
-        Path, typer.Option("--artifacts", help="Output root holding raw/ (ingest's --out).")
-    ] = Layout().root,
+    out: Out = Layout().root,
     force: Annotated[
         bool, typer.Option("--force", help="Write into a folder that is not empty.")
     ] = False,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Write the ingested, checked data set (<artifacts>/raw) as YOLO or COCO into FOLDER.
+    """Write the ingested, checked data set (<out>/raw) as YOLO or COCO into FOLDER.
 
     Nothing is written outside FOLDER; a non-empty FOLDER is refused unless --force.
     """
     from gunctl.core.formats.writers import export_data as run_export
 
-    result = run_export(Layout(artifacts), folder, format_name, force)
+    result = run_export(Layout(out), folder, format_name, force)
     payload = {
         "folder": str(result.folder),
         "format": result.format,

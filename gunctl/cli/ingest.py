@@ -83,7 +83,8 @@ def ingest(
         table = render.problems_table(report)
         if table is not None:
             render.console.print(table)
-        render.say(f"Wrote {report.raw_dir} and {config.layout.manifest}")
+        render.print_path("Wrote", report.raw_dir)
+        render.print_path("Manifest:", config.layout.manifest)
 
 
 ingest.__doc__ += (
@@ -125,6 +126,7 @@ def _payload(report) -> dict:
         "converted": report.converted,
         "smallest": report.smallest,
         "largest": report.largest,
+        **{f"{key}_range": span for key, span in render.size_ranges(report).items()},
         "problem_counts": report.problem_counts(),
         "problems": [str(p) for p in report.problems],
     }

@@ -46,4 +46,5 @@ def split(
     if json_out:
         render.print_json({"path": str(result.path), "seed": seed, "subset": subset, **counts})
     elif not quiet:
-        render.console.print(render.split_table(result.path, counts))
+        render.console.print(render.split_table(counts))
+        render.print_path("Wrote", result.path)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Json, Quiet, Workers
+from gunctl.cli.options import BatchSize, ConfigFile, Device, Json, Out, Quiet, Workers
 from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
 from gunctl.errors import ThresholdError
 
@@ -17,24 +17,33 @@ _DEFAULTS = ValidateConfig()
 
 def validate(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A gunctl checkpoint (.pth).", show_default=True)
-    ] = Layout().best_model,
+        Path | None,
+        typer.Argument(
+            help="A gunctl checkpoint (.pth).", show_default="<out>/models/fasterrcnn.pth"
+        ),
+    ] = None,
     part: Annotated[
-        str,
-        typer.Option("--split", help=f"Part of the split to score: {', '.join(VALIDATE_PARTS)}."),
-    ] = _DEFAULTS.part,
+        str | None,
+        typer.Option(
+            "--split",
+            show_default="the images the run validated on",
+            help=f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
             "--data",
+            show_default="none",
             help="Score another data folder or .zip instead (any layout ingest reads; its "
             "classes are matched to the checkpoint's by name).",
         ),
     ] = None,
+    out: Out = Layout().root,
     artifacts: Annotated[
-        Path,
-        typer.Option("--artifacts", help="Output root holding raw/ and splits/ (train's --out)."),
-    ] = Layout().root,
+        Path | None,
+        typer.Option("--artifacts", hidden=True, help="Deprecated: the output root, now --out."),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(
@@ -46,25 +55,41 @@ def validate(
     ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
-        typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
+        typer.Option(
+            "--min-map50",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5 is below this.",
+        ),
     ] = None,
     min_map: Annotated[
         float | None,
-        typer.Option("--min-map", min=0.0, max=1.0, help="Exit 1 when mAP@0.5:0.95 is below this."),
+        typer.Option(
+            "--min-map",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5:0.95 is below this.",
+        ),
     ] = None,
     json_out: Json = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the JSON report to this file.")
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", show_default="none", help="Also write the JSON report to FILE."),
     ] = None,
     save_predictions: Annotated[
         Path | None,
         typer.Option(
-            "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
+            "--save-predictions",
+            show_default="none",
+            help="Write images with boxes drawn and COCO-style JSON to this folder.",
         ),
     ] = None,
     device: Device = _DEFAULTS.device,
     batch_size: BatchSize = _DEFAULTS.batch_size,
     workers: Workers = _DEFAULTS.workers,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
@@ -74,9 +99,12 @@ def validate(
     """
     from gunctl.core.validate import validate_checkpoint
 
+    if artifacts is not None:
+        render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
+        out = artifacts
     config = ValidateConfig(
-        checkpoint=checkpoint,
-        layout=Layout(artifacts),
+        checkpoint=checkpoint or Layout(out).best_model,
+        layout=Layout(out),
         part=part,
         data=data,
         score_threshold=score_threshold,
@@ -90,12 +118,12 @@ def validate(
         result = validate_checkpoint(config, on_batch=counter)
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
-    if out is not None:
+    if report_file is not None:
         import json
 
         from gunctl.core.fileio import write_bytes_atomic
 
-        write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
     if json_out:
         render.print_json(report)
     elif not quiet:

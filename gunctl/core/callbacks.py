@@ -60,18 +60,36 @@ class CallbackList:
 
 
 class CheckpointSaver(Callback):
-    """``last.pth`` every epoch (and on a resumable stop), ``best.pth`` and the model copy
-    when the selection metric improves. Best and copy are hard links to that epoch's
-    ``last.pth`` (a copy across file systems): one write per epoch, however large the model.
+    """``last.pth`` (the full, resumable state) every epoch and on a resumable stop;
+    ``best.pth`` (weights only: model, config, class names, metrics) when the selection metric
+    improves, and the model copy as a hard link to it (a copy across file systems);
+    ``epoch_<E>.pth`` (a hard link to that epoch's ``last.pth``) every ``--save-period`` epochs.
+    The run's resolved options go to ``config.yaml`` at the start.
     """
 
+    def on_fit_start(self, state) -> None:
+        import yaml
+
+        from gunctl.config import train_options
+        from gunctl.core.fileio import write_bytes_atomic
+
+        header = "# gunctl train --config this-file repeats the run (add --run-name NEW)\n"
+        text = yaml.safe_dump(train_options(state.config), sort_keys=False)
+        path = state.config.layout.run_config(state.run_name)
+        write_bytes_atomic(path, (header + text).encode())
+
     def on_epoch_end(self, state, record, result) -> None:
-        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint
+        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint, weights_payload
 
         save_checkpoint(state.last_path, checkpoint_payload(state))
         if state.best_epoch == state.epoch:
-            _place(state.last_path, state.best_path)
-            _place(state.last_path, state.config.layout.best_model)
+            save_checkpoint(state.best_path, weights_payload(state), kind="weights")
+            _place(state.best_path, state.config.layout.best_model)
+        period = state.config.save_period
+        if period and state.epoch % period == 0:
+            _place(
+                state.last_path, state.config.layout.epoch_checkpoint(state.run_name, state.epoch)
+            )
 
     def on_exception(self, state, exc, resumable) -> None:
         if resumable:

@@ -91,6 +91,7 @@ _SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_
 HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
 SCHEDULER_SPEC = {"last_epoch": "int?", "_step_count": "int>=0?", "base_lrs": "list?"}
 METER_SPEC = {"sums": "dict", "steps": "int>=0", "images": "int>=0", "seconds": "number>=0"}
+KINDS = ("full", "weights")  # full: resumable (optimizer, scheduler, RNG); weights: model only
 
 
 class Checkpoint(TypedDict, total=False):
@@ -98,6 +99,7 @@ class Checkpoint(TypedDict, total=False):
 
     format: str  # FORMAT
     schema: int  # SCHEMA
+    kind: str  # KINDS: "full" (resumable) or "weights" (no optimizer, scheduler, scaler, RNG)
     created: str  # ISO time, UTC
     versions: dict[str, str]  # gunctl, torch, torchvision, python
     model: dict[str, Any]  # the state dict of the unwrapped model
@@ -123,6 +125,7 @@ class Checkpoint(TypedDict, total=False):
     manifest_checksum: str
     world_size: int
     rng: dict[str, Any]  # torch (and cuda) RNG states
+    val_images: list[str]  # the images the run validated on (what `validate` scores)
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,19 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         split_checksum=state.split_checksum,
         manifest_checksum=state.manifest_checksum,
         world_size=state.world_size,
+        val_images=[item["image"] for item in state.val_dataset.items],
         rng=_rng_state(),
     )
+
+
+FULL_ONLY = ("optimizer", "scheduler", "scaler", "rng", "partial_epoch")
+
+
+def weights_payload(state: TrainState) -> Checkpoint:
+    """A weights-only checkpoint (kind "weights"): what scoring, fine-tuning and export need,
+    a third of the size of a full one with Adam."""
+    full = checkpoint_payload(state)
+    return Checkpoint(**{k: v for k, v in full.items() if k not in FULL_ONLY})
 
 
 def read_facts(checkpoint: Checkpoint, path: Path | None = None) -> CheckpointFacts:
@@ -250,13 +264,14 @@ def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> N
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(path: Path, payload: Checkpoint) -> None:
-    """Write ``payload`` plus format, schema and versions to ``path`` atomically."""
+def save_checkpoint(path: Path, payload: Checkpoint, kind: str = "full") -> None:
+    """Write ``payload`` plus format, schema, kind and versions to ``path`` atomically."""
     from gunctl import __version__
 
     full = {
         "format": FORMAT,
         "schema": SCHEMA,
+        "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "gunctl": __version__,
@@ -281,6 +296,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise CheckpointError(f"{path}: not a regular file")
+    _sniff(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -293,6 +309,26 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt ({first_line(exc, 160)})") from None
     return _check(path, data)
+
+
+def _sniff(path: Path) -> None:
+    """torch.save writes a zip (or, in old versions, a pickle): anything else is named for
+    what it is before torch.load could call it corrupt or unsafe."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if not head:
+        raise CheckpointError(f"{path}: not a checkpoint: the file is empty (corrupt?)")
+    try:
+        head.decode("utf-8")
+        kind = "a text file" if b"\x00" not in head else "unknown binary content"
+    except UnicodeDecodeError:
+        kind = "unknown binary content"
+    raise CheckpointError(f"{path}: not a checkpoint ({kind}; gunctl writes .pth files)")
 
 
 def _check(path: Path, data: Any) -> Checkpoint:
@@ -309,6 +345,8 @@ def _check(path: Path, data: Any) -> Checkpoint:
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
+    if data.get("kind", "full") not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {data.get('kind')!r}")
     check_fields(data, FIELDS, str(path), CheckpointError)
     _check_config(path, data["config"])
     _check_contents(path, data)
@@ -386,6 +424,15 @@ def check_optimizer_state(optimizer, path: Path) -> None:
                         f"{path}: optimizer state {key!r} has shape {tuple(value.shape)}, "
                         f"its parameter {tuple(param.shape)}"
                     )
+
+
+def require_full(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Resuming needs the optimizer state that only a full checkpoint (last.pth) holds."""
+    if checkpoint.get("kind", "full") != "full":
+        raise CheckpointError(
+            f"{path}: a weights-only checkpoint cannot resume training; resume from the run's "
+            "last.pth (or its name), or fine-tune with --weights PATH"
+        )
 
 
 def _torchvision_version() -> str:

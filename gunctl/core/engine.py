@@ -118,8 +118,7 @@ def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch
     with _autocast(setup.device, setup.amp_dtype):
         loss_dict = model(images, targets)
     total = sum(loss_dict.values())
-    values = {k: float(v.detach()) for k, v in loss_dict.items()}
-    values["loss"] = float(total.detach())
+    values = host_losses(loss_dict, total)
     if not all(math.isfinite(v) for v in values.values()):
         bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
         raise DivergedError(f"loss became non-finite at epoch {epoch + 1}, batch {batch} ({bad})")
@@ -137,6 +136,14 @@ def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch
     if setup.scheduler is not None:
         setup.scheduler.step()
     return values
+
+
+def host_losses(loss_dict: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
+    """The step's losses as Python floats with one device-to-host copy (one CUDA sync per step
+    instead of one per loss). Each value is the same float32 number ``float(v)`` gives."""
+    keys = [*loss_dict, "loss"]
+    stacked = torch.stack([v.detach().float() for v in loss_dict.values()] + [total.detach()])
+    return dict(zip(keys, stacked.float().tolist(), strict=True))
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> None:
@@ -205,7 +212,8 @@ def _evaluate(
         if compute_losses:
             with _loss_mode(model), torch.no_grad(), _autocast(device, amp_dtype):
                 loss_dict = model(images, targets)
-            losses = {k: float(v) for k, v in loss_dict.items()}
+            stacked = torch.stack([v.float() for v in loss_dict.values()]).tolist()  # one sync
+            losses = dict(zip(loss_dict, stacked, strict=True))
             losses["loss"] = sum(losses.values())
             meter.add(losses, len(images), 0.0)
         model.eval()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gunctl.config import IngestConfig
+from gunctl.config import IngestConfig, Layout
 from gunctl.core import formats, tree
 from gunctl.core.fileio import TooLarge, read_bounded
 from gunctl.core.formats import Record, Source, SourceFile
@@ -103,7 +103,17 @@ class IngestReport:
 def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
     """Check the source, stage the raw tree, and move it into place. Returns the report."""
     layout = config.layout
+    created = not layout.root.exists()
     _make_dirs(layout.root)
+    try:
+        return _ingest(config, layout, progress)
+    except BaseException:
+        if created:  # a failed ingest leaves no empty --out behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _ingest(config: IngestConfig, layout: Layout, progress) -> IngestReport:
     with RawLock(layout, exclusive=True, command="gunctl ingest"), contextlib.ExitStack() as stack:
         _check_target(layout.raw, config.force)
         _remove_abandoned(layout.root)
@@ -195,7 +205,7 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = first_line(exc, 160)
+        reason = first_line(exc, 120)  # cut at a word boundary
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"

@@ -54,6 +54,7 @@ class TrainState:
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across resumes
+    stopped_early: str | None = None  # why training ended before --epochs (--patience)
 
     @property
     def last_path(self) -> Path:
@@ -90,6 +91,7 @@ class FitResult:
     epochs: int
     history: list[dict]
     seconds: float
+    stopped_early: str | None
     weights_origin: str
     train_images: int
     val_images: int

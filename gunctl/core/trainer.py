@@ -25,7 +25,13 @@ from gunctl.config import SplitConfig, TrainConfig, resumed_config, train_config
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CallbackList, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import check_same_run, load_checkpoint, read_facts, restore_training
+from gunctl.core.checkpoint import (
+    check_same_run,
+    load_checkpoint,
+    read_facts,
+    require_full,
+    restore_training,
+)
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.distributed import DistInfo
 from gunctl.core.engine import (
@@ -104,6 +110,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
     if config.resume:
         path = resolve_resume(config)
         resumed = Resumed(load_checkpoint(path), path)
+        require_full(path, resumed.checkpoint)
         config = _resumed_config(resumed, config)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
@@ -152,6 +159,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         epochs=state.epoch,
         history=state.history,
         seconds=time.perf_counter() - started,
+        stopped_early=state.stopped_early,
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
@@ -179,6 +187,8 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
                     raise KeyboardInterrupt
                 _train_epoch(parts, fire, setup, stop)
                 _validate_epoch(state, fire, parts.val_loader, setup, dist)
+                if _patience_ran_out(state):
+                    break
             _check_ranks_agree(state, dist)
             fire("on_fit_end")
         except DivergedError as exc:
@@ -260,6 +270,22 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
             state.best_metric, state.best_epoch = score, state.epoch
         fire("on_epoch_end", record, result)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
+
+
+def _patience_ran_out(state: TrainState) -> bool:
+    """--patience N: stop when val mAP@0.5 has not improved for N epochs (all ranks agree)."""
+    patience = state.config.patience
+    stale = state.epoch - (state.best_epoch or 0)
+    stop = bool(patience and state.epoch < state.config.epochs and stale >= patience)
+    stop = distributed.broadcast_object(stop)
+    if stop:
+        state.stopped_early = (
+            f"stopped after epoch {state.epoch} of {state.config.epochs}: val mAP@0.5 has not "
+            f"improved for {stale} epoch(s) (--patience {patience}); best: epoch "
+            f"{state.best_epoch}"
+        )
+        log.info("%s", state.stopped_early)
+    return stop
 
 
 def _check_ranks_agree(state: TrainState, dist: DistInfo) -> None:

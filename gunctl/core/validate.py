@@ -60,6 +60,8 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
     ):
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
+        if on_batch:
+            on_batch(0, len(dataset))  # the total shows before the first batch
         result = evaluate(
             to_device_layout(model, device, config.channels_last),
             loader,
@@ -131,10 +133,29 @@ def _dataset(
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw
         )
-    items = split["train"] + split["val"] if config.part == "all" else split[config.part]
+    if config.part is None and checkpoint.get("val_images"):
+        return _run_images(config, checkpoint, manifest)
+    part = config.part or "val"
+    items = split["train"] + split["val"] if part == "all" else split[part]
     if not items:
-        raise DataError(f"{config.layout.split_file}: the {config.part} part is empty")
-    return GunDataset(config.layout.raw, items), f"split {config.part} ({len(items)} images)"
+        raise DataError(f"{config.layout.split_file}: the {part} part is empty")
+    return GunDataset(config.layout.raw, items), f"split {part} ({len(items)} images)"
+
+
+def _run_images(config: ValidateConfig, checkpoint: dict, manifest: dict) -> tuple[GunDataset, str]:
+    """The images the run validated on, as the checkpoint lists them, found in the manifest."""
+    names = [str(name) for name in checkpoint["val_images"]]
+    by_name = {entry["image"]: entry for entry in manifest.get("files", [])}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise DataError(
+            f"{config.layout.raw}: {len(missing)} of the run's {len(names)} val images are not "
+            f"there (first: {missing[0]}); pass --split val or --data"
+        )
+    subset = (checkpoint.get("config") or {}).get("subset")
+    how = f", --subset {subset} of the split" if subset else ""
+    described = f"the run's val images ({len(names)}{how})"
+    return GunDataset(config.layout.raw, [by_name[name] for name in names]), described
 
 
 def save_predictions(
@@ -148,7 +169,8 @@ def save_predictions(
     ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
     so that any COCO tool can re-score them."""
     from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
+
+    from gunctl.core.draw import draw_detections
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,20 +195,19 @@ def save_predictions(
                 strict=True,
             )
         ]
-        keep = pred["scores"] >= threshold
-        boxes = torch.cat([truth["boxes"], pred["boxes"][keep]])
-        colors = ["green"] * len(truth["boxes"]) + ["red"] * int(keep.sum())
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         names = ["background", *class_names]
-        labels = [names[k] for k in truth["labels"].tolist()] + [
-            f"{names[k]} {s:.2f}"
-            for k, s in zip(
-                pred["labels"][keep].tolist(), pred["scores"][keep].tolist(), strict=True
-            )
-        ]
-        drawn = (image * 255).round().to(torch.uint8)
-        if len(boxes):
-            drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colors, width=2)
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{Path(name).stem}.png")
+        drawn = draw_detections(
+            Image.fromarray(pixels),
+            truth["boxes"].tolist(),
+            pred["boxes"].tolist(),
+            pred["scores"].tolist(),
+            threshold,
+            pred_names=[names[k] for k in pred["labels"].tolist()]
+            if len(class_names) > 1
+            else None,
+        )
+        drawn.save(folder / f"{Path(name).stem}.png")
     categories = [{"id": k, "name": name} for k, name in enumerate(class_names, start=1)]
     write_bytes_atomic(folder / "predictions.json", json.dumps(detections).encode())
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}

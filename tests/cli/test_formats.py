@@ -240,9 +240,9 @@ def test_export_data_refuses_a_non_empty_folder_and_round_trips(gunctl, tmp_path
     target = tmp_path / "exported"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    result = gunctl("export-data", target, "--format", "coco", "--artifacts", out)
+    result = gunctl("export-data", target, "--format", "coco", "--out", out)
     assert result.exit_code == 2 and "not empty; pass --force" in one_line(result)
-    result = gunctl("export-data", target, "--format", "coco", "--artifacts", out, "--force")
+    result = gunctl("export-data", target, "--format", "coco", "--out", out, "--force")
     assert result.exit_code == 0, result.stderr
     assert (target / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in target.iterdir()) == ["annotations", "images", "keep.txt"]
@@ -258,7 +258,7 @@ def test_export_data_yolo_writes_names_and_normalised_boxes(gunctl, tmp_path):
     source = coco_set(tmp_path / "coco", coco_doc())
     assert ingest(gunctl, source, tmp_path).exit_code == 0
     target = tmp_path / "yolo"
-    result = gunctl("export-data", target, "--format", "yolo", "--artifacts", tmp_path / "a")
+    result = gunctl("export-data", target, "--format", "yolo", "--out", tmp_path / "a")
     assert result.exit_code == 0, result.stderr
     import yaml
 
@@ -271,10 +271,10 @@ def test_export_data_yolo_writes_names_and_normalised_boxes(gunctl, tmp_path):
 
 
 def test_export_data_without_ingest_and_unknown_format(gunctl, tmp_path):
-    result = gunctl("export-data", tmp_path / "x", "--artifacts", tmp_path / "none")
+    result = gunctl("export-data", tmp_path / "x", "--out", tmp_path / "none")
     assert result.exit_code == 2 and "gunctl ingest" in one_line(result)
     assert not (tmp_path / "x").exists()
-    result = gunctl("export-data", tmp_path / "y", "--format", "voc", "--artifacts", tmp_path)
+    result = gunctl("export-data", tmp_path / "y", "--format", "voc", "--out", tmp_path)
     assert result.exit_code == 2 and "--format voc" in one_line(result)
 
 
@@ -305,8 +305,8 @@ def test_two_classes_train_and_validate_per_class(gunctl, tmp_path, sample_data)
     assert checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3
     assert set(checkpoint["metrics"]["val"]["per_class"]) == {"pistol", "rifle"}
     preds, ckpt = tmp_path / "preds", out / "runs" / "two" / "last.pth"
-    args = ("--artifacts", out, "--workers", "0", "--save-predictions", preds)
-    table = gunctl("validate", ckpt, *args, "--out", tmp_path / "report.json")
+    args = ("--out", out, "--workers", "0", "--save-predictions", preds)
+    table = gunctl("validate", ckpt, *args, "--report", tmp_path / "report.json")
     assert table.exit_code == 0, table.stderr
     assert "Per class" in table.stdout and "rifle" in table.stdout
     report = json.loads((tmp_path / "report.json").read_text())  # what --json prints
