@@ -143,6 +143,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # used only when train has to make a split itself
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
+    promote: bool = False  # replace models/fasterrcnn.pth even when the run is not as good
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,40 @@ class EvalConfig:
     iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
     amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what predict decodes in folders and archives
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+EXPORT_FORMATS = ("torchscript", "onnx", "pth")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    sources: tuple[str, ...] = ()  # files, folders (recursive), globs, .zip archives, videos
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+    out: Path | None = None  # None: <layout.root>/predictions/<timestamp>, never an existing one
+    layout: Layout = field(default_factory=Layout)
+    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
+    max_detections: int | None = None  # None: the checkpoint's box_detections_per_img
+    batch_size: int = 4  # as validate; on CUDA 16 is faster per image (benchmarks/README.md)
+    workers: int = 2  # decoding in worker processes, hidden behind the model
+    device: str = "auto"
+    amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on the CPU
+    half: bool = False  # fp16 weights and inputs; CUDA only
+    channels_last: bool = True  # CUDA only, as in training and validation
+    vid_stride: int = 1  # every Nth video frame
+    save_images: bool = True  # annotated images and videos under out/
+    save_json: bool = True  # out/predictions.jsonl
+    max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+    format: str = "torchscript"  # one of EXPORT_FORMATS
+    out: Path | None = None  # None: beside the checkpoint, <stem>.<ext>
+    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
+    opset: int = 17  # ONNX: the lowest opset the issue asks for; onnxruntime >= 1.14 runs it
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -58,3 +58,9 @@ class TrainingError(GunctlError):
 
 class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
+
+
+class DetectionError(GunctlError):
+    """`predict --fail-on-detection` found something."""
+
+    exit_code = EXIT_CHECK_FAILED

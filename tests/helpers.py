@@ -127,3 +127,30 @@ def start_long_training(out, run_name: str, timeout: float = 180):
             f"no checkpoint after the first epoch: {process.communicate()[1][-2000:]}"
         )
     return process, last
+
+
+def tiny_checkpoint(path: Path, metrics: dict | None = None, seed: int = 0) -> Path:
+    """A gunctl checkpoint of an untrained tiny model (no training: fast), as train writes it
+    (weights, config, class names, metrics), without optimizer state."""
+    import torch
+
+    from gunctl.config import CLASS_NAMES, Layout, to_dict
+    from gunctl.core.checkpoint import save_checkpoint
+    from gunctl.core.model import build_model
+
+    config = tiny_config(Layout(path.parent))
+    torch.manual_seed(seed)
+    model = build_model(config.model).model
+    stored = to_dict(config)
+    stored.pop("layout")
+    payload = {
+        "model": model.state_dict(),
+        "epoch": 1,
+        "config": stored,
+        "class_names": list(CLASS_NAMES),
+        "run_name": "tiny",
+        "weights_origin": "none",
+        "metrics": metrics,
+    }
+    save_checkpoint(path, payload)
+    return path

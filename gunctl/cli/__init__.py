@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import ingest, split, tb, train, validate
+from gunctl.cli import export, ingest, predict, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError
 
 
@@ -83,6 +83,8 @@ app.command("ingest")(ingest.ingest)
 app.command("split")(split.split)
 app.command("train")(train.train)
 app.command("validate")(validate.validate)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
 app.command("tb")(tb.tb)
 
 

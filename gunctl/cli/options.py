@@ -27,3 +27,17 @@ Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worke
 BatchSize = Annotated[
     int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
 ]
+Weights = Annotated[
+    Path,
+    typer.Option("--weights", help="The gunctl checkpoint (.pth, full or slim) to use."),
+]
+ScoreThreshold = Annotated[
+    float | None,
+    typer.Option(
+        "--score-threshold",
+        min=0.0,
+        max=1.0,
+        help="Keep detections scoring at least this [default: the checkpoint's best-F1 "
+        "threshold on its val split, else 0.5].",
+    ),
+]

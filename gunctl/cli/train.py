@@ -22,7 +22,17 @@ from gunctl.config import (
 _M, _T = ModelConfig(), TrainConfig()
 
 # What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = ("epochs", "device", "workers", "cache", "out", "quiet", "resume", "nproc")
+_RESUME_OPTIONS = (
+    "epochs",
+    "device",
+    "workers",
+    "cache",
+    "out",
+    "quiet",
+    "resume",
+    "nproc",
+    "promote",
+)
 
 
 def train(
@@ -111,6 +121,14 @@ def train(
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
     ] = _T.hflip,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Make this run's best the default model (models/fasterrcnn.pth) even when the "
+            "one there scored higher or on another split.",
+        ),
+    ] = _T.promote,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,
@@ -152,6 +170,7 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        promote=promote,
     )
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])

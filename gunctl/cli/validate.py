@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Json, Quiet, Workers
+from gunctl.cli.options import BatchSize, Device, Json, Quiet, Weights, Workers
 from gunctl.config import EvalConfig, Layout
 from gunctl.errors import ThresholdError, UsageError
 
@@ -17,8 +17,13 @@ _E = EvalConfig()
 
 def validate(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A gunctl checkpoint (.pth).", show_default=True)
-    ] = Layout().best_model,
+        Path | None,
+        typer.Argument(
+            help="A gunctl checkpoint (.pth) [default: artifacts/models/fasterrcnn.pth].",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[Path | None, Weights.__metadata__[0]] = None,
     part: Annotated[
         str, typer.Option("--split", help="Part of the split to score: train, val or all.")
     ] = _E.part,
@@ -67,8 +72,11 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
+    from gunctl.cli.export import _one_checkpoint
     from gunctl.core.scoring import score
 
+    checkpoint = _one_checkpoint(checkpoint, weights)
+    render.note(f"model: {checkpoint}")
     if data is not None and part != _E.part:
         raise UsageError("--data scores a whole folder; it does not go with --split")
     config = EvalConfig(

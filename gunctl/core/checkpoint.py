@@ -65,6 +65,16 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     return _check(path, data)
 
 
+def require_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
+    """A slim checkpoint (``gunctl export --format pth``) holds no optimizer state."""
+    if checkpoint.get("slim") or "optimizer" not in checkpoint:
+        raise CheckpointError(
+            f"{path}: a slim checkpoint (gunctl export --format pth) has no optimizer state and "
+            "cannot be resumed; resume from the run's last.pth, or fine-tune from it with "
+            "--weights"
+        )
+
+
 def _check(path: Path, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(

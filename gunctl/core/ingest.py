@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
 from gunctl.core import tree
+from gunctl.core.archive import MAX_MEMBER_BYTES, member_problem
 from gunctl.core.fileio import read_document
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
@@ -29,7 +30,6 @@ from gunctl.errors import DataError, OutputError, SourceError, UsageError
 
 MANIFEST_FORMAT = "gunctl-raw"
 MANIFEST_SCHEMA = 1
-MAX_MEMBER_BYTES = 64 * 1024 * 1024  # no single image or label of this data set comes near it
 
 Progress = Callable[[int, int], None]
 
@@ -187,16 +187,9 @@ def _zip_files(path: Path) -> list[SourceFile]:
 
 
 def _refuse_hostile(path: Path, member: zipfile.ZipInfo) -> None:
-    name = member.filename
-    is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
-    if (
-        name.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", name)
-        or ".." in re.split(r"[/\\]", name)
-    ):
-        raise SourceError(f"{path}: refused member {name!r}: its path leads outside the archive")
-    if is_link:
-        raise SourceError(f"{path}: refused member {name!r}: symbolic links are not accepted")
+    reason = member_problem(member)
+    if reason:
+        raise SourceError(f"{path}: refused member {member.filename!r}: {reason}")
 
 
 def _zip_prefix(path: Path, names: list[str]) -> str:

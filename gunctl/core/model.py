@@ -172,3 +172,22 @@ def _download(weights) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path) -> nn.Module:
+    """The checkpoint's detector, rebuilt from its stored configuration, in eval mode."""
+    import dataclasses
+
+    from gunctl.config import model_config_from_dict
+
+    try:
+        model_config = model_config_from_dict(checkpoint["config"]["model"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: no model configuration in the checkpoint ({exc})") from None
+    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
+    try:
+        model = build_model(model_config).model
+    except UsageError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    load_model_state(model, checkpoint, path)
+    return model.eval()

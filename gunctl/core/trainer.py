@@ -33,7 +33,7 @@ from gunctl.config import (
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.checkpoint import load_checkpoint, require_resumable
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import (
     EvalResult,
@@ -82,6 +82,8 @@ class TrainState:
     resumed_from: Path | None = None
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
+    promotion: str = ""  # what became of models/fasterrcnn.pth, in words (CheckpointSaver)
+    promoted: bool = False  # this run's best is models/fasterrcnn.pth
 
     @property
     def last_path(self) -> Path:
@@ -147,6 +149,7 @@ class FitResult:
     weights_origin: str
     train_images: int
     val_images: int
+    promotion: str = ""
 
 
 def fit(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
@@ -166,6 +169,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
     if config.resume:
         resume_path = resolve_resume(config)
         checkpoint = load_checkpoint(resume_path)
+        require_resumable(resume_path, checkpoint)
         config = _resumed_config(checkpoint, config)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
@@ -210,7 +214,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
         run_dir=run_dir,
         last_checkpoint=state.last_path,
         best_checkpoint=best,
-        model_copy=config.layout.best_model if best else None,
+        model_copy=config.layout.best_model if best and state.promoted else None,
         best_metric=state.best_metric,
         best_epoch=state.best_epoch,
         epochs=state.epoch,
@@ -219,6 +223,7 @@ def _fit(config, callbacks, info, device) -> FitResult:
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
+        promotion=state.promotion,
     )
 
 
@@ -408,6 +413,7 @@ def _resumed_config(checkpoint: dict, requested: TrainConfig) -> TrainConfig:
         workers=requested.workers,
         cache=requested.cache,
         resume=requested.resume,
+        promote=requested.promote,
         run_name=checkpoint.get("run_name"),
     )
     done = int(checkpoint["epoch"])
