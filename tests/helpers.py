@@ -129,9 +129,11 @@ def start_long_training(out, run_name: str, timeout: float = 180):
     return process, last
 
 
-def tiny_checkpoint(path: Path, metrics: dict | None = None, seed: int = 0) -> Path:
+def tiny_checkpoint(
+    path: Path, metrics: dict | None = None, seed: int = 0, with_optimizer: bool = False
+) -> Path:
     """A gunctl checkpoint of an untrained tiny model (no training: fast), as train writes it
-    (weights, config, class names, metrics), without optimizer state."""
+    (weights, config, class names, metrics), with Adam's state after one step if asked."""
     import torch
 
     from gunctl.config import CLASS_NAMES, Layout, to_dict
@@ -152,5 +154,11 @@ def tiny_checkpoint(path: Path, metrics: dict | None = None, seed: int = 0) -> P
         "weights_origin": "none",
         "metrics": metrics,
     }
+    if with_optimizer:
+        optimizer = torch.optim.Adam(model.parameters())
+        for parameter in model.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()  # creates the moments, as after a real step
+        payload["optimizer"] = optimizer.state_dict()
     save_checkpoint(path, payload)
     return path
