@@ -143,6 +143,7 @@ def tiny_checkpoint(
     config = tiny_config(Layout(path.parent))
     torch.manual_seed(seed)
     model = build_model(config.model).model
+    _calibrate_frozen_batchnorm(model)
     stored = to_dict(config)
     stored.pop("layout")
     payload = {
@@ -162,3 +163,32 @@ def tiny_checkpoint(
         payload["optimizer"] = optimizer.state_dict()
     save_checkpoint(path, payload)
     return path
+
+
+def _calibrate_frozen_batchnorm(model) -> None:
+    """Set each BatchNorm layer's statistics to those of its input on a few random images.
+
+    At random init, the backbone (BatchNorm in eval mode, unit statistics) shrinks activations
+    to ~1e-8, so every box gets the same score; calibrated (a data-dependent init), scores
+    spread as a trained model's do.
+    """
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)) + 1e-5)
+
+    hooks = [
+        m.register_forward_pre_hook(calibrate)
+        for m in model.modules()
+        if isinstance(m, (FrozenBatchNorm2d, torch.nn.modules.batchnorm._BatchNorm))
+    ]
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 160, 240, generator=generator) for _ in range(2)]
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()

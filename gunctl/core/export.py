@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from gunctl.config import EXPORT_FORMATS, ExportConfig
 from gunctl.core.checkpoint import load_checkpoint, save_checkpoint
 from gunctl.core.fileio import write_bytes_atomic
+from gunctl.core.inference import Detect
 from gunctl.core.model import model_from_checkpoint
 from gunctl.core.predict import configure_heads, default_score_threshold
 from gunctl.errors import OutputError, UsageError
@@ -69,19 +70,13 @@ class ExportedDetector(nn.Module):
 
     def __init__(self, model: nn.Module, threshold: float, class_names: list[str]):
         super().__init__()
-        self.model = model
+        self.detect = Detect(model)
         self.threshold = float(threshold)
-        self.class_names: list[str] = list(class_names)
+        self.class_names = list(class_names)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        model = self.model
-        original = [(image.shape[-2], image.shape[-1])]
-        images, _ = model.transform([image], None)
-        features = model.backbone(images.tensors)
-        proposals, _ = model.rpn(images, features, None)
-        found, _ = model.roi_heads(features, proposals, images.image_sizes, None)
-        found = model.transform.postprocess(found, images.image_sizes, original)
+        found = self.detect([image])
         keep = found[0]["scores"] >= self.threshold
         return found[0]["boxes"][keep], found[0]["scores"][keep], found[0]["labels"][keep]
 
@@ -130,12 +125,18 @@ def _default_out(source: Path, fmt: str) -> Path:
 
 
 def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
-    try:
-        scripted = torch.jit.script(wrapper)
-    except Exception as exc:  # the TorchScript compiler raises many kinds
-        raise OutputError(f"{out}: TorchScript compilation failed ({_first_line(exc)})") from None
+    import warnings
+
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={"gunctl.json": json.dumps(metadata)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices: it still works
+        try:
+            scripted = torch.jit.script(wrapper)
+        except Exception as exc:  # the TorchScript compiler raises many kinds
+            raise OutputError(
+                f"{out}: TorchScript compilation failed ({_first_line(exc)})"
+            ) from None
+        torch.jit.save(scripted, buffer, _extra_files={"gunctl.json": json.dumps(metadata)})
     write_bytes_atomic(out, buffer.getvalue())
 
 

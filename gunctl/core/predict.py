@@ -31,6 +31,7 @@ from gunctl.core import distributed, sources
 from gunctl.core.checkpoint import load_checkpoint
 from gunctl.core.fileio import atomic_open, write_with
 from gunctl.core.images import ImageProblem, decode_rgb
+from gunctl.core.inference import Detect
 from gunctl.core.model import model_from_checkpoint, to_device_layout
 from gunctl.errors import DataError, UsageError
 
@@ -89,7 +90,7 @@ class Detector:
         self.half = config.half
         if self.half:
             model = model.half()
-        self.model = to_device_layout(model, self.device, config.channels_last)
+        self.model = Detect(to_device_layout(model, self.device, config.channels_last))
         from gunctl.core.engine import amp_dtype
 
         self.amp_dtype = None if self.half else amp_dtype(config.amp, self.device)
