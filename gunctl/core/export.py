@@ -143,8 +143,7 @@ def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
 def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
     import warnings
 
-    import onnx
-
+    onnx = _require("onnx")
     example = check_image(360, 480, seed=0)
     buffer = io.BytesIO()
     try:
@@ -180,8 +179,7 @@ def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
 def _check_onnx(wrapper: ExportedDetector, data: bytes, out: Path) -> tuple[float, float]:
     """Run the file in onnxruntime on an image of another size than the traced one; refuse
     to keep it when it differs from the eager model beyond the tolerances."""
-    import onnxruntime
-
+    onnxruntime = _require("onnxruntime")
     image = check_image(300, 520, seed=1)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     boxes, scores, _ = session.run(None, {"image": image.numpy()})
@@ -229,6 +227,17 @@ def check_image(height: int, width: int, seed: int) -> Tensor:
         colour = torch.randint(0, 255, (3, 1, 1), generator=generator).float()
         image[:, top : top + height // 4, left : left + width // 5] = colour
     return image.round().clamp(0, 255).to(torch.uint8)
+
+
+def _require(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UsageError(
+            f"--format onnx needs the {name} package: pip install 'gunctl[export]'"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
