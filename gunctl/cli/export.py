@@ -44,9 +44,9 @@ def export(
     from gunctl.core.export import export as run_export
 
     path = _one_checkpoint(checkpoint, weights)
-    render.note(f"model: {path}")
     config = ExportConfig(checkpoint=path, format=fmt, out=out, score_threshold=score_threshold)
     result = run_export(config)
+    render.note(f"model: {path}")
     render.show_export(result)
 
 

@@ -91,7 +91,6 @@ def predict(
         save_images=save_images,
         save_json=save_json,
     )
-    render.note(f"model: {weights}")
     with render.task_progress("predicting", enabled=not (quiet or json_out)) as progress:
         result = run_predict(
             config, on_progress=progress, on_record=_print_line if json_out else None

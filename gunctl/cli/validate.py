@@ -76,7 +76,6 @@ def validate(
     from gunctl.core.scoring import score
 
     checkpoint = _one_checkpoint(checkpoint, weights)
-    render.note(f"model: {checkpoint}")
     if data is not None and part != _E.part:
         raise UsageError("--data scores a whole folder; it does not go with --split")
     config = EvalConfig(
@@ -93,6 +92,7 @@ def validate(
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
         result = score(config, on_batch=counter)
+    render.note(f"model: {checkpoint}")
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
     if out is not None:

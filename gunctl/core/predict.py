@@ -131,6 +131,12 @@ def predict(
     out = _check_out(config)
     checkpoint = load_checkpoint(config.checkpoint)
     detector = Detector(config, checkpoint)
+    log.info(
+        "model: %s; score threshold %.4f (%s)",
+        config.checkpoint,
+        detector.threshold,
+        detector.threshold_origin,
+    )
     found = sources.collect(config.sources)
     result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
     result.ignored = len(found.ignored)
