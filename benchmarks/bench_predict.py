@@ -21,6 +21,7 @@ gunctl's default settings (or ``--checkpoint`` names a real one).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -172,7 +173,7 @@ def main() -> None:
         folder = tmp / "images"
         folder.mkdir()
         for path in all_paths:
-            (folder / path.name).symlink_to(path)
+            shutil.copyfile(path, folder / path.name)  # a copy: predict skips symlinks out
         paths = sorted(folder.iterdir())
         checkpoint = args.checkpoint or write_checkpoint(tmp / "ckpt.pth", None)
         batches = [1, 16] if args.gpu else [args.batch_size]

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import ScoreThreshold, Weights
-from gunctl.config import EXPORT_FORMATS, ExportConfig, Layout
-from gunctl.errors import UsageError
+from gunctl.cli.options import ScoreThreshold, WeightsAlias, one_checkpoint
+from gunctl.config import EXPORT_FORMATS, ExportConfig
 
 _X = ExportConfig()
 
@@ -19,18 +18,18 @@ def export(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
-            help="A gunctl checkpoint (.pth) [default: artifacts/models/fasterrcnn.pth].",
+            help="A gunctl checkpoint (.pth) (default: artifacts/models/fasterrcnn.pth).",
             show_default=False,
         ),
     ] = None,
-    weights: Annotated[Path | None, Weights.__metadata__[0]] = None,
+    weights: WeightsAlias = None,
     fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(EXPORT_FORMATS)}.")] = _X.format,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out",
-            help="The file to write [default: beside the checkpoint: <name>.torchscript.pt, "
-            "<name>.onnx or <name>.slim.pth].",
+            help="The file to write (default: beside the checkpoint: <name>.torchscript.pt, "
+            "<name>.onnx or <name>.slim.pth).",
         ),
     ] = None,
     score_threshold: ScoreThreshold = None,
@@ -43,14 +42,8 @@ def export(
     """
     from gunctl.core.export import export as run_export
 
-    path = _one_checkpoint(checkpoint, weights)
+    path = one_checkpoint(checkpoint, weights)
     config = ExportConfig(checkpoint=path, format=fmt, out=out, score_threshold=score_threshold)
     result = run_export(config)
     render.note(f"model: {path}")
     render.show_export(result)
-
-
-def _one_checkpoint(positional: Path | None, weights: Path | None) -> Path:
-    if positional is not None and weights is not None and positional != weights:
-        raise UsageError("give the checkpoint once: as an argument or with --weights")
-    return positional or weights or Layout().best_model

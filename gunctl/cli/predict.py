@@ -32,7 +32,7 @@ def predict(
         typer.Option(
             "--out",
             help="Folder for annotated files and predictions.jsonl; must not exist yet "
-            "[default: artifacts/predictions/<timestamp>].",
+            "(default: artifacts/predictions/<timestamp>).",
         ),
     ] = None,
     score_threshold: ScoreThreshold = None,
@@ -41,7 +41,7 @@ def predict(
         typer.Option(
             "--max-detections",
             min=1,
-            help="At most this many boxes per image [default: the checkpoint's].",
+            help="At most this many boxes per image (default: the checkpoint's).",
         ),
     ] = None,
     save_images: Annotated[

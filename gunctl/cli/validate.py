@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, Device, Json, Quiet, Weights, Workers
+from gunctl.cli.options import (
+    BatchSize,
+    Device,
+    Json,
+    Quiet,
+    WeightsAlias,
+    Workers,
+    one_checkpoint,
+)
 from gunctl.config import EvalConfig, Layout
 from gunctl.errors import ThresholdError, UsageError
 
@@ -19,11 +27,11 @@ def validate(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
-            help="A gunctl checkpoint (.pth) [default: artifacts/models/fasterrcnn.pth].",
+            help="A gunctl checkpoint (.pth) (default: artifacts/models/fasterrcnn.pth).",
             show_default=False,
         ),
     ] = None,
-    weights: Annotated[Path | None, Weights.__metadata__[0]] = None,
+    weights: WeightsAlias = None,
     part: Annotated[
         str, typer.Option("--split", help="Part of the split to score: train, val or all.")
     ] = _E.part,
@@ -72,10 +80,9 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
-    from gunctl.cli.export import _one_checkpoint
     from gunctl.core.scoring import score
 
-    checkpoint = _one_checkpoint(checkpoint, weights)
+    checkpoint = one_checkpoint(checkpoint, weights)
     if data is not None and part != _E.part:
         raise UsageError("--data scores a whole folder; it does not go with --split")
     config = EvalConfig(
