@@ -1,12 +1,13 @@
 # Two commands on a fresh machine (Python 3.10+, PyPI reachable):
 #   make demo   creates .venv, installs gunctl, and runs the whole job on built-in demo data
 #   make test   creates .venv with the test extras and runs the test suite (what CI runs)
+#   make test-fast   the tests not marked slow (no training, no torchrun): under 2 minutes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= artifacts
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

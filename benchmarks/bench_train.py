@@ -302,7 +302,7 @@ def with_batch_size(config):
     import dataclasses
 
     from gunctl.core.distributed import DistInfo, resolve_device
-    from gunctl.core.trainer import default_batch_size
+    from gunctl.core.optim import default_batch_size
 
     if config.batch_size is not None:
         return config

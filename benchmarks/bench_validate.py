@@ -2,9 +2,9 @@
 
 Nothing is trained. A checkpoint is written with gunctl's own ``save_checkpoint`` from a
 randomly initialised model at gunctl's default settings (or ``--checkpoint`` names a real
-one), and scored with ``gunctl.core.scoring.score`` (what ``gunctl validate`` calls) on the
-val part of the split of the sample. Its metrics give the detection pass's images/s, the
-total seconds (loss pass, detection pass, loading, mAP) and the seconds spent on mAP.
+one), and scored with ``gunctl.core.validate.validate_checkpoint`` (what ``gunctl validate``
+calls) on the val part of the split of the sample. Its metrics give the detection pass's
+images/s, the total seconds (loss pass, detection pass, loading, mAP) and the seconds spent on mAP.
 
 The bare loop runs the same images, in the same order and batches, through the same model
 (torchvision builder, same settings, same weights): decode with PIL, scale to [0, 1],
@@ -30,7 +30,8 @@ from _common import base_parser, environment, ingest_sample, print_table, write_
 
 def write_checkpoint(path: Path, min_size: int | None) -> Path:
     """A gunctl checkpoint of a randomly initialised default model, built like
-    ``TrainState.payload`` (the fields ``score`` reads, plus the usual facts)."""
+    ``checkpoint.checkpoint_payload`` (the fields ``validate_checkpoint`` reads, plus the usual
+    facts)."""
     import torch
 
     from gunctl.config import CLASS_NAMES, ModelConfig, TrainConfig, to_dict
@@ -59,10 +60,10 @@ def write_checkpoint(path: Path, min_size: int | None) -> Path:
 
 
 def score_with_gunctl(checkpoint: Path, layout, args) -> dict:
-    from gunctl.config import EvalConfig
-    from gunctl.core.scoring import score
+    from gunctl.config import ValidateConfig
+    from gunctl.core.validate import validate_checkpoint
 
-    config = EvalConfig(
+    config = ValidateConfig(
         checkpoint=checkpoint,
         layout=layout,
         part="val",
@@ -71,9 +72,11 @@ def score_with_gunctl(checkpoint: Path, layout, args) -> dict:
         device=args.device,
     )
     tick = time.perf_counter()
-    result = score(config)
+    result = validate_checkpoint(config)
     metrics = dict(result.metrics)
-    metrics["call_seconds"] = time.perf_counter() - tick  # score(): model build included
+    metrics["call_seconds"] = (
+        time.perf_counter() - tick
+    )  # validate_checkpoint(): model build included
     return metrics
 
 
@@ -191,9 +194,9 @@ def report(gunctl: dict, bare: dict) -> dict:
 
 
 def main() -> None:
-    from gunctl.config import EvalConfig
+    from gunctl.config import ValidateConfig
 
-    defaults = EvalConfig()
+    defaults = ValidateConfig()
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None, help="score this one instead")
     parser.add_argument("--min-size", type=int, default=None, help="of the written checkpoint")

@@ -104,7 +104,7 @@ def setup(args, layout, split, scratch: Path) -> dict:
     from gunctl.core.callbacks import TensorBoardLogger
     from gunctl.core.dataset import GunDataset
     from gunctl.core.model import build_model
-    from gunctl.core.trainer import default_batch_size, make_optimizer, make_scheduler
+    from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
     from gunctl.core.transforms import TrainTransform
 
     config = TrainConfig(

@@ -7,9 +7,13 @@ stored in every checkpoint and in the TensorBoard run (see ``to_dict``).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from gunctl.errors import UsageError
 
 KAGGLE_HANDLE = "issaisasank/guns-object-detection"  # the data set the original pipeline used
 CLASS_NAMES = ("background", "gun")  # torchvision detectors reserve label 0 for background
@@ -29,13 +33,20 @@ WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")  # or a path to a gunctl c
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 CACHE_MODES = ("none", "ram")
+VALIDATE_PARTS = ("train", "val", "all")  # what `validate --split` may score
+RUN_SORT_KEYS = ("name", "start", "map50", "loss", "epochs")  # `tb --list --sort`
+# TrainConfig fields that --resume takes from the command line; the rest come from the checkpoint.
+RESUMABLE_OPTIONS = ("epochs", "device", "workers", "cache", "resume", "promote")
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each command reads and writes, under one output root."""
+    """Where each command reads and writes, under one output root; the one home of file names."""
 
     root: Path = Path("artifacts")  # the original pipeline's folder; git-ignored
+
+    LAST: ClassVar[str] = "last.pth"  # in each run's folder: written every epoch
+    BEST: ClassVar[str] = "best.pth"  # in each run's folder: the best epoch so far
 
     @property
     def raw(self) -> Path:
@@ -64,6 +75,12 @@ class Layout:
     def run_dir(self, name: str) -> Path:
         return self.runs / name
 
+    def last_checkpoint(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.LAST
+
+    def best_checkpoint(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.BEST
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -85,6 +102,9 @@ class SplitConfig:
     subset: int | None = None  # None: all images; N: a seeded sample of N images first
     layout: Layout = field(default_factory=Layout)
 
+    def check(self) -> None:
+        check_fraction("--val-fraction", self.val_fraction)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -105,6 +125,11 @@ class ModelConfig:
     rpn_post_nms_top_n_test: int = 150
     box_batch_size_per_image: int = 128
     box_detections_per_img: int = 50  # far above the data set's maximum of 12 guns per image
+
+    def check(self) -> None:
+        check_choice("--model", self.name, MODEL_NAMES)
+        if self.min_size > self.max_size:
+            raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
 
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
@@ -128,7 +153,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # the original pipeline used none; try 1e-4 with adamw/sgd
     momentum: float = 0.9  # sgd only; the usual value
     lr_schedule: str = "cosine"  # decays to ~0 at the last step: no tuning of decay epochs
-    warmup_steps: int = 50  # linear warm-up, capped at a fifth of all steps for short runs
+    warmup_steps: int = 50  # linear warm-up, capped at one epoch for short runs
     grad_clip: float | None = 10.0  # keeps from-scratch runs from diverging on a bad batch
     device: str = "auto"  # cuda when available, else cpu
     amp: bool = True  # bf16/fp16 autocast on CUDA only; ignored on the CPU
@@ -145,10 +170,20 @@ class TrainConfig:
     score_threshold: float = 0.5  # for precision/recall in the epoch table
     promote: bool = False  # replace models/fasterrcnn.pth even when the run is not as good
 
+    def check(self) -> None:
+        self.model.check()
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("--cache", self.cache, CACHE_MODES)
+        check_device(self.device)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        check_fraction("--val-fraction", self.val_fraction)
+
 
 @dataclass(frozen=True)
-class EvalConfig:
-    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+class ValidateConfig:
+    checkpoint: Path = field(default_factory=lambda: Layout().best_model)
     layout: Layout = field(default_factory=Layout)
     part: str = "val"  # the held-out part of the split
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
@@ -160,6 +195,34 @@ class EvalConfig:
     iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
     amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
+
+    def check(self) -> None:
+        check_choice("--split", self.part, VALIDATE_PARTS)
+        check_device(self.device)
+        if self.data is not None and self.part != "val":
+            raise UsageError("--data scores a whole folder; it does not go with --split")
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{flag} {value}: choose one of {', '.join(choices)}")
+
+
+def check_fraction(flag: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise UsageError(f"{flag} must be between 0 and 1 (exclusive), got {value}")
+
+
+def check_device(value: str) -> None:
+    """The form of --device; whether that device exists here is distributed's question."""
+    if value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
+        raise UsageError(f"--device {value}: use auto, cpu, cuda or cuda:N")
+
+
+def resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
+    """The stored config, with the RESUMABLE_OPTIONS (and the output layout) of the request."""
+    changes = {name: getattr(requested, name) for name in RESUMABLE_OPTIONS}
+    return dataclasses.replace(stored, layout=requested.layout, **changes)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what predict decodes in folders and archives

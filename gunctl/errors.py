@@ -60,6 +60,24 @@ class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when empty), for a one-line error.
+
+    DataLoader workers re-raise errors wrapped in an "Original Traceback"; the last line of
+    that is the message that matters.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def cannot_write(path: object, exc: OSError) -> OutputError:
+    """The one error for an output that the OS refused (read-only, disk full, no permission)."""
+    return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
 class DetectionError(GunctlError):
     """`predict --fail-on-detection` found something."""
 

@@ -12,6 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(os.environ.get("GUNCTL_SAMPLE_DATA", ROOT.parent / "shared" / "data" / "guns-sample"))
 
 
+@pytest.fixture(autouse=True)
+def _plain_core_logger():
+    """The CLI routes the "gunctl" logger to Rich and stops it propagating (for the whole
+    process); give every test the plain logger, so that caplog sees the core's warnings
+    whatever ran before (module fixtures that run the CLI included)."""
+    import logging
+
+    logger = logging.getLogger("gunctl")
+
+    def reset() -> None:
+        logger.handlers.clear()
+        logger.propagate, logger.level = True, logging.NOTSET
+
+    reset()
+    yield
+    reset()
+
+
 @pytest.fixture
 def small_tree(tmp_path: Path) -> Path:
     """Three good images (one negative) in the Kaggle layout."""
@@ -58,10 +76,6 @@ class Gunctl:
 
 @pytest.fixture
 def gunctl() -> Gunctl:
-    return Gunctl()
-
-
-@pytest.fixture
-def gunctl_runner() -> Gunctl:
-    """The in-process runner, for tests that monkeypatch (e.g. a full disk)."""
+    """The in-process runner (tests may monkeypatch it, e.g. a full disk); for a real process
+    use helpers.run_gunctl."""
     return Gunctl()

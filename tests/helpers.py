@@ -82,6 +82,20 @@ TINY_CLI = [
 ]
 
 
+def run_gunctl(*args, env: dict | None = None, timeout: float = 600):
+    """`python -m gunctl ARGS` in a real process (what users and torchrun run)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "gunctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def share_data(out, source):
     """A fresh output root that reuses ``source``'s ingested data and split (symlinks)."""
     out.mkdir(parents=True, exist_ok=True)

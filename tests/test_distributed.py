@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_CLI
+from helpers import TINY_CLI, run_gunctl
 
 from gunctl.core.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # torchrun with two processes trains twice
 
 
 def torchrun() -> list[str]:
@@ -18,20 +20,11 @@ def torchrun() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def gunctl(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "gunctl", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "artifacts"
-    assert gunctl("ingest", "--source", "demo", "--count", "16", "--out", out).returncode == 0
-    assert gunctl("split", "--out", out).returncode == 0
+    assert run_gunctl("ingest", "--source", "demo", "--count", "16", "--out", out).returncode == 0
+    assert run_gunctl("split", "--out", out).returncode == 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
         [
@@ -74,7 +67,7 @@ def test_validate_agrees_with_the_metrics_of_training(ddp_run):
     out, _ = ddp_run
     checkpoint = load_checkpoint(out / "runs" / "ddp" / "last.pth")
     trained = checkpoint["metrics"]["val"]
-    result = gunctl(
+    result = run_gunctl(
         "validate",
         out / "runs" / "ddp" / "last.pth",
         "--artifacts",
@@ -94,7 +87,7 @@ def test_nproc_shortcut_resumes_under_torchrun(ddp_run, tmp_path):
     out, _ = ddp_run
     copy = tmp_path / "artifacts"
     shutil.copytree(out, copy, symlinks=True)
-    result = gunctl(
+    result = run_gunctl(
         "train", "--nproc", "2", "--resume", "ddp", "--epochs", "3", "--out", copy, "--workers", "0"
     )
     assert result.returncode == 0, result.stderr[-3000:]

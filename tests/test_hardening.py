@@ -9,14 +9,19 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import TINY_CLI, jpeg_bytes, share_data, start_long_training, write_tree
+from helpers import (
+    TINY_CLI,
+    jpeg_bytes,
+    run_gunctl,
+    share_data,
+    start_long_training,
+    write_tree,
+)
 from PIL import Image
 
 from gunctl.core.checkpoint import load_checkpoint
@@ -97,16 +102,6 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def gunctl(*args, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "gunctl", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
 def assert_clean_failure(result, code, fragment):
     assert result.returncode == code, result.stderr
     assert fragment in result.stderr, result.stderr
@@ -115,7 +110,7 @@ def assert_clean_failure(result, code, fragment):
 
 def test_corpus_ingest_reports_every_case(corpus, tmp_path):
     out = tmp_path / "out é"
-    result = gunctl("ingest", "--source", corpus, "--out", out, "--json")
+    result = run_gunctl("ingest", "--source", corpus, "--out", out, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     expected = {}
@@ -146,23 +141,24 @@ def test_corpus_ingest_reports_every_case(corpus, tmp_path):
 
 def test_strict_refuses_and_keeps_the_previous_tree(corpus, tmp_path):
     out = tmp_path / "out"
-    assert gunctl("ingest", "--source", "demo", "--count", "4", "--out", out).returncode == 0
+    assert run_gunctl("ingest", "--source", "demo", "--count", "4", "--out", out).returncode == 0
     before = (out / "raw" / "manifest.json").read_bytes()
-    result = gunctl("ingest", "--source", corpus, "--out", out, "--strict", "--force")
+    result = run_gunctl("ingest", "--source", corpus, "--out", out, "--strict", "--force")
     assert_clean_failure(result, 2, "problem(s) under --strict")
     assert (out / "raw" / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in out.iterdir()) == ["raw"]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_corpus_trains_and_validates_after_repair(corpus, tmp_path):
     out = tmp_path / "out"
-    assert gunctl("ingest", "--source", corpus, "--out", out).returncode == 0
-    assert gunctl("split", "--out", out).returncode == 0
-    trained = gunctl(
+    assert run_gunctl("ingest", "--source", corpus, "--out", out).returncode == 0
+    assert run_gunctl("split", "--out", out).returncode == 0
+    trained = run_gunctl(
         "train", "--epochs", "1", "--out", out, "--run-name", "r", "--quiet", *TINY_CLI
     )
     assert trained.returncode == 0, trained.stderr
-    scored = gunctl(
+    scored = run_gunctl(
         "validate", out / "runs" / "r" / "last.pth", "--artifacts", out, "--split", "all", "--json"
     )
     assert scored.returncode == 0, scored.stderr
@@ -207,10 +203,10 @@ def make_zip(path: Path, members: dict[str, bytes], symlink: str | None = None) 
 )
 def test_hostile_zips_are_refused_by_name(tmp_path, members, symlink, fragment):
     out = tmp_path / "out"
-    assert gunctl("ingest", "--source", "demo", "--count", "3", "--out", out).returncode == 0
+    assert run_gunctl("ingest", "--source", "demo", "--count", "3", "--out", out).returncode == 0
     before = (out / "raw" / "manifest.json").read_bytes()
     archive = make_zip(tmp_path / "hostile.zip", members, symlink)
-    result = gunctl("ingest", "--source", archive, "--out", out, "--force")
+    result = run_gunctl("ingest", "--source", archive, "--out", out, "--force")
     assert_clean_failure(result, 2, fragment)
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/gunctl-evil").exists()
     assert (out / "raw" / "manifest.json").read_bytes() == before
@@ -228,11 +224,12 @@ def evil_file(path: Path, marker: Path) -> Path:
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "artifacts"
-    assert gunctl("ingest", "--source", "demo", "--count", "12", "--out", out).returncode == 0
-    assert gunctl("split", "--out", out).returncode == 0
+    assert run_gunctl("ingest", "--source", "demo", "--count", "12", "--out", out).returncode == 0
+    assert run_gunctl("split", "--out", out).returncode == 0
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["validate", "resume", "weights"])
 def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
     marker = tmp_path / "pwned"
@@ -252,16 +249,17 @@ def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
             *TINY_CLI[4:],
         ],
     }[command]
-    result = gunctl(*args)
+    result = run_gunctl(*args)
     assert_clean_failure(result, 2, "unsafe to load")
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out, tmp_path):
     out = share_data(tmp_path / "artifacts", demo_out)
     process, last = start_long_training(out, "killed")
 
-    second = gunctl(
+    second = run_gunctl(
         "train",
         "--epochs",
         "2",
@@ -281,39 +279,41 @@ def test_kill_9_mid_epoch_keeps_the_last_checkpoint_and_resume_goes_on(demo_out,
     checkpoint = load_checkpoint(last)  # intact: atomic writes
     done = checkpoint["epoch"]
     assert done >= 1 and checkpoint["interrupted"] is False
-    resumed = gunctl("train", "--resume", "killed", "--epochs", done + 1, "--out", out, "--quiet")
+    resumed = run_gunctl(
+        "train", "--resume", "killed", "--epochs", done + 1, "--out", out, "--quiet"
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(last)["epoch"] == done + 1
     assert not list((out / "runs" / "killed").glob(".*.tmp"))  # half-written files cleared
 
 
+@pytest.mark.slow
 def test_unwritable_out_is_refused_before_training(demo_out, tmp_path):
     out = share_data(tmp_path / "artifacts", demo_out)
     (out / "runs").write_text("a file where the runs folder should be")  # cannot hold runs
-    result = gunctl("train", "--out", out, "--run-name", "x", *TINY_CLI)
+    result = run_gunctl("train", "--out", out, "--run-name", "x", *TINY_CLI)
     assert_clean_failure(result, 2, "cannot write")
     assert (out / "runs").read_text().startswith("a file")
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    result = gunctl("ingest", "--source", "demo", "--out", blocker / "artifacts")
+    result = run_gunctl("ingest", "--source", "demo", "--out", blocker / "artifacts")
     assert_clean_failure(result, 2, "cannot write")
 
 
-def test_disk_full_is_refused_before_training(demo_out, gunctl_runner, monkeypatch, tmp_path):
+def test_disk_full_is_refused_before_training(demo_out, gunctl, monkeypatch, tmp_path):
     import shutil
 
     out = share_data(tmp_path / "artifacts", demo_out)
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1024 * 1024))
-    result = gunctl_runner("train", "--out", out, "--run-name", "full", *TINY_CLI)
+    result = gunctl("train", "--out", out, "--run-name", "full", *TINY_CLI)
     assert result.exit_code == 2
     assert "MiB free, checkpoints need about" in result.stderr
     assert not (out / "runs" / "full" / "last.pth").exists()
 
 
-def test_failed_checkpoint_write_keeps_the_previous_one(
-    demo_out, gunctl_runner, monkeypatch, tmp_path
-):
+@pytest.mark.slow
+def test_failed_checkpoint_write_keeps_the_previous_one(demo_out, gunctl, monkeypatch, tmp_path):
     import torch
 
     out = share_data(tmp_path / "artifacts", demo_out)
@@ -327,7 +327,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", failing_second_save)
-    result = gunctl_runner("train", "--epochs", "3", "--out", out, "--run-name", "f", *TINY_CLI)
+    result = gunctl("train", "--epochs", "3", "--out", out, "--run-name", "f", *TINY_CLI)
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.stderr and "last.pth" in result.stderr
     monkeypatch.setattr(torch, "save", real_save)
@@ -335,6 +335,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
     assert checkpoint["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_out_of_memory_says_what_to_do_and_saves(demo_out, tmp_path):
     import torch
     from helpers import tiny_config

@@ -4,6 +4,7 @@ None of the existing gun-detection pipelines check this. The budget is fixed (16
 32 images, seed 0, CPU); if data, model, loss, optimizer or evaluation break, mAP stays near 0.
 """
 
+import pytest
 from helpers import tiny_config
 
 from gunctl.config import IngestConfig, Layout, SplitConfig
@@ -12,6 +13,7 @@ from gunctl.core.split import create_split
 from gunctl.core.trainer import fit
 
 
+@pytest.mark.slow
 def test_training_from_scratch_learns_the_demo_data(tmp_path):
     layout = Layout(tmp_path / "artifacts")
     ingest(IngestConfig(source="demo", count=40, seed=0, layout=layout))

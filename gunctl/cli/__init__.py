@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from gunctl import __version__
 from gunctl.cli import export, ingest, predict, split, tb, train, validate
-from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError
+from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 
 class GuardedGroup(TyperGroup):
@@ -34,7 +34,7 @@ class GuardedGroup(TyperGroup):
         except GunctlError as exc:
             if debug:
                 raise
-            _report(_one_line(exc))
+            _report(first_line(exc, limit=10_000))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if debug:
@@ -116,12 +116,3 @@ def _report(message: str) -> None:
     from gunctl.cli.render import error
 
     error(escape(message))
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message, without the wrapping that DataLoader workers add to re-raised errors."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -310,7 +310,7 @@ def fit_summary(result) -> Table:
     return table
 
 
-def score_table(result, score_threshold: float) -> Table:
+def validation_table(result, score_threshold: float) -> Table:
     from gunctl.config import LOSS_KEYS
 
     m, facts = result.metrics, result.facts

@@ -14,32 +14,24 @@ from gunctl.config import (
     LR_SCHEDULES,
     MODEL_NAMES,
     OPTIMIZERS,
+    RESUMABLE_OPTIONS,
     Layout,
     ModelConfig,
     TrainConfig,
 )
 
-_M, _T = ModelConfig(), TrainConfig()
+_MODEL_DEFAULTS, _TRAIN_DEFAULTS = ModelConfig(), TrainConfig()
 
-# What --resume keeps from the checkpoint (the rest of the options are ignored, with a warning).
-_RESUME_OPTIONS = (
-    "epochs",
-    "device",
-    "workers",
-    "cache",
-    "out",
-    "quiet",
-    "resume",
-    "nproc",
-    "promote",
-)
+# Options that --resume takes from the command line (the others are ignored, with a warning):
+# the config's RESUMABLE_OPTIONS, plus those that are not part of what was trained.
+_RESUME_OPTIONS = (*RESUMABLE_OPTIONS, "out", "quiet", "nproc")
 
 
 def train(
     ctx: typer.Context,
     epochs: Annotated[
         int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
-    ] = _T.epochs,
+    ] = _TRAIN_DEFAULTS.epochs,
     subset: Subset = None,
     batch_size: Annotated[
         int | None,
@@ -49,25 +41,29 @@ def train(
             help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
         ),
     ] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _T.lr,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _TRAIN_DEFAULTS.lr,
     optimizer: Annotated[
         str,
         typer.Option(
             "--optimizer", help=f"{', '.join(OPTIMIZERS)} (adam as in the original pipeline)."
         ),
-    ] = _T.optimizer,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0)] = _T.weight_decay,
+    ] = _TRAIN_DEFAULTS.optimizer,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", min=0.0)
+    ] = _TRAIN_DEFAULTS.weight_decay,
     lr_schedule: Annotated[
         str,
         typer.Option(
             "--lr-schedule",
             help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps.",
         ),
-    ] = _T.lr_schedule,
+    ] = _TRAIN_DEFAULTS.lr_schedule,
     warmup_steps: Annotated[
         int, typer.Option("--warmup-steps", min=0, help="Warm-up length (capped at one epoch).")
-    ] = _T.warmup_steps,
-    model: Annotated[str, typer.Option("--model", help=", ".join(MODEL_NAMES))] = _M.name,
+    ] = _TRAIN_DEFAULTS.warmup_steps,
+    model: Annotated[
+        str, typer.Option("--model", help=", ".join(MODEL_NAMES))
+    ] = _MODEL_DEFAULTS.name,
     weights: Annotated[
         str,
         typer.Option(
@@ -75,7 +71,7 @@ def train(
             help="auto (COCO when available, else from scratch), coco, imagenet, none, "
             "or a gunctl checkpoint to fine-tune.",
         ),
-    ] = _M.weights,
+    ] = _MODEL_DEFAULTS.weights,
     min_size: Annotated[
         int,
         typer.Option(
@@ -83,33 +79,33 @@ def train(
             min=32,
             help="Shorter image side fed to the model (the data set's images are ~180 px).",
         ),
-    ] = _M.min_size,
+    ] = _MODEL_DEFAULTS.min_size,
     max_size: Annotated[
         int, typer.Option("--max-size", min=32, help="Cap on the longer side.")
-    ] = _M.max_size,
-    device: Device = _T.device,
+    ] = _MODEL_DEFAULTS.max_size,
+    device: Device = _TRAIN_DEFAULTS.device,
     amp: Annotated[
         bool,
         typer.Option(
             "--amp/--no-amp",
             help="Mixed precision (bf16, else fp16) on CUDA; no effect on the CPU.",
         ),
-    ] = _T.amp,
+    ] = _TRAIN_DEFAULTS.amp,
     channels_last: Annotated[
         bool,
         typer.Option(
             "--channels-last/--no-channels-last",
             help="Channels-last memory format on CUDA (faster with AMP); no effect on the CPU.",
         ),
-    ] = _T.channels_last,
-    workers: Workers = _T.workers,
+    ] = _TRAIN_DEFAULTS.channels_last,
+    workers: Workers = _TRAIN_DEFAULTS.workers,
     cache: Annotated[
         str,
         typer.Option(
             "--cache", help=f"{', '.join(CACHE_MODES)}: ram keeps decoded images in memory."
         ),
-    ] = _T.cache,
-    seed: Seed = _T.seed,
+    ] = _TRAIN_DEFAULTS.cache,
+    seed: Seed = _TRAIN_DEFAULTS.seed,
     run_name: Annotated[
         str | None,
         typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
@@ -120,7 +116,7 @@ def train(
     ] = None,
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
-    ] = _T.hflip,
+    ] = _TRAIN_DEFAULTS.hflip,
     promote: Annotated[
         bool,
         typer.Option(
@@ -128,7 +124,7 @@ def train(
             help="Make this run's best the default model (models/fasterrcnn.pth) even when the "
             "one there scored higher or on another split.",
         ),
-    ] = _T.promote,
+    ] = _TRAIN_DEFAULTS.promote,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,

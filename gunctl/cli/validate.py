@@ -17,10 +17,10 @@ from gunctl.cli.options import (
     Workers,
     one_checkpoint,
 )
-from gunctl.config import EvalConfig, Layout
-from gunctl.errors import ThresholdError, UsageError
+from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
+from gunctl.errors import ThresholdError
 
-_E = EvalConfig()
+_DEFAULTS = ValidateConfig()
 
 
 def validate(
@@ -33,8 +33,9 @@ def validate(
     ] = None,
     weights: WeightsAlias = None,
     part: Annotated[
-        str, typer.Option("--split", help="Part of the split to score: train, val or all.")
-    ] = _E.part,
+        str,
+        typer.Option("--split", help=f"Part of the split to score: {', '.join(VALIDATE_PARTS)}."),
+    ] = _DEFAULTS.part,
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
@@ -51,7 +52,7 @@ def validate(
             max=1.0,
             help="Detections below it do not count for precision, recall and F1.",
         ),
-    ] = _E.score_threshold,
+    ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
         typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
@@ -70,9 +71,9 @@ def validate(
             "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
         ),
     ] = None,
-    device: Device = _E.device,
-    batch_size: BatchSize = _E.batch_size,
-    workers: Workers = _E.workers,
+    device: Device = _DEFAULTS.device,
+    batch_size: BatchSize = _DEFAULTS.batch_size,
+    workers: Workers = _DEFAULTS.workers,
     quiet: Quiet = False,
 ) -> None:
     """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
@@ -80,12 +81,10 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
-    from gunctl.core.scoring import score
+    from gunctl.core.validate import validate_checkpoint
 
     checkpoint = one_checkpoint(checkpoint, weights)
-    if data is not None and part != _E.part:
-        raise UsageError("--data scores a whole folder; it does not go with --split")
-    config = EvalConfig(
+    config = ValidateConfig(
         checkpoint=checkpoint,
         layout=Layout(artifacts),
         part=part,
@@ -98,7 +97,7 @@ def validate(
     )
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
-        result = score(config, on_batch=counter)
+        result = validate_checkpoint(config, on_batch=counter)
     render.note(f"model: {checkpoint}")
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
@@ -111,7 +110,7 @@ def validate(
     if json_out:
         render.print_json(report)
     elif not quiet:
-        render.console.print(render.score_table(result, score_threshold))
+        render.console.print(render.validation_table(result, score_threshold))
     if failures:
         raise ThresholdError("; ".join(failures))
 

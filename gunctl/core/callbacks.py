@@ -13,6 +13,7 @@ Hooks, in the order they fire:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,9 @@ from gunctl.config import LOSS_KEYS
 
 if TYPE_CHECKING:
     from gunctl.core.engine import EvalResult, StepInfo
-    from gunctl.core.trainer import TrainState
+    from gunctl.core.state import TrainState
+
+log = logging.getLogger("gunctl")
 
 
 class Callback:
@@ -36,6 +39,24 @@ class Callback:
 
     def on_exception(self, state: TrainState, exc: BaseException, resumable: bool) -> None:
         """Training stopped early; ``resumable`` when the state is consistent enough to save."""
+
+
+class CallbackList:
+    """Calls a hook on every callback, in list order (see the module's docstring)."""
+
+    def __init__(self, callbacks: list[Callback], state: TrainState):
+        self.callbacks, self.state = callbacks, state
+
+    def __call__(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.state, *args)
+
+    def exception(self, exc: BaseException, resumable: bool) -> None:
+        for callback in self.callbacks:
+            try:
+                callback.on_exception(self.state, exc, resumable)
+            except Exception as inner:  # the first error is the one to report
+                log.warning("while stopping: %s", inner)
 
 
 class CheckpointSaver(Callback):
@@ -56,9 +77,9 @@ class CheckpointSaver(Callback):
         self.existing = _model_copy_facts(state.config.layout.best_model)
 
     def on_epoch_end(self, state, record, result) -> None:
-        from gunctl.core.checkpoint import save_checkpoint
+        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint
 
-        save_checkpoint(state.last_path, state.payload())
+        save_checkpoint(state.last_path, checkpoint_payload(state))
         if state.best_epoch == state.epoch:
             _place(state.last_path, state.best_path)
             promote, state.promotion = _promotion(state, self.existing)
@@ -68,9 +89,9 @@ class CheckpointSaver(Callback):
 
     def on_exception(self, state, exc, resumable) -> None:
         if resumable:
-            from gunctl.core.checkpoint import save_checkpoint
+            from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint
 
-            save_checkpoint(state.last_path, state.payload(interrupted=True))
+            save_checkpoint(state.last_path, checkpoint_payload(state, interrupted=True))
             state.saved_on_exit = True
 
 

@@ -1,4 +1,5 @@
-"""One checkpoint schema, written atomically and read with ``weights_only=True``.
+"""One checkpoint schema: built from the training state, written atomically, read with
+``weights_only=True``, and read back only through this module.
 
 A checkpoint never runs code when it is loaded: ``torch.load(weights_only=True)`` accepts
 tensors and plain data only, and refuses anything else before it is built.
@@ -8,21 +9,181 @@ from __future__ import annotations
 
 import pickle
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from gunctl.config import CLASS_NAMES
 from gunctl.core.fileio import write_with
-from gunctl.errors import CheckpointError
+from gunctl.errors import CheckpointError, first_line
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from gunctl.core.state import TrainState
 
 FORMAT = "gunctl-checkpoint"
 SCHEMA = 1
 REQUIRED = ("model", "config", "epoch", "class_names")
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+class Checkpoint(TypedDict, total=False):
+    """Every field of a gunctl checkpoint (schema 1). REQUIRED ones are checked on load."""
+
+    format: str  # FORMAT
+    schema: int  # SCHEMA
+    created: str  # ISO time, UTC
+    versions: dict[str, str]  # gunctl, torch, torchvision, python
+    model: dict[str, Any]  # the state dict of the unwrapped model
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None  # fp16 on CUDA only
+    epoch: int  # epochs completed
+    step: int  # optimizer steps completed
+    batches_done: int  # batches of the next epoch already trained (after an interrupt)
+    partial_epoch: dict | None  # the LossMeter of that partial epoch
+    interrupted: bool
+    best_metric: float | None
+    best_epoch: int | None
+    selection_metric: str  # what best_metric measures (state.SELECTION_METRIC)
+    metrics: dict | None  # the last epoch's record
+    history: list[dict]  # every epoch's record
+    config: dict[str, Any]  # the resolved TrainConfig, without its layout
+    class_names: list[str]
+    run_name: str
+    weights_origin: str
+    split_checksum: str
+    manifest_checksum: str
+    world_size: int
+    rng: dict[str, Any]  # torch (and cuda) RNG states
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """The plain facts of a checkpoint, for reports, run listings and resume."""
+
+    model: str  # the model's name
+    epoch: int
+    run_name: str | None
+    weights_origin: str | None
+    interrupted: bool
+    created: str | None
+    batches_done: int
+    split_checksum: str | None
+    manifest_checksum: str | None
+    config: dict[str, Any]  # the stored TrainConfig as a dict
+
+    def report(self) -> dict[str, Any]:
+        """The facts that `gunctl validate` reports beside the metrics."""
+        return {
+            "model": self.model,
+            "epoch": self.epoch,
+            "run": self.run_name,
+            "weights_origin": self.weights_origin,
+            "interrupted": self.interrupted,
+            "created": self.created,
+        }
+
+
+def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoint:
+    """What a checkpoint stores of ``state`` (save_checkpoint adds format and versions)."""
+    from gunctl.core.state import SELECTION_METRIC
+
+    return Checkpoint(
+        model=state.model.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        scheduler=state.scheduler.state_dict(),
+        scaler=state.scaler.state_dict() if state.scaler is not None else None,
+        epoch=state.epoch,
+        step=state.step,
+        batches_done=state.batches_done if interrupted else 0,
+        partial_epoch=state.meter.state_dict() if interrupted and state.meter else None,
+        interrupted=interrupted,
+        best_metric=state.best_metric,
+        best_epoch=state.best_epoch,
+        selection_metric=SELECTION_METRIC,
+        metrics=state.history[-1] if state.history else None,
+        history=state.history,
+        config=state.config_dict(),
+        class_names=list(CLASS_NAMES),
+        run_name=state.run_name,
+        weights_origin=state.weights_origin,
+        split_checksum=state.split_checksum,
+        manifest_checksum=state.manifest_checksum,
+        world_size=state.world_size,
+        rng=_rng_state(),
+    )
+
+
+def read_facts(checkpoint: Checkpoint, path: Path | None = None) -> CheckpointFacts:
+    """The facts of a loaded checkpoint; a CheckpointError names ``path`` when one is malformed."""
+    try:
+        config = checkpoint["config"]
+        return CheckpointFacts(
+            model=config["model"]["name"],
+            epoch=int(checkpoint["epoch"]),
+            run_name=checkpoint.get("run_name"),
+            weights_origin=checkpoint.get("weights_origin"),
+            interrupted=bool(checkpoint.get("interrupted")),
+            created=checkpoint.get("created"),
+            batches_done=int(checkpoint.get("batches_done", 0)),
+            split_checksum=checkpoint.get("split_checksum"),
+            manifest_checksum=checkpoint.get("manifest_checksum"),
+            config=config,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        where = f"{path}: " if path else ""
+        raise CheckpointError(f"{where}malformed checkpoint ({first_line(exc)})") from None
+
+
+def stored_model_config(checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
+    """The stored ModelConfig as a dict; CheckpointError when it is missing."""
+    try:
+        return checkpoint["config"]["model"]
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: no model configuration in the checkpoint ({exc})") from None
+
+
+def load_weights(model: nn.Module, checkpoint: Checkpoint, path: Path) -> None:
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model ({first_line(exc)})") from None
+
+
+def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> None:
+    """Put a checkpoint's weights, optimizer, scheduler, counters and RNG back into ``state``."""
+    from gunctl.core.engine import LossMeter
+
+    load_weights(state.model, checkpoint, path)
+    try:
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
+        if state.scaler is not None and checkpoint.get("scaler"):
+            state.scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from None
+    state.epoch = int(checkpoint["epoch"])
+    state.step = int(checkpoint.get("step", 0))
+    state.batches_done = int(checkpoint.get("batches_done", 0))
+    state.meter = (
+        LossMeter.from_state(checkpoint.get("partial_epoch")) if state.batches_done else None
+    )
+    state.best_metric = checkpoint.get("best_metric")
+    state.best_epoch = checkpoint.get("best_epoch")
+    state.history = list(checkpoint.get("history") or [])
+    state.resumed_from = path
+    rng = checkpoint.get("rng") or {}
+    if isinstance(rng.get("torch"), torch.Tensor):
+        torch.set_rng_state(rng["torch"])
+    if state.device.type == "cuda" and rng.get("cuda"):
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(path: Path, payload: Checkpoint) -> None:
     """Write ``payload`` plus format, schema and versions to ``path`` atomically."""
     from gunctl import __version__
 
@@ -41,7 +202,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     write_with(Path(path), lambda handle: torch.save(full, handle))
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
     """Load and check a gunctl checkpoint; every failure is a one-line CheckpointError.
 
     ``mmap`` maps the tensors instead of reading them: for reading a checkpoint's facts.
@@ -61,11 +222,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
             ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or corrupt") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt ({first_line(exc, 160)})") from None
     return _check(path, data)
 
 
-def require_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
+def require_resumable(path: Path, checkpoint: Checkpoint) -> None:
     """A slim checkpoint (``gunctl export --format pth``) holds no optimizer state."""
     if checkpoint.get("slim") or "optimizer" not in checkpoint:
         raise CheckpointError(
@@ -75,7 +236,7 @@ def require_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
         )
 
 
-def _check(path: Path, data: Any) -> dict[str, Any]:
+def _check(path: Path, data: Any) -> Checkpoint:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a gunctl checkpoint (a bare state dict or another tool's file)"
@@ -98,6 +259,8 @@ def _torchvision_version() -> str:
     return str(torchvision.__version__)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state

@@ -70,14 +70,14 @@ class GunDataset(torch.utils.data.Dataset):
         image_path = self.raw_dir / tree.IMAGES / item["image"]
         label_path = self.raw_dir / tree.LABELS / item["label"]
         try:
-            rgb, info = decode_rgb(image_path.read_bytes(), MAX_PIXELS)
+            rgb, meta = decode_rgb(image_path.read_bytes(), MAX_PIXELS)
             label_bytes = label_path.read_bytes()
         except ImageProblem as problem:
             raise DataError(f"{image_path}: {problem.detail or problem.kind}") from None
         except OSError as exc:
             raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
         pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-        boxes = read_boxes(label_bytes, info.width, info.height, str(label_path))
+        boxes = read_boxes(label_bytes, meta.width, meta.height, str(label_path))
         return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gunctl.config import check_device
 from gunctl.errors import UsageError
 
 # A hung collective (a rank that died without torchrun noticing) fails after this long instead
@@ -44,27 +45,27 @@ def from_env() -> DistInfo:
     )
 
 
-def resolve_device(requested: str, info: DistInfo) -> torch.device:
+def resolve_device(requested: str, dist_info: DistInfo) -> torch.device:
     """auto: cuda:<local rank> when CUDA is there, else cpu. Explicit cuda needs CUDA."""
+    check_device(requested)
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {requested}: CUDA is not available on this machine")
         if requested == "cuda":
-            requested = f"cuda:{info.local_rank if info.enabled else torch.cuda.current_device()}"
+            index = dist_info.local_rank if dist_info.enabled else torch.cuda.current_device()
+            requested = f"cuda:{index}"
         device = torch.device(requested)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
         torch.cuda.set_device(device)
         return device
-    if requested != "cpu":
-        raise UsageError(f"--device {requested}: use auto, cpu, cuda or cuda:N")
     return torch.device("cpu")
 
 
-def init_process_group(info: DistInfo, device: torch.device) -> None:
-    if info.enabled and not dist.is_initialized():
+def init_process_group(dist_info: DistInfo, device: torch.device) -> None:
+    if dist_info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=_TIMEOUT)
 

@@ -30,7 +30,7 @@ from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.inference import Detect
 from gunctl.core.model import model_from_checkpoint
 from gunctl.core.predict import configure_heads, default_score_threshold
-from gunctl.errors import OutputError, UsageError
+from gunctl.errors import OutputError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "pth": ".slim.pth"}
@@ -134,7 +134,7 @@ def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
             scripted = torch.jit.script(wrapper)
         except Exception as exc:  # the TorchScript compiler raises many kinds
             raise OutputError(
-                f"{out}: TorchScript compilation failed ({_first_line(exc)})"
+                f"{out}: TorchScript compilation failed ({first_line(exc)})"
             ) from None
         torch.jit.save(scripted, buffer, _extra_files={"gunctl.json": json.dumps(metadata)})
     write_bytes_atomic(out, buffer.getvalue())
@@ -165,7 +165,7 @@ def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
                 },
             )
     except Exception as exc:
-        raise OutputError(f"{out}: ONNX export failed ({_first_line(exc)})") from None
+        raise OutputError(f"{out}: ONNX export failed ({first_line(exc)})") from None
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -238,8 +238,3 @@ def _require(name: str):
         raise UsageError(
             f"--format onnx needs the {name} package: pip install 'gunctl[export]'"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gunctl.errors import DataError, OutputError
+from gunctl.errors import DataError, cannot_write
 
 
 @contextlib.contextmanager
@@ -21,7 +21,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
@@ -52,7 +52,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         with atomic_open(path) as handle:
             handle.write(data)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None
 
 
 def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
@@ -61,4 +61,4 @@ def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
         with atomic_open(path) as handle:
             writer(handle)
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None

@@ -41,10 +41,10 @@ def decode_rgb(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            info = ImageInfo(image.width, image.height, image.format or "?", image.mode)
-            if info.width * info.height > max_pixels:
+            meta = ImageInfo(image.width, image.height, image.format or "?", image.mode)
+            if meta.width * meta.height > max_pixels:
                 raise ImageProblem(
-                    "image_too_large", f"{info.width}x{info.height} px, limit {max_pixels:,}"
+                    "image_too_large", f"{meta.width}x{meta.height} px, limit {max_pixels:,}"
                 )
             image.load()
             rgb = image.convert("RGB")
@@ -54,7 +54,7 @@ def decode_rgb(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
         raise ImageProblem("unreadable_image", "not a known image format") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise ImageProblem("unreadable_image", str(exc) or type(exc).__name__) from None
-    return rgb, info
+    return rgb, meta
 
 
 def format_matches(extension: str, image_format: str) -> bool:

@@ -26,7 +26,7 @@ from gunctl.core.archive import MAX_MEMBER_BYTES, member_problem
 from gunctl.core.fileio import read_document
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
 from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
-from gunctl.errors import DataError, OutputError, SourceError, UsageError
+from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
 MANIFEST_FORMAT = "gunctl-raw"
 MANIFEST_SCHEMA = 1
@@ -131,7 +131,7 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 160)
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"
@@ -276,42 +276,42 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
         return None
     data = image.read()
     try:
-        _, info = decode_rgb(data, config.max_pixels)
+        _, meta = decode_rgb(data, config.max_pixels)
     except ImageProblem as problem:
         report.problems.append(Problem(image.name, problem.kind, problem.detail))
         return None
     extension = Path(image.name).suffix
-    if not format_matches(extension, info.format):
-        report.problems.append(Problem(image.name, "format_mismatch", f"{info.format} content"))
+    if not format_matches(extension, meta.format):
+        report.problems.append(Problem(image.name, "format_mismatch", f"{meta.format} content"))
     parsed = parse_label(label.read(), label.name)
     report.problems.extend(parsed.problems)
     if not parsed.usable:
         return None
-    boxes, box_problems = check_boxes(parsed.boxes, info.width, info.height, label.name)
+    boxes, box_problems = check_boxes(parsed.boxes, meta.width, meta.height, label.name)
     report.problems.extend(box_problems)
     image_name = Path(image.name).name
     label_bytes = format_label(boxes).encode()
     (stage / tree.IMAGES / image_name).write_bytes(data)
     (stage / tree.LABELS / f"{stem}.txt").write_bytes(label_bytes)
-    _count(report, info, len(boxes))
+    _count(report, meta, len(boxes))
     return {
         "stem": stem,
         "image": image_name,
         "label": f"{stem}.txt",
-        "width": info.width,
-        "height": info.height,
+        "width": meta.width,
+        "height": meta.height,
         "boxes": len(boxes),
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
     }
 
 
-def _count(report: IngestReport, info, boxes: int) -> None:
+def _count(report: IngestReport, meta, boxes: int) -> None:
     report.images += 1
     report.boxes += boxes
     report.empty_images += boxes == 0
-    report.converted += info.mode != "RGB"
-    size = (info.width, info.height)
+    report.converted += meta.mode != "RGB"
+    size = (meta.width, meta.height)
     if report.smallest is None or size[0] * size[1] < report.smallest[0] * report.smallest[1]:
         report.smallest = size
     if report.largest is None or size[0] * size[1] > report.largest[0] * report.largest[1]:
@@ -386,4 +386,4 @@ def _make_dirs(path: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise cannot_write(path, exc) from None

@@ -23,8 +23,8 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-from gunctl.config import MODEL_NAMES, ModelConfig
-from gunctl.errors import CheckpointError, SourceError, UsageError
+from gunctl.config import ModelConfig
+from gunctl.errors import CheckpointError, SourceError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
 
@@ -44,8 +44,7 @@ class BuiltModel:
 
 
 def build_model(config: ModelConfig) -> BuiltModel:
-    if config.name not in MODEL_NAMES:
-        raise UsageError(f"unknown model {config.name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    config.check()
     weights = config.weights
     if weights == "auto":
         available, reason = coco_weights_available(config.name)
@@ -107,7 +106,7 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
         if weights is None and weights_backbone is None:
             raise
         raise SourceError(
-            f"could not load pretrained weights for {config.name} ({_first_line(exc)}); "
+            f"could not load pretrained weights for {config.name} ({first_line(exc)}); "
             "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
         ) from None
 
@@ -123,26 +122,17 @@ def _build_coco(config: ModelConfig) -> nn.Module:
 
 
 def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:
-    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.core.checkpoint import load_checkpoint, load_weights, read_facts
 
     checkpoint = load_checkpoint(path)
-    stored = checkpoint["config"]["model"]["name"]
+    stored = read_facts(checkpoint, path).model
     if stored != config.name:
         raise CheckpointError(
             f"{path}: made for {stored}, not {config.name}; pass --model {stored}"
         )
     model = _build(config, None, None)
-    load_model_state(model, checkpoint, path)
+    load_weights(model, checkpoint, path)
     return model
-
-
-def load_model_state(model: nn.Module, checkpoint: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model ({_first_line(exc)})"
-        ) from None
 
 
 def _backbone_weights(name: str):
@@ -164,14 +154,9 @@ def _download(weights) -> None:
         found = re.search(r"-([a-f0-9]+)\.", target.name)  # torchvision names carry a hash prefix
         torch.hub.download_url_to_file(weights.url, str(target), found and found.group(1), False)
     except Exception as exc:  # urllib, socket and hash errors alike
-        raise SourceError(f"cannot download {weights.url} ({_first_line(exc)})") from None
+        raise SourceError(f"cannot download {weights.url} ({first_line(exc)})") from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def model_from_checkpoint(checkpoint: dict, path: Path) -> nn.Module:
@@ -179,15 +164,13 @@ def model_from_checkpoint(checkpoint: dict, path: Path) -> nn.Module:
     import dataclasses
 
     from gunctl.config import model_config_from_dict
+    from gunctl.core.checkpoint import load_weights, stored_model_config
 
-    try:
-        model_config = model_config_from_dict(checkpoint["config"]["model"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: no model configuration in the checkpoint ({exc})") from None
+    model_config = model_config_from_dict(stored_model_config(checkpoint, path))
     model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
     try:
         model = build_model(model_config).model
     except UsageError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    load_model_state(model, checkpoint, path)
+    load_weights(model, checkpoint, path)
     return model.eval()

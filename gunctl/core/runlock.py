@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gunctl.errors import OutputError, RunLockedError
+from gunctl.errors import RunLockedError, cannot_write
 
 
 class RunLock:
@@ -21,7 +21,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(self.path, "a+")  # noqa: SIM115 - held for the whole run
         except OSError as exc:
-            raise OutputError(f"{self.path.parent}: cannot write ({exc.strerror or exc})") from None
+            raise cannot_write(self.path.parent, exc) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gunctl.config import RUN_SORT_KEYS, Layout, check_choice
 from gunctl.errors import UsageError
-
-SORT_KEYS = ("name", "start", "map50", "loss", "epochs")
 
 
 @dataclass(frozen=True)
@@ -39,22 +38,21 @@ class RunInfo:
 
 def list_runs(runs_dir: Path, sort: str = "start") -> list[RunInfo]:
     """Every folder of ``runs_dir`` with TensorBoard events or a checkpoint, sorted."""
-    if sort not in SORT_KEYS:
-        raise UsageError(f"--sort {sort}: choose one of {', '.join(SORT_KEYS)}")
+    check_choice("--sort", sort, RUN_SORT_KEYS)
     if not runs_dir.is_dir():
         return []
     runs = [
         read_run(path)
         for path in sorted(runs_dir.iterdir())
         if path.is_dir()
-        and (any(path.glob("events.out.tfevents.*")) or (path / "last.pth").exists())
+        and (any(path.glob("events.out.tfevents.*")) or (path / Layout.LAST).exists())
     ]
     return sorted(runs, key=_sort_key(sort), reverse=sort in ("map50", "epochs", "start"))
 
 
 def read_run(path: Path) -> RunInfo:
     scalars, start = _read_events(path)
-    checkpoint = path / "last.pth" if (path / "last.pth").exists() else None
+    checkpoint = path / Layout.LAST if (path / Layout.LAST).exists() else None
     model, epochs = _read_checkpoint(checkpoint) if checkpoint else (None, None)
     losses = scalars.get("train/loss", [])
     maps = [value for _, value in scalars.get("val/map_50", [])]
@@ -91,15 +89,16 @@ def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dateti
 
 
 def _read_checkpoint(path: Path) -> tuple[str | None, int | None]:
-    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.core.checkpoint import load_checkpoint, read_facts
     from gunctl.errors import CheckpointError
 
     try:
         checkpoint = load_checkpoint(path, mmap=True)  # maps tensors lazily: fast for large models
+        facts = read_facts(checkpoint, path)
     except CheckpointError as exc:
         logging.getLogger("gunctl").warning("%s", exc)
         return None, None
-    return checkpoint["config"]["model"]["name"], int(checkpoint["epoch"])
+    return facts.model, facts.epoch
 
 
 def _sort_key(sort: str):

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from gunctl.config import SplitConfig
+from gunctl.config import SplitConfig, check_fraction
 from gunctl.core import tree
 from gunctl.core.fileio import read_document, write_bytes_atomic
 from gunctl.core.ingest import read_manifest
@@ -35,8 +35,7 @@ def make_split(
     entries: list[dict], seed: int, val_fraction: float, subset: int | None, checksum: str
 ) -> dict:
     """Sample ``subset`` entries (all when None), then hold out ``val_fraction`` of them."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    check_fraction("--val-fraction", val_fraction)
     ordered = sorted(entries, key=lambda e: tree.natural_key(e["stem"]))
     rng = random.Random(seed)
     count = len(ordered) if subset is None else min(subset, len(ordered))
@@ -95,6 +94,7 @@ def split_checksum(split: dict) -> str:
 
 def create_split(config: SplitConfig) -> SplitResult:
     """Read the manifest, make the split and write it atomically."""
+    config.check()
     manifest = read_manifest(config.layout)
     entries = manifest.get("files", [])
     split = make_split(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gunctl.errors import first_line
+
 _CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".avi": "mpeg4"}
 
 
@@ -43,7 +45,7 @@ def probe(path: Path) -> VideoInfo:
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             return VideoInfo(stream.width, stream.height, Fraction(rate), int(stream.frames or 0))
     except av.FFmpegError as exc:
-        raise VideoProblem(f"not a readable video ({_first_line(exc)})") from None
+        raise VideoProblem(f"not a readable video ({first_line(exc, 160)})") from None
 
 
 def frames(path: Path, stride: int = 1) -> Iterator[Frame]:
@@ -64,7 +66,9 @@ def frames(path: Path, stride: int = 1) -> Iterator[Frame]:
                 time = float(frame.time) if frame.time is not None else index / rate
                 yield Frame(index, time, frame.to_ndarray(format="rgb24"))
     except (av.FFmpegError, IndexError) as exc:
-        raise VideoProblem(f"decoding stopped after frame {index} ({_first_line(exc)})") from None
+        raise VideoProblem(
+            f"decoding stopped after frame {index} ({first_line(exc, 160)})"
+        ) from None
 
 
 class VideoWriter:
@@ -97,8 +101,3 @@ class VideoWriter:
             self.container.mux(self.stream.encode(None))
         finally:
             self.container.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

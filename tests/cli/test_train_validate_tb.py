@@ -38,6 +38,7 @@ def trained(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_train_makes_a_split_and_reports(trained):
     out, result = trained
     assert "no split at" in result.stderr and "made one" in result.stderr
@@ -51,6 +52,7 @@ def test_train_makes_a_split_and_reports(trained):
     assert "\x1b[" not in result.stdout  # no animation or colour codes when not a terminal
 
 
+@pytest.mark.slow
 def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "best.pth"
@@ -90,6 +92,7 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     assert gunctl("validate", ckpt, "--artifacts", out, "--min-map", "1").exit_code == 1
 
 
+@pytest.mark.slow
 def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "last.pth"
@@ -110,6 +113,7 @@ def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     assert isinstance(json.loads((preds / "predictions.json").read_text()), list)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "malicious", "other-model"])
 def test_validate_refuses_bad_checkpoints(trained, gunctl, tmp_path, kind):
     import torch
@@ -145,6 +149,7 @@ def _evil_pickle(marker: Path) -> bytes:
     return pickle.dumps({"format": "gunctl-checkpoint", "x": Evil()})
 
 
+@pytest.mark.slow
 def test_tb_list_reads_back_the_numbers(trained, gunctl):
     out, _ = trained
     result = gunctl("tb", "--list", "--json", "--out", out)
@@ -158,6 +163,7 @@ def test_tb_list_reads_back_the_numbers(trained, gunctl):
     assert "first" in table.stdout and "best val mAP@0.5" in table.stdout
 
 
+@pytest.mark.slow
 def test_tb_serves_the_runs_on_loopback(trained):
     out, _ = trained
     with socket.socket() as probe:
@@ -190,6 +196,7 @@ def test_tb_serves_the_runs_on_loopback(trained):
     assert f"http://127.0.0.1:{port}/" in stdout
 
 
+@pytest.mark.slow
 def test_train_resume_warns_about_ignored_options(trained, gunctl):
     out, _ = trained
     result = gunctl(
@@ -200,6 +207,7 @@ def test_train_resume_warns_about_ignored_options(trained, gunctl):
     assert load_checkpoint(out / "runs" / "first" / "last.pth")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_train_refuses_an_existing_run_and_a_locked_run(trained, gunctl):
     from gunctl.core.runlock import RunLock
 
@@ -217,6 +225,7 @@ def test_train_without_data(gunctl, tmp_path):
     assert "gunctl ingest" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_diverging_training_exits_3_with_advice(trained, gunctl):
     out, _ = trained
     result = gunctl(
@@ -239,6 +248,7 @@ def test_diverging_training_exits_3_with_advice(trained, gunctl):
     assert "non-finite" in result.stderr and "lower --lr" in result.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(trained):
     out, _ = trained
     process, last = start_long_training(out, "stopped")

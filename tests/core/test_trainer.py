@@ -21,6 +21,7 @@ def layout(demo_layout, tmp_path):
     return Layout(share_data(tmp_path / "artifacts", demo_layout.root))
 
 
+@pytest.mark.slow
 def test_one_epoch_writes_checkpoints_and_tensorboard(layout):
     result = fit(tiny_config(layout, subset=10))
     assert result.epochs == 1 and len(result.history) == 1
@@ -72,6 +73,7 @@ def test_one_epoch_writes_checkpoints_and_tensorboard(layout):
     assert "val/image_0" in tags["images"]
 
 
+@pytest.mark.slow
 def test_resume_equals_a_straight_run(layout):
     straight = fit(tiny_config(layout, subset=10, epochs=4, run_name="straight"))
     fit(tiny_config(layout, subset=10, epochs=2, run_name="resumed"))
@@ -89,6 +91,7 @@ def test_resume_equals_a_straight_run(layout):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]  # one run, appended
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses(layout):
     a = fit(tiny_config(layout, subset=8, run_name="a"))
     b = fit(tiny_config(layout, subset=8, run_name="b"))
@@ -104,6 +107,7 @@ class PoisonAfterFirstEpoch(Callback):
                 next(state.model.parameters()).fill_(float("nan"))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(layout):
     config = tiny_config(layout, subset=8, epochs=3)
     with pytest.raises(DivergedError, match="epoch 2, batch 1.*last good checkpoint.*last.pth"):
@@ -115,6 +119,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(layout):
     )
 
 
+@pytest.mark.slow
 def test_validation_leaves_batchnorm_statistics_alone(layout):
     from gunctl.core.dataset import GunDataset, collate
     from gunctl.core.engine import evaluate
@@ -137,6 +142,7 @@ def test_validation_leaves_batchnorm_statistics_alone(layout):
     assert again.metrics["loss"] == result.metrics["loss"]  # sampling is seeded: repeatable
 
 
+@pytest.mark.slow
 def test_config_is_stored_whole(layout):
     result = fit(tiny_config(layout, subset=6, optimizer="sgd", lr_schedule="step"))
     stored = load_checkpoint(result.last_checkpoint)["config"]

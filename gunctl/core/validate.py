@@ -1,8 +1,11 @@
-"""Score a checkpoint on a split part or on another data folder: the core of `gunctl validate`."""
+"""Validate a checkpoint on a split part or on another data folder: the core of `gunctl validate`.
+
+``engine.evaluate`` is the math (it returns numbers); this module loads the checkpoint and the
+data around it, and writes predictions when asked.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -12,31 +15,33 @@ from typing import Any
 
 import torch
 
-from gunctl.config import EvalConfig, IngestConfig, Layout, model_config_from_dict
+from gunctl.config import IngestConfig, Layout, ValidateConfig
 from gunctl.core import distributed
-from gunctl.core.checkpoint import load_checkpoint
+from gunctl.core.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    read_facts,
+)
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.model import build_model, load_model_state, to_device_layout
-from gunctl.errors import CheckpointError, DataError, UsageError
+from gunctl.core.model import model_from_checkpoint, to_device_layout
+from gunctl.errors import DataError
 
 log = logging.getLogger("gunctl")
-PARTS = ("train", "val", "all")
 
 
 @dataclass(frozen=True)
-class ScoreResult:
+class ValidationResult:
     checkpoint: Path
     facts: dict[str, Any]  # the checkpoint's own: model, epoch, run, weights origin
     data: str  # what was scored, in words
     metrics: dict[str, float | None]
 
 
-def score(config: EvalConfig, on_batch=None) -> ScoreResult:
+def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResult:
     """``on_batch(images, total)`` is called after each batch (for a progress display)."""
-    if config.part not in PARTS:
-        raise UsageError(f"--split {config.part}: choose one of {', '.join(PARTS)}")
+    config.check()
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
     device = distributed.resolve_device(config.device, distributed.DistInfo())
@@ -54,35 +59,17 @@ def score(config: EvalConfig, on_batch=None) -> ScoreResult:
         )
         if config.save_predictions is not None:
             save_predictions(config.save_predictions, dataset, result, config.score_threshold)
-    return ScoreResult(config.checkpoint, checkpoint_facts(checkpoint), described, result.metrics)
+    facts = read_facts(checkpoint, config.checkpoint).report()
+    return ValidationResult(config.checkpoint, facts, described, result.metrics)
 
 
-def checkpoint_facts(checkpoint: dict) -> dict[str, Any]:
-    return {
-        "model": checkpoint["config"]["model"]["name"],
-        "epoch": checkpoint["epoch"],
-        "run": checkpoint.get("run_name"),
-        "weights_origin": checkpoint.get("weights_origin"),
-        "interrupted": bool(checkpoint.get("interrupted")),
-        "created": checkpoint.get("created"),
-    }
+def _model(checkpoint: Checkpoint, path: Path):
+    return model_from_checkpoint(checkpoint, path)
 
 
-def _model(checkpoint: dict, path: Path):
-    try:
-        model_config = model_config_from_dict(checkpoint["config"]["model"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: no model configuration in the checkpoint ({exc})") from None
-    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
-    try:
-        model = build_model(model_config).model
-    except UsageError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    load_model_state(model, checkpoint, path)
-    return model.eval()
-
-
-def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDataset, str]:
+def _dataset(
+    config: ValidateConfig, checkpoint: Checkpoint, scratch: Path
+) -> tuple[GunDataset, str]:
     if config.data is not None:
         from gunctl.core.ingest import ingest, read_manifest
 
@@ -102,7 +89,7 @@ def _dataset(config: EvalConfig, checkpoint: dict, scratch: Path) -> tuple[GunDa
 
     split = load_split(config.layout.split_file)
     manifest = read_manifest(config.layout)
-    if checkpoint.get("manifest_checksum") not in (None, "", manifest.get("checksum")):
+    if read_facts(checkpoint).manifest_checksum not in (None, "", manifest.get("checksum")):
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw
         )
