@@ -249,6 +249,15 @@ class PredictConfig:
     save_json: bool = True  # out/predictions.jsonl
     max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest
 
+    def check(self) -> None:
+        check_device(self.device)
+        if not self.sources:
+            raise UsageError("no sources: name images, folders, globs, .zip archives or videos")
+        if self.vid_stride < 1:
+            raise UsageError(f"--vid-stride must be 1 or more, got {self.vid_stride}")
+        if self.half and not self.device.startswith(("cuda", "auto")):
+            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -257,6 +266,9 @@ class ExportConfig:
     out: Path | None = None  # None: beside the checkpoint, <stem>.<ext>
     score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
     opset: int = 17  # ONNX: the lowest opset the issue asks for; onnxruntime >= 1.14 runs it
+
+    def check(self) -> None:
+        check_choice("--format", self.format, EXPORT_FORMATS)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

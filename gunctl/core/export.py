@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gunctl.config import EXPORT_FORMATS, ExportConfig
+from gunctl.config import ExportConfig
 from gunctl.core.checkpoint import load_checkpoint, save_checkpoint
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.inference import Detect
@@ -82,8 +82,7 @@ class ExportedDetector(nn.Module):
 
 
 def export(config: ExportConfig) -> ExportResult:
-    if config.format not in EXPORT_FORMATS:
-        raise UsageError(f"--format {config.format}: choose one of {', '.join(EXPORT_FORMATS)}")
+    config.check()
     source = Path(config.checkpoint)
     checkpoint = load_checkpoint(source)
     out = Path(config.out) if config.out else _default_out(source, config.format)

@@ -124,10 +124,7 @@ def predict(
 ) -> PredictResult:
     """``on_progress(done, total)`` counts images and frames; ``on_record(line)`` receives each
     JSONL record as it is made (for ``--json``)."""
-    if config.vid_stride < 1:
-        raise UsageError(f"--vid-stride must be 1 or more, got {config.vid_stride}")
-    if not config.sources:
-        raise UsageError("no sources: name image files, folders, globs, .zip archives or videos")
+    config.check()
     out = _check_out(config)
     checkpoint = load_checkpoint(config.checkpoint)
     detector = Detector(config, checkpoint)
