@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 	$(BIN)/gunctl ingest --source demo --force --out $(OUT)
 	$(BIN)/gunctl split --out $(OUT)
 	$(BIN)/gunctl train --epochs 1 --subset 5 --out $(OUT) --run-name demo-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/gunctl validate $(OUT)/models/fasterrcnn.pth --artifacts $(OUT)
+	$(BIN)/gunctl validate $(OUT)/models/fasterrcnn.pth --out $(OUT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -28,5 +28,5 @@ A=/tmp/ddp-art
 python3 -m gunctl ingest --source .gpu/guns-sample --out $A --quiet && python3 -m gunctl split --out $A --quiet
 timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m gunctl train \
   --epochs 2 --out $A --run-name nccl --weights none --batch-size 8 --workers 4 2>&1 | tail -8 | tee "$OUT/ddp.log"
-timeout 60 python3 -m gunctl validate $A/runs/nccl/last.pth --artifacts $A 2>&1 | tail -25 | tee -a "$OUT/ddp.log"
+timeout 60 python3 -m gunctl validate $A/runs/nccl/last.pth --out $A 2>&1 | tail -25 | tee -a "$OUT/ddp.log"
 echo "done in ${SECONDS}s" | tee -a "$OUT/machine.txt"

@@ -46,7 +46,8 @@ class Layout:
     root: Path = Path("artifacts")  # the original pipeline's folder; git-ignored
 
     LAST: ClassVar[str] = "last.pth"  # in each run's folder: written every epoch
-    BEST: ClassVar[str] = "best.pth"  # in each run's folder: the best epoch so far
+    BEST: ClassVar[str] = "best.pth"  # in each run's folder: the best epoch so far (weights)
+    RUN_CONFIG: ClassVar[str] = "config.yaml"  # in each run's folder: its resolved options
 
     @property
     def raw(self) -> Path:
@@ -81,6 +82,12 @@ class Layout:
     def best_checkpoint(self, run_name: str) -> Path:
         return self.run_dir(run_name) / self.BEST
 
+    def epoch_checkpoint(self, run_name: str, epoch: int) -> Path:
+        return self.run_dir(run_name) / f"epoch_{epoch}.pth"  # --save-period
+
+    def run_config(self, run_name: str) -> Path:
+        return self.run_dir(run_name) / self.RUN_CONFIG
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -93,6 +100,9 @@ class IngestConfig:
     count: int = 40  # demo data only: small enough to train on in a minute on a laptop CPU
     handle: str = KAGGLE_HANDLE
     max_pixels: int = 50_000_000  # refuse decompression bombs; real images are ~0.05 MP
+    format: str = "auto"  # kaggle, yolo, coco or voc; auto detects it from the files
+    classes: tuple[str, ...] | None = None  # keep (and order) these classes; None: all
+    merge_classes: str | None = None  # map every kept class to this one name
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class SplitConfig:
     val_fraction: float = 0.2  # the usual 80/20 hold-out
     subset: int | None = None  # None: all images; N: a seeded sample of N images first
     layout: Layout = field(default_factory=Layout)
+    keep_source_split: bool = False  # the source's own train/val (YOLO, Roboflow) when asked
 
     def check(self) -> None:
         check_fraction("--val-fraction", self.val_fraction)
@@ -169,6 +180,8 @@ class TrainConfig:
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
     promote: bool = False  # replace models/fasterrcnn.pth even when the run is not as good
+    patience: int | None = None  # None: all epochs; N: stop after N epochs without a better mAP
+    save_period: int | None = None  # None: last.pth only; N: also keep epoch_<E>.pth every N
 
     def check(self) -> None:
         self.model.check()
@@ -185,7 +198,7 @@ class TrainConfig:
 class ValidateConfig:
     checkpoint: Path = field(default_factory=lambda: Layout().best_model)
     layout: Layout = field(default_factory=Layout)
-    part: str = "val"  # the held-out part of the split
+    part: str | None = None  # None: the images the run validated on (else the split's val part)
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
     batch_size: int = 4
     workers: int = 2
@@ -197,9 +210,10 @@ class ValidateConfig:
     save_predictions: Path | None = None
 
     def check(self) -> None:
-        check_choice("--split", self.part, VALIDATE_PARTS)
+        if self.part is not None:
+            check_choice("--split", self.part, VALIDATE_PARTS)
         check_device(self.device)
-        if self.data is not None and self.part != "val":
+        if self.data is not None and self.part is not None:
             raise UsageError("--data scores a whole folder; it does not go with --split")
 
 
@@ -269,6 +283,43 @@ class ExportConfig:
 
     def check(self) -> None:
         check_choice("--format", self.format, EXPORT_FORMATS)
+
+
+# TrainConfig fields that `gunctl train` takes as options of the same name; the model's are
+# --model (ModelConfig.name), --weights, --min-size and --max-size.
+TRAIN_OPTIONS = (
+    "epochs",
+    "subset",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_steps",
+    "device",
+    "amp",
+    "channels_last",
+    "workers",
+    "cache",
+    "seed",
+    "hflip",
+    "patience",
+    "save_period",
+)
+
+
+def train_options(config: TrainConfig) -> dict[str, Any]:
+    """The config as `gunctl train` options ({name: value}): what a run's config.yaml holds,
+    so that `gunctl train --config <run>/config.yaml` repeats the run. Where the files go
+    (--out, --run-name, --resume) is left out."""
+    options: dict[str, Any] = {
+        "model": config.model.name,
+        "weights": config.model.weights,
+        "min_size": config.model.min_size,
+        "max_size": config.model.max_size,
+    }
+    options.update({name: getattr(config, name) for name in TRAIN_OPTIONS})
+    return options
 
 
 def to_dict(config: Any) -> dict[str, Any]:

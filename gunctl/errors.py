@@ -60,6 +60,15 @@ class DivergedError(TrainingError):
     """A loss became NaN or infinite."""
 
 
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut at a word boundary (never mid-token) with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type when empty), for a one-line error.
 
@@ -70,7 +79,7 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+    return shorten(text.splitlines()[0], limit) if text else type(exc).__name__
 
 
 def cannot_write(path: object, exc: OSError) -> OutputError:

@@ -70,7 +70,7 @@ def test_validate_agrees_with_the_metrics_of_training(ddp_run):
     result = run_gunctl(
         "validate",
         out / "runs" / "ddp" / "last.pth",
-        "--artifacts",
+        "--out",
         out,
         "--json",
         "--batch-size",

@@ -159,7 +159,7 @@ def test_corpus_trains_and_validates_after_repair(corpus, tmp_path):
     )
     assert trained.returncode == 0, trained.stderr
     scored = run_gunctl(
-        "validate", out / "runs" / "r" / "last.pth", "--artifacts", out, "--split", "all", "--json"
+        "validate", out / "runs" / "r" / "last.pth", "--out", out, "--split", "all", "--json"
     )
     assert scored.returncode == 0, scored.stderr
     assert json.loads(scored.stdout)["metrics"]["images"] == len(USABLE)
@@ -235,7 +235,7 @@ def test_malicious_checkpoints_never_run(demo_out, tmp_path, command):
     marker = tmp_path / "pwned"
     evil = evil_file(tmp_path / "evil.pth", marker)
     args = {
-        "validate": ["validate", evil, "--artifacts", demo_out],
+        "validate": ["validate", evil, "--out", demo_out],
         "resume": ["train", "--resume", evil, "--out", demo_out, *TINY_CLI],
         "weights": [
             "train",

@@ -8,42 +8,73 @@ or bad input, 3 training failed, 130 interrupted.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import export, ingest, predict, split, tb, train, validate
+from gunctl.cli import export, export_data, ingest, predict, runs, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
+_DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
 
-class GuardedGroup(TyperGroup):
-    """Turns known errors into one line and an exit code, for the CLI and CliRunner alike."""
 
-    def list_commands(self, ctx):  # keep the order of registration, which follows the workflow
+def _flags_without_metavar(params) -> None:
+    """Flags take no value: show ``--force``, not ``--force <bool>`` (Typer's default)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class GunctlCommand(TyperCommand):
+    """A sub-command: its flags render as flags."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _flags_without_metavar(params)
+        return params
+
+
+class GunctlGroup(TyperGroup):
+    """A group of commands: listed in the order of registration, its flags render as flags."""
+
+    def list_commands(self, ctx):  # the order of registration follows the workflow
         return list(self.commands)
 
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _flags_without_metavar(params)
+        return params
+
+
+class GuardedGroup(GunctlGroup):
+    """Turns known errors into one line and an exit code, for the CLI and CliRunner alike."""
+
     def invoke(self, ctx):
-        debug = bool(ctx.params.get("debug")) or os.environ.get("GUNCTL_DEBUG") == "1"
+        from gunctl.cli.render import refresh_width
+
+        refresh_width()
         _route_core_logging()
         try:
             return super().invoke(ctx)
         except GunctlError as exc:
-            if debug:
+            if _debug(ctx):
                 raise
             _report(first_line(exc, limit=10_000))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            if debug:
+            if _debug(ctx):
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
             _report(f"{where}{exc.strerror or exc}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:
-            if debug:
+            if _debug(ctx):
                 raise
             _report("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -54,10 +85,44 @@ app = typer.Typer(
     name="gunctl",
     help="Train and validate a firearm detector, from raw data to a checkpoint.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # gunctl --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _debug(ctx) -> bool:
+    return bool(ctx.meta.get(_DEBUG_KEY)) or os.environ.get("GUNCTL_DEBUG") == "1"
+
+
+def _set_debug(ctx: typer.Context, value: bool) -> bool:
+    if value:
+        ctx.meta[_DEBUG_KEY] = True
+    return value
+
+
+Debug = Annotated[
+    bool,
+    typer.Option(
+        "--debug", callback=_set_debug, is_eager=True, help="Show tracebacks (also GUNCTL_DEBUG=1)."
+    ),
+]
+
+
+def _with_debug(command):
+    """Add the shared ``--debug`` option to a command, so that it works after the command name
+    too (``gunctl train --debug``); the command function itself never sees it."""
+    signature = inspect.signature(command, eval_str=True)
+    debug = inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False)
+    parameters = list(signature.parameters.values())
+    parameters.append(debug.replace(annotation=Debug))
+
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        return command(*args, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)
+    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -68,9 +133,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks (also GUNCTL_DEBUG=1).")
-    ] = False,
+    debug: Debug = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -79,13 +142,28 @@ def _root(
 
 
 # The sub-commands, in the order of the workflow.
-app.command("ingest")(ingest.ingest)
-app.command("split")(split.split)
-app.command("train")(train.train)
-app.command("validate")(validate.validate)
-app.command("predict")(predict.predict)
-app.command("export")(export.export)
-app.command("tb")(tb.tb)
+for _name, _function in (
+    ("ingest", ingest.ingest),
+    ("split", split.split),
+    ("train", train.train),
+    ("validate", validate.validate),
+    ("predict", predict.predict),
+    ("export", export.export),
+    ("tb", tb.tb),
+    ("export-data", export_data.export_data),
+):
+    app.command(_name, cls=GunctlCommand)(_with_debug(_function))
+
+runs_app = typer.Typer(
+    cls=GunctlGroup,
+    name="runs",
+    help="List the training runs, or remove them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+runs_app.command("list", cls=GunctlCommand)(_with_debug(runs.list_runs))
+runs_app.command("rm", cls=GunctlCommand)(_with_debug(runs.remove))
+app.add_typer(runs_app)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import typer
 
 from gunctl.cli import render
 from gunctl.cli.options import ScoreThreshold, WeightsAlias, one_checkpoint
-from gunctl.config import EXPORT_FORMATS, ExportConfig
+from gunctl.config import EXPORT_FORMATS, ExportConfig, Layout
 
 _X = ExportConfig()
 
@@ -42,7 +42,7 @@ def export(
     """
     from gunctl.core.export import export as run_export
 
-    path = one_checkpoint(checkpoint, weights)
+    path = one_checkpoint(checkpoint, weights) or Layout().best_model
     config = ExportConfig(checkpoint=path, format=fmt, out=out, score_threshold=score_threshold)
     result = run_export(config)
     render.note(f"model: {path}")

@@ -10,6 +10,7 @@ from gunctl.cli import render
 from gunctl.cli.options import Json, Out, Quiet, Seed
 from gunctl.config import IngestConfig, Layout
 from gunctl.core.labels import PROBLEM_KINDS
+from gunctl.errors import UsageError
 
 _RULES = "\n\n".join(f"{kind}: {what}." for kind, what in PROBLEM_KINDS.items())
 
@@ -20,9 +21,26 @@ def ingest(
         typer.Option(
             "--source",
             help="kaggle (download with kagglehub), demo (synthetic, offline), "
-            "or a local folder or .zip in the Kaggle layout.",
+            "or a local folder or .zip (Kaggle, YOLO, COCO or Pascal VOC layout).",
         ),
     ] = "kaggle",
+    format_name: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Layout of a local source: auto (detect), kaggle, yolo, coco, voc."
+        ),
+    ] = IngestConfig.format,
+    classes: Annotated[
+        str | None,
+        typer.Option("--classes", help="Keep these classes, in this order (comma-separated)."),
+    ] = None,
+    merge_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--merge-classes",
+            help="Map every (kept) class to this one name [default: when the source has one].",
+        ),
+    ] = None,
     version: Annotated[
         int | None, typer.Option("--version", min=1, help="Kaggle data set version to pin.")
     ] = None,
@@ -49,6 +67,9 @@ def ingest(
         strict=strict,
         seed=seed,
         count=count,
+        format=format_name,
+        classes=_class_list(classes),
+        merge_classes=merge_classes.strip() if merge_classes else None,
     )
     with render.task_progress("checking files", enabled=not (quiet or json_out)) as progress:
         report = run_ingest(config, progress=progress)
@@ -62,10 +83,16 @@ def ingest(
         table = render.problems_table(report)
         if table is not None:
             render.console.print(table)
-        render.console.print(f"Wrote {report.raw_dir} and {config.layout.manifest}")
+        render.print_path("Wrote", report.raw_dir)
+        render.print_path("Manifest:", config.layout.manifest)
 
 
 ingest.__doc__ += (
+    "\n\nLayouts (detected, or --format): kaggle (Images/ + Labels/, count then x1 y1 x2 y2 "
+    "in pixels), yolo (images/ + labels/, class cx cy w h normalised, names from data.yaml or "
+    "classes.txt, train/ val/ valid/ kept as the source split), coco (instances*.json or "
+    "_annotations.coco.json with its images; iscrowd boxes left out), voc (Annotations/*.xml "
+    "+ JPEGImages/; difficult objects kept; entity declarations refused)."
     "\n\nAccepted as they are: CRLF line ends, a UTF-8 BOM, trailing spaces, blank lines, "
     "a count of 0 (a negative image), float coordinates (kept, not rounded), .JPG/.jpg/.jpeg/"
     ".png names; grayscale, CMYK, palette and alpha images are converted to RGB."
@@ -73,9 +100,24 @@ ingest.__doc__ += (
 )
 
 
+def _class_list(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise UsageError("--classes: give one or more class names, comma-separated")
+    return names
+
+
 def _payload(report) -> dict:
     return {
         "source": report.source,
+        "format": report.source_format,
+        "class_names": report.class_names,
+        "boxes_per_class": report.boxes_per_class,
+        "classes_left_out": dict(report.classes_left_out),
+        "crowd_left_out": report.crowd_left_out,
+        "difficult": report.difficult,
         "version": report.version,
         "raw_dir": str(report.raw_dir),
         "images": report.images,
@@ -84,6 +126,7 @@ def _payload(report) -> dict:
         "converted": report.converted,
         "smallest": report.smallest,
         "largest": report.largest,
+        **{f"{key}_range": span for key, span in render.size_ranges(report).items()},
         "problem_counts": report.problem_counts(),
         "problems": [str(p) for p in report.problems],
     }

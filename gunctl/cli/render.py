@@ -31,6 +31,14 @@ console = Console(highlight=False, width=_width(sys.stdout))
 err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
+def refresh_width() -> None:
+    """Re-read COLUMNS (set after import, e.g. by a test runner or an embedding program)."""
+    for target, stream in ((console, sys.stdout), (err_console, sys.stderr)):
+        width = _width(stream)
+        if width is not None:
+            target.width = width
+
+
 def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
 
@@ -54,8 +62,12 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+escape = _escape  # for commands that print user-controlled text
+
+
 def ingest_table(report) -> Table:
-    table = Table(title=f"Ingested {report.source}", show_header=False, title_justify="left")
+    title = f"Ingested {_escape(report.source)}"
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     rows = [
@@ -64,10 +76,21 @@ def ingest_table(report) -> Table:
         ("boxes", report.boxes),
         ("images without boxes", report.empty_images),
         ("images converted to RGB", report.converted),
-        ("smallest image (w x h)", _size(report.smallest)),
-        ("largest image (w x h)", _size(report.largest)),
+        ("image widths (px)", _span(size_ranges(report)["width"])),
+        ("image heights (px)", _span(size_ranges(report)["height"])),
         ("problems", len(report.problems)),
     ]
+    rows.insert(0, ("format", report.source_format))
+    rows.insert(4, ("classes", _escape(", ".join(report.class_names))))
+    if len(report.class_names) > 1:
+        per_class = ", ".join(f"{k} {v}" for k, v in report.boxes_per_class.items())
+        rows.insert(5, ("boxes per class", _escape(per_class)))
+    extra = (
+        ("boxes of classes left out (--classes)", sum(report.classes_left_out.values())),
+        ("crowd boxes left out (COCO iscrowd)", report.crowd_left_out),
+        ("difficult boxes kept (Pascal VOC)", report.difficult),
+    )
+    rows += [(name, value) for name, value in extra if value]
     if report.version is not None:
         rows.insert(0, ("version", report.version))
     for name, value in rows:
@@ -89,8 +112,26 @@ def problems_table(report) -> Table | None:
     return table
 
 
-def split_table(path, counts: dict[str, dict[str, int]]) -> Table:
-    table = Table(title="Split", caption=f"{path}", caption_justify="left", title_justify="left")
+def size_ranges(report) -> dict[str, list[int] | None]:
+    """The range of image widths and of heights (the largest by area hides both)."""
+    entries = [e for e in report.entries if "width" in e and "height" in e]
+    return {
+        key: [min(e[key] for e in entries), max(e[key] for e in entries)] if entries else None
+        for key in ("width", "height")
+    }
+
+
+def _span(values) -> str:
+    return f"{values[0]} to {values[1]}" if values else "-"
+
+
+def print_path(label: str, path) -> None:
+    """A path on one line whatever the width (the terminal wraps it, Rich does not break it)."""
+    console.print(f"{label} {path}", soft_wrap=True, markup=False)
+
+
+def split_table(counts: dict[str, dict[str, int]]) -> Table:
+    table = Table(title="Split", title_justify="left")
     table.add_column("part")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")
@@ -100,10 +141,6 @@ def split_table(path, counts: dict[str, dict[str, int]]) -> Table:
     total_boxes = sum(v["boxes"] for v in counts.values())
     table.add_row("all", str(total_images), str(total_boxes), style="bold")
     return table
-
-
-def _size(size) -> str:
-    return f"{size[0]} x {size[1]}" if size else "-"
 
 
 @contextlib.contextmanager
@@ -119,7 +156,7 @@ def task_progress(
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
-def _progress(*fields: str, transient: bool = False):
+def _progress(*fields: str, transient: bool = False, eta: bool = True):
     """gunctl's progress bar: description, bar, done/total, the given text fields, ETA."""
     from rich.progress import (
         BarColumn,
@@ -134,7 +171,7 @@ def _progress(*fields: str, transient: bool = False):
         BarColumn(),
         MofNCompleteColumn(),
         *(TextColumn(field) for field in fields),
-        TimeRemainingColumn(),
+        *([TimeRemainingColumn()] if eta else []),
         console=console,
         transient=transient,
     )
@@ -160,31 +197,37 @@ def epoch_line(record: dict, epochs: int) -> str:
     )
 
 
-def epoch_table() -> Table:
+_PARTS_MIN_WIDTH = 130  # below it the four losses per part would wrap into a column each
+
+
+def epoch_table(width: int | None = None) -> Table:
+    """The per-epoch table; the cls/box/obj/rpn columns only where they fit on one line."""
+    parts = (width or console.width) >= _PARTS_MIN_WIDTH
     table = Table(title="Training", title_justify="left")
     for name, justify in (
         ("epoch", "right"),
         ("train loss", "right"),
-        ("cls / box / obj / rpn", "left"),
+        *([("cls / box / obj / rpn", "left")] if parts else []),
         ("val loss", "right"),
-        ("cls / box / obj / rpn", "left"),
+        *([("cls / box / obj / rpn", "left")] if parts else []),
         ("mAP@.5", "right"),
         ("mAP", "right"),
         ("lr", "right"),
         ("time", "right"),
     ):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=True)
     return table
 
 
 def add_epoch_row(table: Table, record: dict, epochs: int) -> None:
     train, val = record["train"], record["val"]
+    parts = len(table.columns) > 7
     table.add_row(
         f"{record['epoch']}/{epochs}",
         _num(train.get("loss")),
-        _parts(train),
+        *([_parts(train)] if parts else []),
         _num(val.get("loss")),
-        _parts(val),
+        *([_parts(val)] if parts else []),
         _num(val.get("map_50")),
         _num(val.get("map")),
         f"{record['lr']:.1e}",
@@ -192,16 +235,36 @@ def add_epoch_row(table: Table, record: dict, epochs: int) -> None:
     )
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def batch_words(batch_size: int, world_size: int) -> str:
+    """'batch 2 (2 per process x 1 process)': the global batch and where it comes from."""
+    processes = "1 process" if world_size == 1 else f"{world_size} processes"
+    return f"batch {batch_size * world_size} ({batch_size} per process x {processes})"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class TrainDisplay(Callback):
-    """Progress bar and loss table on a terminal; one plain line per epoch otherwise."""
+    """Progress bar and loss table on a terminal; one plain line per epoch otherwise.
+
+    The bar counts images (its rate is images/s, its ETA from gunctl's own step times, so it
+    shows after the first step); the epoch table appears once the first epoch has a row.
+    """
 
     def __init__(self, live: bool | None = None):
         self.live_mode = console.is_terminal if live is None else live
-        self.table = epoch_table()
+        self.table = None  # made at the start, for the terminal's width then
         self.progress = None
         self.live = None
         self.task = None
         self.speed = 0.0
+        self.images = 0
 
     def on_fit_start(self, state) -> None:
         config = state.config
@@ -211,30 +274,41 @@ class TrainDisplay(Callback):
             else ""
         )
         console.print(
-            f"run [bold]{state.run_name}[/]: {config.model.name} ({state.weights_origin}), "
-            f"{state.train_images} train / {len(state.val_dataset)} val images, batch "
-            f"{config.batch_size}x{state.world_size}, {config.epochs} epochs on {state.device}"
-            f"{resumed}",
+            f"run [bold]{_escape(state.run_name)}[/]: {config.model.name}, weights "
+            f"{_escape(state.weights_origin)}{_escape(resumed)}",
             soft_wrap=True,
         )
+        console.print(
+            f"{state.train_images} train / {len(state.val_dataset)} val images, "
+            f"{batch_words(config.batch_size, state.world_size)}, "
+            f"{_plural(config.epochs, 'epoch')} on {state.device}",
+            soft_wrap=True,
+        )
+        self.table = epoch_table()
         if not self.live_mode:
             return
-        from rich.console import Group
         from rich.live import Live
 
-        self.progress = _progress("{task.fields[speed]}", "{task.fields[loss]}")
-        self.live = Live(Group(self.table, self.progress), console=console, refresh_per_second=4)
+        self.progress = _progress("{task.fields[speed]}", "{task.fields[loss]}", eta=False)
+        self.live = Live(self.progress, console=console, refresh_per_second=4)
         self.live.start()
+
+    def _epoch_images(self, state) -> int:
+        per_step = state.config.batch_size * state.world_size
+        return min(state.train_images, state.batches_per_epoch * per_step) or 1
 
     def on_epoch_start(self, state) -> None:
         if self.progress is None:
             return
         if self.task is not None:
             self.progress.remove_task(self.task)
+        total = self._epoch_images(state)
+        per_step = state.config.batch_size * state.world_size
+        self.images = min(total, state.batches_done * per_step)
         self.task = self.progress.add_task(
             f"epoch {state.epoch + 1}/{state.config.epochs}",
-            total=state.batches_per_epoch,
-            completed=state.batches_done,
+            total=total,
+            completed=self.images,
             speed="",
             loss="",
         )
@@ -245,10 +319,13 @@ class TrainDisplay(Callback):
         current = step.images / step.seconds if step.seconds else 0.0
         self.speed = current if not self.speed else 0.8 * self.speed + 0.2 * current
         loss = state.meter.means()["loss"] if state.meter else step.losses["loss"]
+        total = self._epoch_images(state)
+        self.images = min(total, self.images + step.images)
+        eta = (total - self.images) / self.speed if self.speed else None
         self.progress.update(
             self.task,
-            completed=step.batch,
-            speed=f"{self.speed:.1f} img/s",
+            completed=self.images,
+            speed=f"{self.speed:.1f} img/s" + (f"  eta {_clock(eta)}" if eta is not None else ""),
             loss=f"loss {loss:.3f}",
         )
 
@@ -264,6 +341,10 @@ class TrainDisplay(Callback):
 
     def on_epoch_end(self, state, record, result) -> None:
         add_epoch_row(self.table, record, state.config.epochs)
+        if self.live is not None and self.table.row_count == 1:
+            from rich.console import Group
+
+            self.live.update(Group(self.table, self.progress))
         if not self.live_mode:
             console.print(epoch_line(record, state.config.epochs), soft_wrap=True, markup=False)
 
@@ -303,6 +384,7 @@ def fit_summary(result) -> Table:
         ("default model", result.promotion or str(result.model_copy or "-")),
         ("TensorBoard", f"{result.run_dir}  (gunctl tb)"),
         ("wall time", f"{result.seconds:.1f} s"),
+        *([("stopped early", result.stopped_early)] if result.stopped_early else []),
         ("train images/s", f"{images / train_seconds:.2f}" if train_seconds else "-"),
     ]
     for name, value in rows:
@@ -324,7 +406,8 @@ def validation_table(result, score_threshold: float) -> Table:
         ("epoch", str(facts["epoch"]) + (" (interrupted)" if facts.get("interrupted") else "")),
         ("run", facts.get("run") or "-"),
         ("weights origin", facts.get("weights_origin") or "-"),
-        ("data", result.data),
+        ("classes", _escape(", ".join(facts.get("class_names") or ["gun"]))),
+        ("data", _escape(result.data)),
         ("mAP@0.5:0.95", _num(m.get("map"), 4)),
         ("mAP@0.5", _num(m.get("map_50"), 4)),
         ("mAP@0.75", _num(m.get("map_75"), 4)),
@@ -344,30 +427,63 @@ def validation_table(result, score_threshold: float) -> Table:
     return table
 
 
-def runs_table(runs_dir, runs) -> Table:
-    table = Table(title=f"Runs in {runs_dir}", title_justify="left")
-    for name, justify in (
-        ("run", "left"),
-        ("started (UTC)", "left"),
-        ("model", "left"),
-        ("epochs", "right"),
-        ("final train loss", "right"),
-        ("best val mAP@0.5", "right"),
-        ("checkpoint", "left"),
-    ):
-        table.add_column(name, justify=justify)
-    for run in runs:
+def class_table(per_class: dict | None, title: str = "Per class") -> Table | None:
+    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures)."""
+    if not per_class:
+        return None
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    table.add_column("mAP@0.5", justify="right")
+    table.add_column("mAP@0.5:0.95", justify="right")
+    for name, values in per_class.items():
         table.add_row(
-            run.name,
-            run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-",
-            (run.model or "-").removeprefix("fasterrcnn_"),
-            str(run.epochs) if run.epochs is not None else "-",
-            _num(run.final_train_loss),
-            _num(run.best_map50),
-            str(run.checkpoint or "-"),
+            _escape(name),
+            str(values.get("boxes", "-")),
+            _num(values.get("map_50"), 4),
+            _num(values.get("map"), 4),
         )
+    return table
+
+
+_RUN_COLUMNS = ("started (UTC)", "model", "epochs", "train loss", "best mAP@.5", "checkpoint")
+_DROP_FIRST = ("model", "train loss", "started (UTC)", "checkpoint", "epochs")  # when narrow
+
+
+def runs_table(runs_dir, runs) -> Table:
+    """One row per run. The run name is never cut (it is what --resume takes): on a narrow
+    terminal the less important columns are left out instead (--json has them all). The
+    checkpoint is named relative to the run folder (best.pth: the one to validate)."""
+    rows = [
+        {
+            "run": _escape(run.name),
+            "started (UTC)": run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-",
+            "model": (run.model or "-").removeprefix("fasterrcnn_"),
+            "epochs": str(run.epochs) if run.epochs is not None else "-",
+            "train loss": _num(run.final_train_loss),
+            "best mAP@.5": _num(run.best_map50),
+            "checkpoint": run.checkpoint.name if run.checkpoint else "-",
+        }
+        for run in runs
+    ]
+    shown = ["run", *_RUN_COLUMNS]
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in shown}
+    dropped = []
+    for column in _DROP_FIRST:
+        if sum(widths[c] + 3 for c in shown) + 1 <= console.width:
+            break
+        shown.remove(column)
+        dropped.append(column)
+    table = Table(title="Runs", title_justify="left", caption_justify="left")
+    for column in shown:
+        right = column in ("epochs", "train loss", "best mAP@.5")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column == "run")
+    for row in rows:
+        table.add_row(*(row[c] for c in shown))
     if not runs:
         table.caption = "no runs yet: `gunctl train` writes them"
+    elif dropped:
+        table.caption = f"not shown at this width: {', '.join(dropped)} (see --json)"
     return table
 
 

@@ -17,6 +17,13 @@ def split(
         float, typer.Option("--val-fraction", help="Share of images held out for validation.")
     ] = SplitConfig.val_fraction,
     subset: Subset = None,
+    keep_source_split: Annotated[
+        bool,
+        typer.Option(
+            "--keep-source-split",
+            help="Keep the source's own train/ and val/ (valid/) folders (YOLO, Roboflow).",
+        ),
+    ] = False,
     out: Out = Layout().root,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -24,7 +31,13 @@ def split(
     """Make a seeded train/val split of the ingested images (<out>/splits/split.json)."""
     from gunctl.core.split import create_split, part_counts
 
-    config = SplitConfig(seed=seed, val_fraction=val_fraction, subset=subset, layout=Layout(out))
+    config = SplitConfig(
+        seed=seed,
+        val_fraction=val_fraction,
+        subset=subset,
+        layout=Layout(out),
+        keep_source_split=keep_source_split,
+    )
     result = create_split(config)
     counts = part_counts(result.split)
     if result.capped:
@@ -33,4 +46,5 @@ def split(
     if json_out:
         render.print_json({"path": str(result.path), "seed": seed, "subset": subset, **counts})
     elif not quiet:
-        render.console.print(render.split_table(result.path, counts))
+        render.console.print(render.split_table(counts))
+        render.print_path("Wrote", result.path)

@@ -36,10 +36,7 @@ def tb(
     runs_dir = Layout(out).runs
     if list_runs or json_out:
         found = runs.list_runs(runs_dir, sort=sort)
-        if json_out:
-            render.print_json({"runs_dir": str(runs_dir), "runs": [r.as_dict() for r in found]})
-        else:
-            render.console.print(render.runs_table(runs_dir, found))
+        print_runs(runs_dir, found, json_out)
         return
     if not runs_dir.is_dir():
         render.warn(
@@ -62,3 +59,11 @@ def _wait_for_interrupt() -> None:
     while not stop.wait(0.5):
         pass
     render.note("stopped")
+
+
+def print_runs(runs_dir, found, json_out: bool) -> None:
+    if json_out:
+        render.print_json({"runs_dir": str(runs_dir), "runs": [r.as_dict() for r in found]})
+    else:
+        render.console.print(render.runs_table(runs_dir, found))
+        render.print_path("in", runs_dir)

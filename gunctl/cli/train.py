@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers
 from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
@@ -24,7 +24,7 @@ _MODEL_DEFAULTS, _TRAIN_DEFAULTS = ModelConfig(), TrainConfig()
 
 # Options that --resume takes from the command line (the others are ignored, with a warning):
 # the config's RESUMABLE_OPTIONS, plus those that are not part of what was trained.
-_RESUME_OPTIONS = (*RESUMABLE_OPTIONS, "out", "quiet", "nproc")
+_RESUME_OPTIONS = (*RESUMABLE_OPTIONS, "out", "quiet", "nproc", "config_file", "debug")
 
 
 def train(
@@ -38,7 +38,8 @@ def train(
         typer.Option(
             "--batch-size",
             min=1,
-            help="Images per step, per process [default: 8 on CUDA, 2 on CPU].",
+            show_default="8 on CUDA, 2 on the CPU",
+            help="Images per step, per process (the global batch is this x processes).",
         ),
     ] = None,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = _TRAIN_DEFAULTS.lr,
@@ -49,7 +50,10 @@ def train(
         ),
     ] = _TRAIN_DEFAULTS.optimizer,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", min=0.0)
+        float,
+        typer.Option(
+            "--weight-decay", min=0.0, help="L2 penalty on the weights (try 1e-4 with adamw/sgd)."
+        ),
     ] = _TRAIN_DEFAULTS.weight_decay,
     lr_schedule: Annotated[
         str,
@@ -108,11 +112,14 @@ def train(
     seed: Seed = _TRAIN_DEFAULTS.seed,
     run_name: Annotated[
         str | None,
-        typer.Option("--run-name", help="Folder under <out>/runs (default: a timestamp)."),
+        typer.Option("--run-name", show_default="a timestamp", help="Folder under <out>/runs."),
     ] = None,
     out: Out = Layout().root,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="A run name or checkpoint path to continue from.")
+        str | None,
+        typer.Option(
+            "--resume", show_default="none", help="A run name or checkpoint path to continue from."
+        ),
     ] = None,
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
@@ -125,12 +132,32 @@ def train(
             "one there scored higher or on another split.",
         ),
     ] = _TRAIN_DEFAULTS.promote,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            "--patience",
+            min=1,
+            show_default="off",
+            help="Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept).",
+        ),
+    ] = None,
+    save_period: Annotated[
+        int | None,
+        typer.Option(
+            "--save-period",
+            min=1,
+            show_default="off",
+            help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
+        ),
+    ] = None,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
     nproc: Annotated[
         int | None,
         typer.Option(
             "--nproc",
             min=1,
+            show_default="one process, no torchrun",
             help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
             "processes with gloo); --batch-size is per process.",
         ),
@@ -167,11 +194,17 @@ def train(
         run_name=run_name,
         resume=resume,
         promote=promote,
+        patience=patience,
+        save_period=save_period,
     )
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
         render.console.print(render.fit_summary(result))
+        last = result.history[-1]["val"] if result.history else {}
+        per_class = render.class_table(last.get("per_class"), "Per class (last epoch, val)")
+        if per_class is not None:
+            render.console.print(per_class)
 
 
 def _run_torchrun(nproc: int) -> int:

@@ -10,8 +10,10 @@ import typer
 from gunctl.cli import render
 from gunctl.cli.options import (
     BatchSize,
+    ConfigFile,
     Device,
     Json,
+    Out,
     Quiet,
     WeightsAlias,
     Workers,
@@ -27,23 +29,32 @@ def validate(
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
-            help="A gunctl checkpoint (.pth) (default: artifacts/models/fasterrcnn.pth).",
-            show_default=False,
+            help="A gunctl checkpoint (.pth).", show_default="<out>/models/fasterrcnn.pth"
         ),
     ] = None,
     weights: WeightsAlias = None,
     part: Annotated[
-        str,
-        typer.Option("--split", help=f"Part of the split to score: {', '.join(VALIDATE_PARTS)}."),
-    ] = _DEFAULTS.part,
+        str | None,
+        typer.Option(
+            "--split",
+            show_default="the images the run validated on",
+            help=f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Score another data folder or .zip (Kaggle layout) instead."),
+        typer.Option(
+            "--data",
+            show_default="none",
+            help="Score another data folder or .zip instead (any layout ingest reads; its "
+            "classes are matched to the checkpoint's by name).",
+        ),
     ] = None,
+    out: Out = Layout().root,
     artifacts: Annotated[
-        Path,
-        typer.Option("--artifacts", help="Output root holding raw/ and splits/ (train's --out)."),
-    ] = Layout().root,
+        Path | None,
+        typer.Option("--artifacts", hidden=True, help="Deprecated: the output root, now --out."),
+    ] = None,
     score_threshold: Annotated[
         float,
         typer.Option(
@@ -55,25 +66,41 @@ def validate(
     ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
-        typer.Option("--min-map50", min=0.0, max=1.0, help="Exit 1 when mAP@0.5 is below this."),
+        typer.Option(
+            "--min-map50",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5 is below this.",
+        ),
     ] = None,
     min_map: Annotated[
         float | None,
-        typer.Option("--min-map", min=0.0, max=1.0, help="Exit 1 when mAP@0.5:0.95 is below this."),
+        typer.Option(
+            "--min-map",
+            min=0.0,
+            max=1.0,
+            show_default="no bar",
+            help="Exit 1 when mAP@0.5:0.95 is below this.",
+        ),
     ] = None,
     json_out: Json = False,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the JSON report to this file.")
+    report_file: Annotated[
+        Path | None,
+        typer.Option("--report", show_default="none", help="Also write the JSON report to FILE."),
     ] = None,
     save_predictions: Annotated[
         Path | None,
         typer.Option(
-            "--save-predictions", help="Write images with boxes drawn and COCO-style JSON here."
+            "--save-predictions",
+            show_default="none",
+            help="Write images with boxes drawn and COCO-style JSON to this folder.",
         ),
     ] = None,
     device: Device = _DEFAULTS.device,
     batch_size: BatchSize = _DEFAULTS.batch_size,
     workers: Workers = _DEFAULTS.workers,
+    config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Score a checkpoint: mAP, precision/recall/F1 and losses; exit 1 below --min-map50.
@@ -84,9 +111,12 @@ def validate(
     from gunctl.core.validate import validate_checkpoint
 
     checkpoint = one_checkpoint(checkpoint, weights)
+    if artifacts is not None:
+        render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
+        out = artifacts
     config = ValidateConfig(
-        checkpoint=checkpoint,
-        layout=Layout(artifacts),
+        checkpoint=checkpoint or Layout(out).best_model,
+        layout=Layout(out),
         part=part,
         data=data,
         score_threshold=score_threshold,
@@ -98,19 +128,22 @@ def validate(
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
         result = validate_checkpoint(config, on_batch=counter)
-    render.note(f"model: {checkpoint}")
+    render.note(f"model: {config.checkpoint}")
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
-    if out is not None:
+    if report_file is not None:
         import json
 
         from gunctl.core.fileio import write_bytes_atomic
 
-        write_bytes_atomic(out, (json.dumps(report, indent=2) + "\n").encode())
+        write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
     if json_out:
         render.print_json(report)
     elif not quiet:
         render.console.print(render.validation_table(result, score_threshold))
+        per_class = render.class_table(result.metrics.get("per_class"))
+        if per_class is not None:
+            render.console.print(per_class)
     if failures:
         raise ThresholdError("; ".join(failures))
 

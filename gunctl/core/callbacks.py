@@ -60,9 +60,11 @@ class CallbackList:
 
 
 class CheckpointSaver(Callback):
-    """``last.pth`` every epoch (and on a resumable stop), ``best.pth`` when the selection
-    metric improves. Best and the model copy are hard links to that epoch's ``last.pth`` (a
-    copy across file systems): one write per epoch, however large the model.
+    """``last.pth`` (the full, resumable state) every epoch and on a resumable stop;
+    ``best.pth`` (weights only: model, config, class names, metrics) when the selection metric
+    improves, and the model copy as a hard link to it (a copy across file systems);
+    ``epoch_<E>.pth`` (a hard link to that epoch's ``last.pth``) every ``--save-period`` epochs.
+    The run's resolved options go to ``config.yaml`` at the start.
 
     The model copy (``models/fasterrcnn.pth``, what predict, validate and export use by
     default) is replaced only when there is none, when it came from this same run, when this
@@ -74,18 +76,32 @@ class CheckpointSaver(Callback):
         self.existing: dict | None = None  # the model copy's facts when the run started
 
     def on_fit_start(self, state) -> None:
+        import yaml
+
+        from gunctl.config import train_options
+        from gunctl.core.fileio import write_bytes_atomic
+
+        header = "# gunctl train --config this-file repeats the run (add --run-name NEW)\n"
+        text = yaml.safe_dump(train_options(state.config), sort_keys=False)
+        path = state.config.layout.run_config(state.run_name)
+        write_bytes_atomic(path, (header + text).encode())
         self.existing = _model_copy_facts(state.config.layout.best_model)
 
     def on_epoch_end(self, state, record, result) -> None:
-        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint
+        from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint, weights_payload
 
         save_checkpoint(state.last_path, checkpoint_payload(state))
         if state.best_epoch == state.epoch:
-            _place(state.last_path, state.best_path)
+            save_checkpoint(state.best_path, weights_payload(state), kind="weights")
             promote, state.promotion = _promotion(state, self.existing)
             state.promoted = state.promoted or promote
             if promote:
-                _place(state.last_path, state.config.layout.best_model)
+                _place(state.best_path, state.config.layout.best_model)
+        period = state.config.save_period
+        if period and state.epoch % period == 0:
+            _place(
+                state.last_path, state.config.layout.epoch_checkpoint(state.run_name, state.epoch)
+            )
 
     def on_exception(self, state, exc, resumable) -> None:
         if resumable:
@@ -167,6 +183,10 @@ class TensorBoardLogger(Callback):
         for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall", "f1"):
             if record["val"].get(key) is not None:
                 self.writer.add_scalar(f"val/{key}", record["val"][key], epoch)
+        for name, values in (record["val"].get("per_class") or {}).items():
+            for key in ("map", "map_50"):
+                if values.get(key) is not None:
+                    self.writer.add_scalar(f"val_per_class/{key}/{name}", values[key], epoch)
         self.writer.add_scalar("train/lr", record["lr"], epoch)
         self.writer.add_scalar("perf/images_per_s", record["train"]["images_per_s"], epoch)
         self.writer.add_scalar("perf/epoch_seconds", record["seconds"], epoch)
@@ -182,7 +202,11 @@ class TensorBoardLogger(Callback):
             pred, truth = result.predictions[index], result.targets[index]
             keep = pred["scores"] >= threshold
             boxes = [truth["boxes"], pred["boxes"][keep]]
-            labels = ["true"] * len(truth["boxes"]) + [f"gun {s:.2f}" for s in pred["scores"][keep]]
+            names = ["background", *state.class_names]
+            labels = [f"true {names[int(k)]}" for k in truth["labels"]] + [
+                f"{names[int(k)]} {s:.2f}"
+                for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)
+            ]
             self.writer.add_image_with_boxes(
                 f"val/image_{index}", image, torch.cat(boxes), epoch, labels=labels
             )

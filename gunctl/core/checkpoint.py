@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from gunctl.config import CLASS_NAMES
 from gunctl.core.fileio import write_with
 from gunctl.errors import CheckpointError, first_line
 
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
 FORMAT = "gunctl-checkpoint"
 SCHEMA = 1
 REQUIRED = ("model", "config", "epoch", "class_names")
+KINDS = ("full", "weights")  # full: resumable (optimizer, scheduler, RNG); weights: model only
 
 
 class Checkpoint(TypedDict, total=False):
@@ -35,6 +35,7 @@ class Checkpoint(TypedDict, total=False):
 
     format: str  # FORMAT
     schema: int  # SCHEMA
+    kind: str  # KINDS: "full" (resumable) or "weights" (no optimizer, scheduler, scaler, RNG)
     created: str  # ISO time, UTC
     versions: dict[str, str]  # gunctl, torch, torchvision, python
     model: dict[str, Any]  # the state dict of the unwrapped model
@@ -59,6 +60,7 @@ class Checkpoint(TypedDict, total=False):
     manifest_checksum: str
     world_size: int
     rng: dict[str, Any]  # torch (and cuda) RNG states
+    val_images: list[str]  # the images the run validated on (what `validate` scores)
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,25 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         metrics=state.history[-1] if state.history else None,
         history=state.history,
         config=state.config_dict(),
-        class_names=list(CLASS_NAMES),
+        class_names=["background", *state.class_names],
         run_name=state.run_name,
         weights_origin=state.weights_origin,
         split_checksum=state.split_checksum,
         manifest_checksum=state.manifest_checksum,
         world_size=state.world_size,
+        val_images=[item["image"] for item in state.val_dataset.items],
         rng=_rng_state(),
     )
+
+
+FULL_ONLY = ("optimizer", "scheduler", "scaler", "rng", "partial_epoch")
+
+
+def weights_payload(state: TrainState) -> Checkpoint:
+    """A weights-only checkpoint (kind "weights"): what scoring, fine-tuning and export need,
+    a third of the size of a full one with Adam."""
+    full = checkpoint_payload(state)
+    return Checkpoint(**{k: v for k, v in full.items() if k not in FULL_ONLY})
 
 
 def read_facts(checkpoint: Checkpoint, path: Path | None = None) -> CheckpointFacts:
@@ -183,13 +196,14 @@ def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> N
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(path: Path, payload: Checkpoint) -> None:
-    """Write ``payload`` plus format, schema and versions to ``path`` atomically."""
+def save_checkpoint(path: Path, payload: Checkpoint, kind: str = "full") -> None:
+    """Write ``payload`` plus format, schema, kind and versions to ``path`` atomically."""
     from gunctl import __version__
 
     full = {
         "format": FORMAT,
         "schema": SCHEMA,
+        "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "gunctl": __version__,
@@ -212,6 +226,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    _sniff(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -226,14 +241,24 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
     return _check(path, data)
 
 
-def require_resumable(path: Path, checkpoint: Checkpoint) -> None:
-    """A slim checkpoint (``gunctl export --format pth``) holds no optimizer state."""
-    if checkpoint.get("slim") or "optimizer" not in checkpoint:
-        raise CheckpointError(
-            f"{path}: a slim checkpoint (gunctl export --format pth) has no optimizer state and "
-            "cannot be resumed; resume from the run's last.pth, or fine-tune from it with "
-            "--weights"
-        )
+def _sniff(path: Path) -> None:
+    """torch.save writes a zip (or, in old versions, a pickle): anything else is named for
+    what it is before torch.load could call it corrupt or unsafe."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if not head:
+        raise CheckpointError(f"{path}: not a checkpoint: the file is empty (corrupt?)")
+    try:
+        head.decode("utf-8")
+        kind = "a text file" if b"\x00" not in head else "unknown binary content"
+    except UnicodeDecodeError:
+        kind = "unknown binary content"
+    raise CheckpointError(f"{path}: not a checkpoint ({kind}; gunctl writes .pth files)")
 
 
 def _check(path: Path, data: Any) -> Checkpoint:
@@ -250,7 +275,18 @@ def _check(path: Path, data: Any) -> Checkpoint:
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
+    if data.get("kind", "full") not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {data.get('kind')!r}")
     return data
+
+
+def require_full(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Resuming needs the optimizer state that only a full checkpoint (last.pth) holds."""
+    if checkpoint.get("kind", "full") != "full":
+        raise CheckpointError(
+            f"{path}: a weights-only checkpoint cannot resume training; resume from the run's "
+            "last.pth (or its name), or fine-tune with --weights PATH"
+        )
 
 
 def _torchvision_version() -> str:

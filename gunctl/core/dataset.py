@@ -17,7 +17,7 @@ import torch
 
 from gunctl.core import tree
 from gunctl.core.images import ImageProblem, decode_rgb
-from gunctl.core.labels import read_boxes
+from gunctl.core.labels import read_targets
 from gunctl.core.transforms import EvalTransform
 from gunctl.errors import DataError
 
@@ -32,15 +32,15 @@ class GunDataset(torch.utils.data.Dataset):
         self.items = list(items)
         self.transform = transform or EvalTransform()
         self.seed = seed
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, boxes = self._load(index)
-        target = make_target(boxes, index)
+        image, boxes, classes = self._load(index)
+        target = make_target(boxes, index, classes)
         generator = torch.Generator().manual_seed(_mix(self.seed, epoch, index))
         return self.transform(image, target, generator)
 
@@ -59,11 +59,11 @@ class GunDataset(torch.utils.data.Dataset):
             if "width" in item and "height" in item:
                 ratios.append(item["width"] / item["height"])
             else:
-                image, _ = self._load(index)
+                image = self._load(index)[0]
                 ratios.append(image.shape[-1] / image.shape[-2])
         return ratios
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if index in self._cache:
             return self._cache[index]
         item = self.items[index]
@@ -77,15 +77,22 @@ class GunDataset(torch.utils.data.Dataset):
         except OSError as exc:
             raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
         pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-        boxes = read_boxes(label_bytes, meta.width, meta.height, str(label_path))
-        return pixels, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes, classes = read_targets(label_bytes, meta.width, meta.height, str(label_path))
+        return (
+            pixels,
+            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.tensor(classes, dtype=torch.int64) + 1,  # 0 is the background
+        )
 
 
-def make_target(boxes: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+def make_target(
+    boxes: torch.Tensor, index: int, labels: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     count = boxes.shape[0]
     return {
         "boxes": boxes,
-        "labels": torch.ones(count, dtype=torch.int64),  # 1 = gun; 0 is the background
+        # class k of the manifest's class_names is label k + 1; 0 is the background
+        "labels": labels if labels is not None else torch.ones(count, dtype=torch.int64),
         "image_id": torch.tensor(index, dtype=torch.int64),
         "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
         "iscrowd": torch.zeros(count, dtype=torch.int64),

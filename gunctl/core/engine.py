@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -118,8 +118,7 @@ def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch
     with _autocast(setup.device, setup.amp_dtype):
         loss_dict = model(images, targets)
     total = sum(loss_dict.values())
-    values = {k: float(v.detach()) for k, v in loss_dict.items()}
-    values["loss"] = float(total.detach())
+    values = host_losses(loss_dict, total)
     if not all(math.isfinite(v) for v in values.values()):
         bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
         raise DivergedError(f"loss became non-finite at epoch {epoch + 1}, batch {batch} ({bad})")
@@ -137,6 +136,14 @@ def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch
     if setup.scheduler is not None:
         setup.scheduler.step()
     return values
+
+
+def host_losses(loss_dict: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
+    """The step's losses as Python floats with one device-to-host copy (one CUDA sync per step
+    instead of one per loss). Each value is the same float32 number ``float(v)`` gives."""
+    keys = [*loss_dict, "loss"]
+    stacked = torch.stack([v.detach().float() for v in loss_dict.values()] + [total.detach()])
+    return dict(zip(keys, stacked.float().tolist(), strict=True))
 
 
 def _clip(model: nn.Module, max_norm: float | None) -> None:
@@ -161,6 +168,7 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     compute_losses: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    class_names: Sequence[str] = ("gun",),
 ) -> EvalResult:
     """Validation losses (train-mode forward, no grad, BatchNorm frozen) and detections.
 
@@ -180,11 +188,20 @@ def evaluate(
             amp_dtype,
             compute_losses,
             on_batch,
+            class_names,
         )
 
 
 def _evaluate(
-    model, batches, device, score_threshold, iou_threshold, amp_dtype, compute_losses, on_batch
+    model,
+    batches,
+    device,
+    score_threshold,
+    iou_threshold,
+    amp_dtype,
+    compute_losses,
+    on_batch,
+    class_names,
 ) -> EvalResult:
     meter = LossMeter()
     predictions, targets_cpu = [], []
@@ -195,7 +212,8 @@ def _evaluate(
         if compute_losses:
             with _loss_mode(model), torch.no_grad(), _autocast(device, amp_dtype):
                 loss_dict = model(images, targets)
-            losses = {k: float(v) for k, v in loss_dict.items()}
+            stacked = torch.stack([v.float() for v in loss_dict.values()]).tolist()  # one sync
+            losses = dict(zip(loss_dict, stacked, strict=True))
             losses["loss"] = sum(losses.values())
             meter.add(losses, len(images), 0.0)
         model.eval()
@@ -212,7 +230,7 @@ def _evaluate(
         if on_batch:
             on_batch(len(images))
     tick = time.perf_counter()
-    metrics: dict[str, float | None] = dict(mean_average_precision(predictions, targets_cpu))
+    metrics: dict = dict(mean_average_precision(predictions, targets_cpu, class_names))
     map_seconds = time.perf_counter() - tick
     metrics.update(detection_counts(predictions, targets_cpu, score_threshold, iou_threshold))
     metrics.update(best_f1_threshold(predictions, targets_cpu, iou_threshold))
@@ -229,8 +247,9 @@ def _evaluate(
     return EvalResult(metrics, predictions, targets_cpu)
 
 
-def mean_average_precision(predictions, targets) -> dict[str, float | None]:
-    """COCO mAP@0.5:0.95, @0.5, @0.75 and mAR@100 (torchmetrics, faster_coco_eval backend).
+def mean_average_precision(predictions, targets, class_names: Sequence[str] = ("gun",)) -> dict:
+    """COCO mAP@0.5:0.95, @0.5, @0.75 and mAR@100 (torchmetrics, faster_coco_eval backend),
+    and ``per_class``: {name: {"map", "map_50", "boxes"}} for label k + 1 = class_names[k].
 
     None where the score is undefined (no true boxes in the images).
     """
@@ -239,7 +258,12 @@ def mean_average_precision(predictions, targets) -> dict[str, float | None]:
     # sync_on_compute=False: under torchrun only rank 0 evaluates, so there is nothing to gather
     # (and a gather that the other ranks never join would hang).
     metric = MeanAveragePrecision(
-        box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False
+        box_format="xyxy",
+        iou_type="bbox",
+        backend="faster_coco_eval",
+        sync_on_compute=False,
+        class_metrics=True,
+        extended_summary=True,  # the precision table gives AP@0.5 per class
     )
     metric.update(
         [{k: p[k] for k in ("boxes", "scores", "labels")} for p in predictions],
@@ -250,6 +274,29 @@ def mean_average_precision(predictions, targets) -> dict[str, float | None]:
     for key in ("map", "map_50", "map_75", "mar_100"):
         value = float(result[key])
         out[key] = value if value >= 0 else None  # -1 means "no true boxes"
+    out["per_class"] = _per_class(result, targets, class_names)
+    return out
+
+
+def _per_class(result, targets, class_names: Sequence[str]) -> dict[str, dict]:
+    """AP@0.5:0.95 from torchmetrics' map_per_class; AP@0.5 as COCO computes it, the mean of
+    the 101-point precision at IoU 0.5 (all areas, 100 detections)."""
+    labels = [int(k) for k in result["classes"].reshape(-1).tolist()]
+    per_class_map = result["map_per_class"].reshape(-1).tolist()
+    precision = result["precision"]  # (iou, recall, class, area, max detections)
+    counts = torch.zeros(len(class_names) + 1, dtype=torch.int64)
+    for target in targets:
+        counts += torch.bincount(target["labels"], minlength=len(counts))[: len(counts)]
+    out = {}
+    for k, name in enumerate(class_names, start=1):
+        entry: dict = {"map": None, "map_50": None, "boxes": int(counts[k])}
+        if k in labels and counts[k] > 0:
+            column = labels.index(k)
+            at_50 = precision[0, :, column, 0, -1]
+            at_50 = at_50[at_50 > -1]
+            entry["map"] = per_class_map[column] if per_class_map[column] >= 0 else None
+            entry["map_50"] = float(at_50.mean()) if len(at_50) else None
+        out[name] = entry
     return out
 
 

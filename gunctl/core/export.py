@@ -3,8 +3,8 @@
 - ``torchscript``: ``torch.jit.script`` of ``ExportedDetector`` (load with ``torch.jit.load``);
 - ``onnx``: ``torch.onnx.export`` (TorchScript-based exporter, opset 17, dynamic height and
   width), checked in onnxruntime against the eager model before it is kept;
-- ``pth``: a slim gunctl checkpoint (weights, config, class names, metrics; no optimizer
-  state) that ``predict`` and ``validate`` read and ``train --resume`` refuses.
+- ``pth``: a slim, weights-only gunctl checkpoint (weights, config, class names, metrics; no
+  optimizer state) that ``predict`` and ``validate`` read and ``train --resume`` refuses.
 
 The exported model takes one RGB image tensor (3 x H x W, any size; uint8 0-255, or float
 0-1 for TorchScript) and returns ``boxes`` (N x 4, x1 y1 x2 y2 in the image's pixels),
@@ -96,14 +96,8 @@ def export(config: ExportConfig) -> ExportResult:
     log.info("score threshold %.4f (%s)", threshold, origin)
     diffs: tuple[float | None, float | None] = (None, None)
     if config.format == "pth":
-        save_checkpoint(
-            out,
-            {k: checkpoint[k] for k in _SLIM_KEYS if k in checkpoint}
-            | {
-                "slim": True,
-                "exported_from": str(source),
-            },
-        )
+        slim = {k: checkpoint[k] for k in _SLIM_KEYS if k in checkpoint}
+        save_checkpoint(out, {**slim, "exported_from": str(source)}, kind="weights")
     else:
         model = model_from_checkpoint(checkpoint, source)
         configure_heads(model, threshold, None)

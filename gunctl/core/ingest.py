@@ -1,6 +1,8 @@
 """Bring the data set into ``<out>/raw`` from Kaggle, a folder, a zip or the demo generator.
 
-Every source goes through the same checks (``labels``, ``images``); the checked tree is
+Every source layout (Kaggle, YOLO, COCO, Pascal VOC) is read by its reader in
+``gunctl.core.formats`` into common records; every record goes through the same checks
+(``labels``, ``images``), whatever its format. The checked tree is
 staged in a temporary folder beside ``raw/`` and renamed into place, so ``raw/`` is
 never half-written and an existing one survives a failed ingest.
 """
@@ -21,23 +23,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
-from gunctl.core import tree
+from gunctl.core import formats, tree
 from gunctl.core.archive import MAX_MEMBER_BYTES, member_problem
 from gunctl.core.fileio import read_document
+from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
-from gunctl.core.labels import Problem, check_boxes, format_label, parse_label
+from gunctl.core.labels import Problem, check_boxes, format_label
 from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
 MANIFEST_FORMAT = "gunctl-raw"
 MANIFEST_SCHEMA = 1
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    name: str  # "Images/1.jpeg" or "Labels/1.txt", relative to the layout's root
-    read: Callable[[], bytes]
 
 
 @dataclass
@@ -53,6 +50,14 @@ class IngestReport:
     largest: tuple[int, int] | None = None
     problems: list[Problem] = field(default_factory=list)
     entries: list[dict] = field(default_factory=list, repr=False)  # the manifest's file list
+    source_format: str = "kaggle"
+    class_names: list[str] = field(default_factory=lambda: ["gun"])
+    boxes_per_class: dict[str, int] = field(default_factory=dict)
+    # Counted, not problems: left out by the user's --classes, COCO iscrowd boxes (left out),
+    # Pascal VOC difficult objects (kept).
+    classes_left_out: Counter = field(default_factory=Counter)
+    crowd_left_out: int = 0
+    difficult: int = 0
 
     def problem_counts(self) -> dict[str, int]:
         return dict(Counter(p.kind for p in self.problems))
@@ -63,13 +68,24 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
     layout = config.layout
     if layout.raw.exists() and not config.force:
         raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
+    created = not layout.root.exists()
     _make_dirs(layout.root)
+    try:
+        return _ingest(config, layout, progress)
+    except BaseException:
+        if created:  # a failed ingest leaves no empty --out behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _ingest(config: IngestConfig, layout: Layout, progress) -> IngestReport:
     _remove_abandoned(layout.root)
     with tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root) as scratch:
-        label, version, files, problems = _open_source(config, Path(scratch))
+        label, version, files, problems, format_name = _open_source(config, Path(scratch))
+        source = formats.read(format_name, {f.name: f for f in files}, label)
         stage = Path(tempfile.mkdtemp(prefix=f".raw-staging-{os.getpid()}-", dir=layout.root))
         try:
-            report = _build_tree(config, files, stage, progress)
+            report = _build_tree(config, source, stage, progress)
             report.source, report.version = label, version
             report.problems[:0] = problems
             if config.strict and report.problems:
@@ -98,25 +114,36 @@ def read_manifest(layout: Layout) -> dict:
 
 
 def _open_source(config: IngestConfig, scratch: Path):
-    """(label for reports, version, files, problems found while listing)."""
+    """(label for reports, version, files, problems found while listing, format)."""
+    if config.source in ("demo", "kaggle") and config.format not in ("auto", "kaggle"):
+        raise UsageError(f"--format {config.format} applies to a local folder or .zip only")
     if config.source == "demo":
         from gunctl.core import demo
 
         demo.generate(scratch / "demo", count=config.count, seed=config.seed)
         files, problems = _folder_files(scratch / "demo")
-        return f"demo (seed {config.seed}, {config.count} images)", None, files, problems
+        label = f"demo (seed {config.seed}, {config.count} images)"
+        return label, None, files, problems, "kaggle"
     if config.source == "kaggle":
         path, version = _kaggle_download(config.handle, config.version)
         files, problems = _folder_files(_require_root(path))
-        return f"kaggle:{config.handle}", version, files, problems
+        return f"kaggle:{config.handle}", version, files, problems, "kaggle"
     if config.version is not None:
         raise UsageError("--version applies to --source kaggle only")
+    if config.format != "auto" and config.format not in formats.FORMATS:
+        raise UsageError(f"--format {config.format}: choose auto, {', '.join(formats.FORMATS)}")
     path = Path(config.source).expanduser()
-    if path.is_dir():
-        files, problems = _folder_files(_require_root(path))
-        return str(path), None, files, problems
-    if path.is_file() and zipfile.is_zipfile(path):
-        return str(path), None, _zip_files(path), []
+    if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
+        listing, problems = _list_folder(path) if path.is_dir() else _list_zip(path)
+        chosen = config.format
+        if chosen == "auto":
+            chosen = formats.detect({f.name: f for f in listing}) or "kaggle"
+        if chosen != "kaggle":
+            return str(path), None, listing, problems, chosen
+        if path.is_dir():
+            files, problems = _folder_files(_require_root(path))
+            return str(path), None, files, problems, "kaggle"
+        return str(path), None, _zip_files(path), [], "kaggle"
     if path.exists():
         raise SourceError(f"{path}: not a folder or a .zip archive")
     raise SourceError(
@@ -131,7 +158,7 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
     try:
         path = Path(kagglehub.dataset_download(full))
     except Exception as exc:  # kagglehub raises requests, HTTP and its own errors
-        reason = first_line(exc, 160)
+        reason = first_line(exc, 120)  # cut at a word boundary
         raise SourceError(
             f"Kaggle download of {full} failed ({type(exc).__name__}: {reason}); "
             "offline, `--source PATH` ingests a local folder or .zip"
@@ -143,7 +170,10 @@ def _kaggle_download(handle: str, version: int | None) -> tuple[Path, int | None
 def _require_root(path: Path) -> Path:
     root = tree.find_root(path)
     if root is None:
-        raise DataError(f"{path}: no Images/ and Labels/ folders (the Kaggle layout)")
+        raise DataError(
+            f"{path}: no Images/ and Labels/ folders (the Kaggle layout), and no YOLO, COCO "
+            "or Pascal VOC layout either (--format names one)"
+        )
     return root
 
 
@@ -159,6 +189,52 @@ def _folder_files(root: Path) -> tuple[list[SourceFile], list[Problem]]:
             elif entry.is_file():
                 files.append(SourceFile(name, _reader(entry)))
     return files, problems
+
+
+def _list_folder(path: Path) -> tuple[list[SourceFile], list[Problem]]:
+    """Every file under ``path`` (or under its only sub-folder), named relative to it.
+
+    Symbolic links that lead outside are left out and reported; hidden folders are skipped.
+    """
+    root = path
+    entries = [p for p in root.iterdir() if not tree.is_hidden(p.name)]
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        root = entries[0]
+    resolved_root = root.resolve()
+    files: list[SourceFile] = []
+    problems: list[Problem] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not tree.is_hidden(d))
+        for name in sorted(names):
+            entry = Path(folder) / name
+            relative = entry.relative_to(root).as_posix()
+            if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+                problems.append(
+                    Problem(relative, "unsafe_path", f"symlink to {os.readlink(entry)}")
+                )
+            elif entry.is_file():
+                files.append(SourceFile(relative, _reader(entry)))
+    return files, problems
+
+
+def _list_zip(path: Path) -> tuple[list[SourceFile], list[Problem]]:
+    """Every file member of the zip, named relative to its one top folder when it has one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{path}: unreadable zip ({exc})") from None
+    for member in members:
+        _refuse_hostile(path, member)
+    names = [m.filename for m in members if not m.is_dir()]
+    tops = {name.split("/", 1)[0] for name in names}
+    prefix = f"{tops.pop()}/" if len(tops) == 1 and all("/" in n for n in names) else ""
+    files = [
+        SourceFile(name[len(prefix) :], _zip_reader(path, name))
+        for name in names
+        if not name.endswith("/")
+    ]
+    return files, []
 
 
 def _reader(path: Path) -> Callable[[], bytes]:
@@ -227,53 +303,50 @@ def _read_bounded(handle, name: str) -> bytes:
 # --- checking and staging ------------------------------------------------------------------
 
 
-def _build_tree(config, files: list[SourceFile], stage: Path, progress) -> IngestReport:
-    report = IngestReport(source="", version=None, raw_dir=stage)
-    images, labels = _index_files(files, report.problems)
-    stems = sorted(set(images) | set(labels), key=tree.natural_key)
+def _build_tree(config, source: Source, stage: Path, progress) -> IngestReport:
+    report = IngestReport(source="", version=None, raw_dir=stage, source_format=source.format)
+    names, index = _resolve_classes(config, source.class_names)
+    report.class_names = names
+    report.boxes_per_class = dict.fromkeys(names, 0)
     (stage / tree.IMAGES).mkdir()
     (stage / tree.LABELS).mkdir()
     entries = []
-    for done, stem in enumerate(stems, start=1):
-        entry = _ingest_pair(stem, images.get(stem), labels.get(stem), stage, config, report)
-        if entry is not None:
-            entries.append(entry)
+    total = len(source.items)
+    for done, item in enumerate(source.items, start=1):
+        if isinstance(item, Record):
+            entry = _ingest_record(item, stage, config, report, index)
+            if entry is not None:
+                entries.append(entry)
+        else:
+            report.problems.append(item)
         if progress:
-            progress(done, len(stems))
+            progress(done, total)
     report.entries = entries
     return report
 
 
-def _index_files(files: list[SourceFile], problems: list[Problem]):
-    images: dict[str, SourceFile] = {}
-    labels: dict[str, SourceFile] = {}
-    for file in sorted(files, key=lambda f: f.name):
-        if tree.is_hidden(file.name):
-            continue
-        is_image_folder = file.name.startswith(tree.IMAGES + "/")
-        if is_image_folder and not tree.is_image_name(file.name):
-            problems.append(Problem(file.name, "not_an_image"))
-            continue
-        if not is_image_folder and not tree.is_label_name(file.name):
-            continue  # README files and the like beside the labels
-        target = images if is_image_folder else labels
-        stem = tree.stem_of(file.name)
-        if stem in target:
-            problems.append(
-                Problem(file.name, "duplicate_stem", f"same stem as {target[stem].name}")
+def _resolve_classes(config, source_names: list[str]) -> tuple[list[str], dict[str, int]]:
+    """The output class names, and each kept source class's index among them.
+
+    ``--classes`` keeps and orders a subset; ``--merge-classes NAME`` maps the (kept) classes
+    to one; a one-class source keeps its one class, as ingest always did.
+    """
+    kept = list(source_names)
+    if config.classes:
+        unknown = [c for c in config.classes if c not in source_names]
+        if unknown:
+            raise UsageError(
+                f"--classes: {', '.join(unknown)} not in the source's classes "
+                f"({', '.join(source_names)})"
             )
-            continue
-        target[stem] = file
-    return images, labels
+        kept = list(dict.fromkeys(config.classes))
+    if config.merge_classes:
+        return [config.merge_classes], dict.fromkeys(kept, 0)
+    return kept, {name: i for i, name in enumerate(kept)}
 
 
-def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage, config, report):
-    if label is None:
-        report.problems.append(Problem(image.name, "image_without_label"))
-        return None
-    if image is None:
-        report.problems.append(Problem(label.name, "label_without_image"))
-        return None
+def _ingest_record(record: Record, stage: Path, config, report: IngestReport, index) -> dict | None:
+    image = record.image
     data = image.read()
     try:
         _, meta = decode_rgb(data, config.max_pixels)
@@ -283,27 +356,47 @@ def _ingest_pair(stem, image: SourceFile | None, label: SourceFile | None, stage
     extension = Path(image.name).suffix
     if not format_matches(extension, meta.format):
         report.problems.append(Problem(image.name, "format_mismatch", f"{meta.format} content"))
-    parsed = parse_label(label.read(), label.name)
-    report.problems.extend(parsed.problems)
-    if not parsed.usable:
+    labels = record.labels(meta.width, meta.height)
+    report.problems.extend(labels.problems)
+    if not labels.usable:
         return None
-    boxes, box_problems = check_boxes(parsed.boxes, meta.width, meta.height, label.name)
-    report.problems.extend(box_problems)
+    boxes, classes = [], []
+    for annotation in labels.annotations:
+        if annotation.class_name not in index:
+            report.classes_left_out[annotation.class_name] += 1
+            continue
+        kept, box_problems = check_boxes(
+            [(annotation.box, annotation.place)], meta.width, meta.height, labels.file
+        )
+        report.problems.extend(box_problems)
+        if kept:
+            boxes += kept
+            classes.append(index[annotation.class_name])
+            report.difficult += annotation.difficult
+    report.crowd_left_out += labels.crowd
+    multi = len(report.class_names) > 1
     image_name = Path(image.name).name
-    label_bytes = format_label(boxes).encode()
+    label_bytes = format_label(boxes, classes if multi else None).encode()
     (stage / tree.IMAGES / image_name).write_bytes(data)
-    (stage / tree.LABELS / f"{stem}.txt").write_bytes(label_bytes)
+    (stage / tree.LABELS / f"{record.stem}.txt").write_bytes(label_bytes)
     _count(report, meta, len(boxes))
-    return {
-        "stem": stem,
+    for k in classes:
+        report.boxes_per_class[report.class_names[k]] += 1
+    entry = {
+        "stem": record.stem,
         "image": image_name,
-        "label": f"{stem}.txt",
+        "label": f"{record.stem}.txt",
         "width": meta.width,
         "height": meta.height,
         "boxes": len(boxes),
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
     }
+    if multi:  # boxes per class, for the stratified split (one-class entries stay as they were)
+        entry["classes"] = [classes.count(k) for k in range(len(report.class_names))]
+    if record.split is not None:
+        entry["source_split"] = record.split
+    return entry
 
 
 def _count(report: IngestReport, meta, boxes: int) -> None:
@@ -336,11 +429,17 @@ def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> 
         "source": report.source,
         "version": report.version,
         "strict": config.strict,
+        "source_format": report.source_format,
+        "class_names": report.class_names,  # label k in raw/ lines (5th column) is class_names[k]
         "counts": {
             "images": report.images,
             "boxes": report.boxes,
             "empty_images": report.empty_images,
             "problems": report.problem_counts(),
+            "boxes_per_class": report.boxes_per_class,
+            "classes_left_out": dict(report.classes_left_out),
+            "crowd_left_out": report.crowd_left_out,
+            "difficult": report.difficult,
         },
         "checksum": data_checksum(entries),
         "files": entries,

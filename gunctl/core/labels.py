@@ -36,6 +36,13 @@ PROBLEM_KINDS: dict[str, str] = {
     "box_clipped": "box crosses the image border: clipped",
     "box_outside": "box lies wholly outside the image: dropped",
     "zero_area_box": "box has zero area: dropped",
+    # YOLO, COCO and Pascal VOC sources (gunctl.core.formats)
+    "missing_image": "annotation names an image file that is not in the source: left out",
+    "unknown_image": "annotation refers to an image id that is not listed: dropped",
+    "unknown_class": "class id or category is not among the names: box dropped",
+    "not_normalised": "YOLO value outside 0..1 (pixels instead of fractions?): box dropped",
+    "malformed_box": "box is missing, not numeric, or has a negative width or height: dropped",
+    "malformed_xml": "annotation file is not well-formed XML: image left out",
 }
 
 
@@ -46,7 +53,7 @@ class Problem:
     file: str  # e.g. "Labels/12.txt"
     kind: str  # a key of PROBLEM_KINDS
     detail: str = ""
-    line: int | None = None
+    line: int | str | None = None  # a line number, or a JSON path / XML element
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
@@ -61,8 +68,12 @@ class ParsedLabel:
     usable: bool  # False for empty or undecodable files
 
 
-def parse_label(data: bytes, name: str) -> ParsedLabel:
-    """Parse a label file's bytes; never raises on bad content."""
+def parse_label(data: bytes, name: str, with_class: bool = False) -> ParsedLabel:
+    """Parse a label file's bytes; never raises on bad content.
+
+    ``with_class``: raw/ labels of a multi-class data set, whose box lines carry a fifth
+    column, the class index (0-based, into the manifest's ``class_names``); see ``read_targets``.
+    """
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -78,7 +89,7 @@ def parse_label(data: bytes, name: str) -> ParsedLabel:
         problems.append(Problem(name, "malformed_line", f"count {count_text[:40]!r}", count_line))
     boxes: list[tuple[Box, int]] = []
     for number, line in box_lines:
-        box = _parse_box(line)
+        box = _parse_box(line, with_class)
         if box is None:
             problems.append(Problem(name, "malformed_line", f"{line[:40]!r}", number))
         else:
@@ -115,16 +126,33 @@ def check_boxes(
     return kept, problems
 
 
-def format_label(boxes: list[Box]) -> str:
-    """The Kaggle format: the count, then one ``x1 y1 x2 y2`` line per box."""
-    lines = [str(len(boxes))] + [" ".join(_fmt(v) for v in box) for box in boxes]
-    return "\n".join(lines) + "\n"
+def format_label(boxes: list[Box], classes: list[int] | None = None) -> str:
+    """The Kaggle format: the count, then one ``x1 y1 x2 y2`` line per box.
+
+    With ``classes`` (multi-class data sets only), each box line ends with its class index.
+    """
+    rows = [" ".join(_fmt(v) for v in box) for box in boxes]
+    if classes is not None:
+        rows = [f"{row} {index}" for row, index in zip(rows, classes, strict=True)]
+    return "\n".join([str(len(boxes)), *rows]) + "\n"
 
 
 def read_boxes(data: bytes, width: int, height: int, name: str) -> list[Box]:
     """The usable boxes of a label file, repaired as ingest would (problems ignored)."""
-    parsed = parse_label(data, name)
-    return check_boxes(parsed.boxes, width, height, name)[0]
+    return read_targets(data, width, height, name)[0]
+
+
+def read_targets(data: bytes, width: int, height: int, name: str) -> tuple[list[Box], list[int]]:
+    """Boxes and class indices of a raw/ label file: ``x1 y1 x2 y2`` lines are class 0 (one
+    class), ``x1 y1 x2 y2 k`` lines class k (multi-class); repaired as ingest would."""
+    parsed = parse_label(data, name, with_class=True)
+    kept, classes = [], []
+    for box, line in parsed.boxes:
+        fixed = check_boxes([(box[:4], line)], width, height, name)[0]
+        if fixed:
+            kept.append(fixed[0])
+            classes.append(int(box[4]) if len(box) == 5 else 0)
+    return kept, classes
 
 
 def _parse_count(text: str) -> int | None:
@@ -135,8 +163,11 @@ def _parse_count(text: str) -> int | None:
     return value if value >= 0 else None
 
 
-def _parse_box(text: str) -> Box | None:
+def _parse_box(text: str, with_class: bool = False) -> Box | None:
     parts = text.replace(",", " ").split()
+    if with_class and len(parts) == 5 and parts[4].isdigit():
+        box = _parse_box(" ".join(parts[:4]))
+        return None if box is None else (*box, float(parts[4]))  # type: ignore[return-value]
     if len(parts) != 4:
         return None
     try:

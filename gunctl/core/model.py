@@ -4,8 +4,9 @@ Weights:
 - ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
 - ``imagenet``: ImageNet weights for the backbone only.
 - ``none``: random initialisation (``weights_backbone=None``, so nothing is downloaded).
-- ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``) or
-  can be downloaded, otherwise ``none`` with a warning.
+- ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``),
+  otherwise ``none`` with a warning. Nothing is downloaded (no network probe: fast offline);
+  ``coco`` downloads the file once.
 - a path: a gunctl checkpoint of the same model to fine-tune from.
 """
 
@@ -47,18 +48,13 @@ def build_model(config: ModelConfig) -> BuiltModel:
     config.check()
     weights = config.weights
     if weights == "auto":
-        available, reason = coco_weights_available(config.name)
-        if available:
+        cached = coco_weights_file(config.name)
+        if cached.exists():
             weights = "coco"
         else:
-            log.warning(
-                "no COCO weights for %s (%s): training from scratch; put %s in %s to use them",
-                config.name,
-                reason,
-                coco_weights_file(config.name).name,
-                coco_weights_file(config.name).parent,
-            )
-            return BuiltModel(_build(config, None, None), "none (auto: COCO weights unavailable)")
+            log.warning("no COCO weights cached: training from scratch (--weights coco fetches)")
+            log.info("COCO weights file: %s", cached)
+            return BuiltModel(_build(config, None, None), "none (auto)")
     if weights == "coco":
         return BuiltModel(_build_coco(config), "coco")
     if weights == "imagenet":
@@ -79,17 +75,6 @@ def to_device_layout(model: nn.Module, device: torch.device, channels_last: bool
 def coco_weights_file(name: str) -> Path:
     url = get_model_weights(name).COCO_V1.url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def coco_weights_available(name: str) -> tuple[bool, str]:
-    """Whether COCO weights are cached or can be downloaded now (downloading them if so)."""
-    if coco_weights_file(name).exists():
-        return True, "cached"
-    try:
-        _download(get_model_weights(name).COCO_V1)
-    except SourceError as exc:
-        return False, str(exc)
-    return True, "downloaded"
 
 
 def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
@@ -154,7 +139,10 @@ def _download(weights) -> None:
         found = re.search(r"-([a-f0-9]+)\.", target.name)  # torchvision names carry a hash prefix
         torch.hub.download_url_to_file(weights.url, str(target), found and found.group(1), False)
     except Exception as exc:  # urllib, socket and hash errors alike
-        raise SourceError(f"cannot download {weights.url} ({first_line(exc)})") from None
+        raise SourceError(
+            f"{target.name}: cannot download it ({first_line(exc, 60)}); put the file "
+            f"in {target.parent}/ (from {weights.url}) or use --weights none"
+        ) from None
     finally:
         socket.setdefaulttimeout(previous)
 

@@ -41,5 +41,16 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
+            self._remove_if_empty()  # while still holding the lock
             self._handle.close()
             self._handle = None
+
+    def _remove_if_empty(self) -> None:
+        """A run that wrote nothing (it failed before its first file) leaves no folder."""
+        folder = self.path.parent
+        try:
+            if [p.name for p in folder.iterdir()] == [self.path.name]:
+                self.path.unlink()
+                folder.rmdir()
+        except OSError:
+            pass

@@ -21,7 +21,8 @@ class RunInfo:
     epochs: int | None  # completed, from the last checkpoint
     final_train_loss: float | None  # train/loss of the last epoch logged
     best_map50: float | None  # the highest val/map_50 logged
-    checkpoint: Path | None
+    checkpoint: Path | None  # best.pth when there is one (what to validate), else last.pth
+    last_checkpoint: Path | None = None  # what --resume NAME continues from
 
     def as_dict(self) -> dict:
         return {
@@ -33,6 +34,7 @@ class RunInfo:
             "final_train_loss": self.final_train_loss,
             "best_map50": self.best_map50,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
         }
 
 
@@ -52,8 +54,9 @@ def list_runs(runs_dir: Path, sort: str = "start") -> list[RunInfo]:
 
 def read_run(path: Path) -> RunInfo:
     scalars, start = _read_events(path)
-    checkpoint = path / Layout.LAST if (path / Layout.LAST).exists() else None
-    model, epochs = _read_checkpoint(checkpoint) if checkpoint else (None, None)
+    last = path / Layout.LAST if (path / Layout.LAST).exists() else None
+    best = path / Layout.BEST if (path / Layout.BEST).exists() else None
+    model, epochs = _read_checkpoint(last or best) if (last or best) else (None, None)
     losses = scalars.get("train/loss", [])
     maps = [value for _, value in scalars.get("val/map_50", [])]
     return RunInfo(
@@ -64,7 +67,8 @@ def read_run(path: Path) -> RunInfo:
         epochs=epochs if epochs is not None else (max(s for s, _ in losses) if losses else None),
         final_train_loss=max(losses)[1] if losses else None,
         best_map50=max(maps) if maps else None,
-        checkpoint=checkpoint,
+        checkpoint=best or last,
+        last_checkpoint=last,
     )
 
 
@@ -72,7 +76,8 @@ def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dateti
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    accumulator.Reload()
+    with _quiet_tensorboard():  # a resumed run has "out of order" steps: purged, as intended
+        accumulator.Reload()
     scalars: dict[str, list[tuple[int, float]]] = {}
     first = None
     for tag in ("train/loss", "val/map_50"):
@@ -86,6 +91,33 @@ def _read_events(path: Path) -> tuple[dict[str, list[tuple[int, float]]], dateti
         first = earliest if first is None else min(first, earliest)
     start = datetime.fromtimestamp(first, tz=timezone.utc) if first else None
     return scalars, start
+
+
+@contextlib.contextmanager
+def _quiet_tensorboard():
+    logger = logging.getLogger("tensorboard")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def remove_run(runs_dir: Path, name: str) -> Path:
+    """Delete the run ``name`` under ``runs_dir``; refused while a process holds its lock."""
+    import shutil
+
+    from gunctl.core.runlock import RunLock
+
+    path = runs_dir / name
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise UsageError(f"{name!r}: a run name, not a path")
+    if not path.is_dir() or path.is_symlink():
+        raise UsageError(f"{path}: no such run")
+    with RunLock(path):  # RunLockedError while a `gunctl train` writes to it
+        shutil.rmtree(path)
+    return path
 
 
 def _read_checkpoint(path: Path) -> tuple[str | None, int | None]:

@@ -32,9 +32,21 @@ class SplitResult:
 
 
 def make_split(
-    entries: list[dict], seed: int, val_fraction: float, subset: int | None, checksum: str
+    entries: list[dict],
+    seed: int,
+    val_fraction: float,
+    subset: int | None,
+    checksum: str,
+    keep_source_split: bool = False,
 ) -> dict:
-    """Sample ``subset`` entries (all when None), then hold out ``val_fraction`` of them."""
+    """Sample ``subset`` entries (all when None), then hold out ``val_fraction`` of them.
+
+    Entries of a multi-class data set (with per-class box counts, ``classes``) are held out
+    per class (stratified), so that rare classes reach val too. ``keep_source_split``
+    keeps the source's own train/val (YOLO and Roboflow folders); its test images are left out.
+    """
+    if keep_source_split:
+        return _source_split(entries, seed, subset, checksum)
     check_fraction("--val-fraction", val_fraction)
     ordered = sorted(entries, key=lambda e: tree.natural_key(e["stem"]))
     rng = random.Random(seed)
@@ -46,7 +58,54 @@ def make_split(
     chosen = rng.sample(ordered, count) if count < len(ordered) else list(ordered)
     rng.shuffle(chosen)
     n_val = min(max(1, round(count * val_fraction)), count - 1)
-    parts = {"val": chosen[:n_val], "train": chosen[n_val:]}
+    if any("classes" in e for e in chosen):
+        parts = _stratified(chosen, val_fraction, n_val)
+    else:
+        parts = {"val": chosen[:n_val], "train": chosen[n_val:]}
+    return _document(parts, seed, val_fraction, subset, checksum)
+
+
+def _stratified(chosen: list[dict], val_fraction: float, n_val: int) -> dict[str, list[dict]]:
+    """Group each image by its rarest class (images without boxes in a group of their own),
+    hold out ``val_fraction`` of every group of two or more, then even out to ``n_val``."""
+    totals: dict[int, int] = {}
+    for entry in chosen:
+        for k, n in enumerate(entry.get("classes", [])):
+            totals[k] = totals.get(k, 0) + (n > 0)
+    groups: dict[int, list[dict]] = {}
+    for entry in chosen:
+        present = [k for k, n in enumerate(entry.get("classes", [])) if n > 0]
+        key = min(present, key=lambda k: (totals[k], k)) if present else -1
+        groups.setdefault(key, []).append(entry)
+    val, train = [], []
+    for key in sorted(groups, key=lambda k: (len(groups[k]), k)):
+        members = groups[key]
+        take = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        val += members[:take]
+        train += members[take:]
+    while len(val) > n_val and len(val) > 1:  # the largest groups give back first
+        train.append(val.pop())
+    while len(val) < n_val and len(train) > 1:
+        val.append(train.pop())
+    return {"val": val, "train": train}
+
+
+def _source_split(entries: list[dict], seed: int, subset: int | None, checksum: str) -> dict:
+    parts = {part: [e for e in entries if e.get("source_split") == part] for part in PARTS}
+    if not parts["train"] or not parts["val"]:
+        raise UsageError(
+            "--keep-source-split: the source has no train/ and val/ (or valid/) images; "
+            "ingest a YOLO or Roboflow export with both, or split without it"
+        )
+    if subset is not None:
+        fake = {**parts, "subset": None}
+        parts = subset_split(fake, subset, seed)
+    document = _document(parts, seed, None, subset, checksum)
+    document["source_split"] = True
+    return document
+
+
+def _document(parts, seed, val_fraction, subset, checksum) -> dict:
     split: dict = {
         "format": SPLIT_FORMAT,
         "schema": SPLIT_SCHEMA,
@@ -98,8 +157,14 @@ def create_split(config: SplitConfig) -> SplitResult:
     manifest = read_manifest(config.layout)
     entries = manifest.get("files", [])
     split = make_split(
-        entries, config.seed, config.val_fraction, config.subset, manifest.get("checksum", "")
+        entries,
+        config.seed,
+        config.val_fraction,
+        config.subset,
+        manifest.get("checksum", ""),
+        config.keep_source_split,
     )
+    split["class_names"] = class_names_of(manifest)
     path = config.layout.split_file
     write_bytes_atomic(path, split_bytes(split))
     capped = config.subset is not None and config.subset > len(entries)
@@ -113,6 +178,15 @@ def load_split(path: Path) -> dict:
         if not isinstance(split.get(part), list):
             raise DataError(f"{path}: missing the {part!r} list")
     return split
+
+
+def class_names_of(document: dict) -> list[str]:
+    """The class names of a manifest or split (label k+1 of the model is name k); ``["gun"]``
+    for those written before gunctl knew several classes."""
+    names = document.get("class_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return ["gun"]
 
 
 def part_counts(split: dict) -> dict[str, dict[str, int]]:

@@ -41,6 +41,7 @@ class TrainState:
     val_dataset: GunDataset
     batches_per_epoch: int
     world_size: int = 1
+    class_names: list[str] = field(default_factory=lambda: ["gun"])  # label k + 1 is name k
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps completed
     batches_done: int = 0  # batches completed in the epoch under way (after an interrupt)
@@ -53,6 +54,7 @@ class TrainState:
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
     promotion: str = ""  # what became of models/fasterrcnn.pth, in words (CheckpointSaver)
     promoted: bool = False  # this run's best is models/fasterrcnn.pth
+    stopped_early: str | None = None  # why training ended before --epochs (--patience)
 
     @property
     def last_path(self) -> Path:
@@ -89,6 +91,7 @@ class FitResult:
     epochs: int
     history: list[dict]
     seconds: float
+    stopped_early: str | None
     weights_origin: str
     train_images: int
     val_images: int

@@ -25,12 +25,7 @@ from gunctl.config import SplitConfig, TrainConfig, resumed_config, train_config
 from gunctl.core import distributed
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CallbackList, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import (
-    load_checkpoint,
-    read_facts,
-    require_resumable,
-    restore_training,
-)
+from gunctl.core.checkpoint import load_checkpoint, read_facts, require_full, restore_training
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.distributed import DistInfo
 from gunctl.core.engine import (
@@ -44,7 +39,13 @@ from gunctl.core.engine import (
 from gunctl.core.model import build_model, to_device_layout
 from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
 from gunctl.core.runlock import RunLock
-from gunctl.core.split import create_split, load_split, split_checksum, subset_split
+from gunctl.core.split import (
+    class_names_of,
+    create_split,
+    load_split,
+    split_checksum,
+    subset_split,
+)
 from gunctl.core.state import SELECTION_METRIC, FitResult, TrainState
 from gunctl.core.transforms import EvalTransform, TrainTransform
 from gunctl.errors import CheckpointError, DivergedError, TrainingError, UsageError
@@ -95,7 +96,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
     if config.resume:
         path = resolve_resume(config)
         resumed = Resumed(load_checkpoint(path), path)
-        require_resumable(path, resumed.checkpoint)
+        require_full(path, resumed.checkpoint)
         config = _resumed_config(resumed, config)
     if config.batch_size is None:
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
@@ -113,6 +114,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         if dist.is_main:
             _remove_stale_temporaries(run_dir)
         prepared = _prepare_split(config, dist)
+        config = _with_classes(config, class_names_of(prepared.split), resumed)
         if resumed and read_facts(resumed.checkpoint).split_checksum not in (
             None,
             prepared.checksum,
@@ -138,6 +140,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         epochs=state.epoch,
         history=state.history,
         seconds=time.perf_counter() - started,
+        stopped_early=state.stopped_early,
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
@@ -166,6 +169,8 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
                     raise KeyboardInterrupt
                 _train_epoch(parts, fire, setup, stop)
                 _validate_epoch(state, fire, parts.val_loader, setup, dist)
+                if _patience_ran_out(state):
+                    break
             _check_ranks_agree(state, dist)
             fire("on_fit_end")
         except DivergedError as exc:
@@ -232,6 +237,7 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
             score_threshold=state.config.score_threshold,
             amp_dtype=setup.amp_dtype,
             on_batch=lambda n: fire("on_validation_batch", n),
+            class_names=state.class_names,
         )
         record["val"] = result.metrics
         record["seconds"] = record["train"]["seconds"] + result.metrics["seconds"]
@@ -241,6 +247,22 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
             state.best_metric, state.best_epoch = score, state.epoch
         fire("on_epoch_end", record, result)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
+
+
+def _patience_ran_out(state: TrainState) -> bool:
+    """--patience N: stop when val mAP@0.5 has not improved for N epochs (all ranks agree)."""
+    patience = state.config.patience
+    stale = state.epoch - (state.best_epoch or 0)
+    stop = bool(patience and state.epoch < state.config.epochs and stale >= patience)
+    stop = distributed.broadcast_object(stop)
+    if stop:
+        state.stopped_early = (
+            f"stopped after epoch {state.epoch} of {state.config.epochs}: val mAP@0.5 has not "
+            f"improved for {stale} epoch(s) (--patience {patience}); best: epoch "
+            f"{state.best_epoch}"
+        )
+        log.info("%s", state.stopped_early)
+    return stop
 
 
 def _check_ranks_agree(state: TrainState, dist: DistInfo) -> None:
@@ -318,6 +340,19 @@ def _resumed_config(resumed: Resumed, requested: TrainConfig) -> TrainConfig:
     return config
 
 
+def _with_classes(config: TrainConfig, names: list[str], resumed: Resumed | None) -> TrainConfig:
+    """One model output per class plus the background; a resumed run keeps its classes."""
+    if resumed is not None:
+        stored = list(resumed.checkpoint.get("class_names") or [])[1:]
+        if stored and stored != names:
+            raise CheckpointError(
+                f"{resumed.path}: trained on classes {', '.join(stored)}, but the data set has "
+                f"{', '.join(names)}; ingest with --classes or start a new run"
+            )
+    model = dataclasses.replace(config.model, num_classes=len(names) + 1)
+    return dataclasses.replace(config, model=model)
+
+
 def _prepare_split(config: TrainConfig, dist: DistInfo) -> PreparedSplit:
     path = config.layout.split_file
     if dist.is_main and not path.exists():
@@ -372,6 +407,7 @@ def _build_parts(
         val_dataset=val_set,
         batches_per_epoch=sampler.batches_per_epoch(),
         world_size=dist.world_size,
+        class_names=class_names_of(prepared.split),
     )
     if dist.is_main:
         _check_free_space(state.run_dir, model, config)

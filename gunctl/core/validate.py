@@ -26,7 +26,7 @@ from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.model import model_from_checkpoint, to_device_layout
-from gunctl.errors import DataError
+from gunctl.errors import CheckpointError, DataError, UsageError
 
 log = logging.getLogger("gunctl")
 
@@ -44,10 +44,13 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
     config.check()
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
+    names = class_names(checkpoint, config.checkpoint)
     device = distributed.resolve_device(config.device, distributed.DistInfo())
     with tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch:
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
+        if on_batch:
+            on_batch(0, len(dataset))  # the total shows before the first batch
         result = evaluate(
             to_device_layout(model, device, config.channels_last),
             loader,
@@ -56,11 +59,27 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
             iou_threshold=config.iou_threshold,
             on_batch=(lambda n: on_batch(n, len(dataset))) if on_batch else None,
             amp_dtype=amp_dtype(config.amp, device),
+            class_names=names,
         )
         if config.save_predictions is not None:
-            save_predictions(config.save_predictions, dataset, result, config.score_threshold)
+            save_predictions(
+                config.save_predictions, dataset, result, config.score_threshold, names
+            )
     facts = read_facts(checkpoint, config.checkpoint).report()
+    facts["class_names"] = names
     return ValidationResult(config.checkpoint, facts, described, result.metrics)
+
+
+def class_names(checkpoint: dict, path: Path) -> list[str]:
+    """The checkpoint's classes without the background (["gun"] for one-class checkpoints)."""
+    names = checkpoint.get("class_names")
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise CheckpointError(f"{path}: class_names must list the background and the classes")
+    return list(names[1:])
 
 
 def _model(checkpoint: Checkpoint, path: Path):
@@ -74,7 +93,12 @@ def _dataset(
         from gunctl.core.ingest import ingest, read_manifest
 
         layout = Layout(scratch)
-        report = ingest(IngestConfig(source=str(config.data), layout=layout))
+        names = class_names(checkpoint, config.checkpoint)
+        classes = {"merge_classes": names[0]} if len(names) == 1 else {"classes": tuple(names)}
+        try:
+            report = ingest(IngestConfig(source=str(config.data), layout=layout, **classes))
+        except UsageError as exc:  # the data lack a class of the checkpoint
+            raise DataError(f"{config.data}: {str(exc).removeprefix('--classes: ')}") from None
         if report.problems:
             log.warning(
                 "%s: %d problem(s) repaired or skipped, as ingest would (first: %s)",
@@ -93,20 +117,44 @@ def _dataset(
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw
         )
-    items = split["train"] + split["val"] if config.part == "all" else split[config.part]
+    if config.part is None and checkpoint.get("val_images"):
+        return _run_images(config, checkpoint, manifest)
+    part = config.part or "val"
+    items = split["train"] + split["val"] if part == "all" else split[part]
     if not items:
-        raise DataError(f"{config.layout.split_file}: the {config.part} part is empty")
-    return GunDataset(config.layout.raw, items), f"split {config.part} ({len(items)} images)"
+        raise DataError(f"{config.layout.split_file}: the {part} part is empty")
+    return GunDataset(config.layout.raw, items), f"split {part} ({len(items)} images)"
+
+
+def _run_images(config: ValidateConfig, checkpoint: dict, manifest: dict) -> tuple[GunDataset, str]:
+    """The images the run validated on, as the checkpoint lists them, found in the manifest."""
+    names = [str(name) for name in checkpoint["val_images"]]
+    by_name = {entry["image"]: entry for entry in manifest.get("files", [])}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise DataError(
+            f"{config.layout.raw}: {len(missing)} of the run's {len(names)} val images are not "
+            f"there (first: {missing[0]}); pass --split val or --data"
+        )
+    subset = (checkpoint.get("config") or {}).get("subset")
+    how = f", --subset {subset} of the split" if subset else ""
+    described = f"the run's val images ({len(names)}{how})"
+    return GunDataset(config.layout.raw, [by_name[name] for name in names]), described
 
 
 def save_predictions(
-    folder: Path, dataset: GunDataset, result: EvalResult, threshold: float
+    folder: Path,
+    dataset: GunDataset,
+    result: EvalResult,
+    threshold: float,
+    class_names: list[str] | tuple[str, ...] = ("gun",),
 ) -> None:
     """Per image: a PNG with true (green) and predicted (red) boxes; plus COCO-style JSON:
     ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
     so that any COCO tool can re-score them."""
     from PIL import Image
-    from torchvision.utils import draw_bounding_boxes
+
+    from gunctl.core.draw import draw_detections
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,32 +165,46 @@ def save_predictions(
         height, width = image.shape[-2:]
         images.append({"id": index, "file_name": name, "width": width, "height": height})
         annotations += [
-            _coco_box(index, box, len(annotations) + i + 1)
-            for i, box in enumerate(truth["boxes"].tolist())
+            _coco_box(index, box, label, len(annotations) + i + 1)
+            for i, (box, label) in enumerate(
+                zip(truth["boxes"].tolist(), truth["labels"].tolist(), strict=True)
+            )
         ]
         detections += [
-            {**_coco_box(index, box), "score": round(score, 5)}
-            for box, score in zip(pred["boxes"].tolist(), pred["scores"].tolist(), strict=True)
+            {**_coco_box(index, box, label), "score": round(score, 5)}
+            for box, label, score in zip(
+                pred["boxes"].tolist(),
+                pred["labels"].tolist(),
+                pred["scores"].tolist(),
+                strict=True,
+            )
         ]
-        keep = pred["scores"] >= threshold
-        boxes = torch.cat([truth["boxes"], pred["boxes"][keep]])
-        colors = ["green"] * len(truth["boxes"]) + ["red"] * int(keep.sum())
-        labels = ["gun"] * len(truth["boxes"]) + [f"{s:.2f}" for s in pred["scores"][keep].tolist()]
-        drawn = (image * 255).round().to(torch.uint8)
-        if len(boxes):
-            drawn = draw_bounding_boxes(drawn, boxes, labels=labels, colors=colors, width=2)
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(folder / f"{Path(name).stem}.png")
-    categories = [{"id": 1, "name": "gun"}]
+        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        names = ["background", *class_names]
+        drawn = draw_detections(
+            Image.fromarray(pixels),
+            truth["boxes"].tolist(),
+            pred["boxes"].tolist(),
+            pred["scores"].tolist(),
+            threshold,
+            pred_names=[names[k] for k in pred["labels"].tolist()]
+            if len(class_names) > 1
+            else None,
+        )
+        drawn.save(folder / f"{Path(name).stem}.png")
+    categories = [{"id": k, "name": name} for k, name in enumerate(class_names, start=1)]
     write_bytes_atomic(folder / "predictions.json", json.dumps(detections).encode())
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}
     write_bytes_atomic(folder / "ground_truth.json", json.dumps(ground_truth).encode())
 
 
-def _coco_box(image_id: int, box: list[float], annotation_id: int | None = None) -> dict:
+def _coco_box(
+    image_id: int, box: list[float], label: int, annotation_id: int | None = None
+) -> dict:
     x1, y1, x2, y2 = box
     entry = {
         "image_id": image_id,
-        "category_id": 1,
+        "category_id": int(label),
         "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
     }
     if annotation_id is not None:

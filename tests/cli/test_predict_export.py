@@ -222,7 +222,7 @@ def test_slim_checkpoint_predicts_alike_and_cannot_resume(gunctl, tmp_path, pict
         tmp_path / "b" / "predictions.jsonl"
     )
     resumed = gunctl("train", "--resume", slim, "--epochs", "2", "--out", tmp_path / "art")
-    assert resumed.exit_code == 2 and "slim checkpoint" in resumed.stderr
+    assert resumed.exit_code == 2 and "weights-only checkpoint cannot resume" in resumed.stderr
 
 
 RUN_TORCHSCRIPT = """

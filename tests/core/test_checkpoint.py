@@ -54,8 +54,8 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     "make, message",
     [
         (lambda p: None, "no such checkpoint"),
-        (lambda p: p.write_bytes(b""), "corrupt"),
-        (lambda p: p.write_bytes(b"hello world, not a checkpoint"), "corrupt"),
+        (lambda p: p.write_bytes(b""), "not a checkpoint: the file is empty"),
+        (lambda p: p.write_bytes(b"hello world, not a checkpoint"), r"not a checkpoint \(a text"),
         (lambda p: torch.save({"w": torch.ones(1)}, p), "not a gunctl checkpoint"),
         (
             lambda p: torch.save({**minimal(), "format": "gunctl-checkpoint", "schema": 99}, p),
@@ -69,6 +69,19 @@ def test_bad_files_are_one_line_errors(tmp_path, make, message):
     make(path)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+def test_weights_only_checkpoints_load_but_do_not_resume(tmp_path):
+    from gunctl.core.checkpoint import require_full
+
+    path = tmp_path / "best.pth"
+    save_checkpoint(path, minimal(), kind="weights")
+    loaded = load_checkpoint(path)
+    assert loaded["kind"] == "weights"
+    with pytest.raises(CheckpointError, match="weights-only checkpoint cannot resume"):
+        require_full(path, loaded)
+    save_checkpoint(path, minimal())
+    require_full(path, load_checkpoint(path))  # full: fine
 
 
 def test_truncated_checkpoint(tmp_path):

@@ -15,12 +15,22 @@ def test_none_builds_two_classes_without_downloading(tmp_path, monkeypatch):
     assert not (tmp_path / "hub").exists()
 
 
-def test_auto_offline_falls_back_with_a_warning(tmp_path, monkeypatch, caplog):
+def test_auto_offline_falls_back_with_a_short_warning_and_no_network(tmp_path, monkeypatch, caplog):
+    def no_network(*args, **kwargs):
+        raise AssertionError("auto must not probe the network")
+
+    import logging
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with caplog.at_level("WARNING", logger="gunctl"):
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(logging.getLogger("gunctl"), "propagate", True)  # after CLI tests
+    with caplog.at_level("INFO", logger="gunctl"):
         built = build_model(ModelConfig(name=NAME, weights="auto"))
     assert built.weights_origin.startswith("none (auto")
-    assert "training from scratch" in caplog.text and coco_weights_file(NAME).name in caplog.text
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "training from scratch" in warnings[0]
+    assert len("warning: " + warnings[0]) < 120  # one line on any terminal of 120 columns
+    assert str(coco_weights_file(NAME)) in caplog.text  # the file's path, on its own line
 
 
 def test_coco_from_a_prefilled_torch_cache(tmp_path, monkeypatch):
@@ -50,5 +60,15 @@ def test_imagenet_offline_is_a_clear_error(tmp_path, monkeypatch):
     from gunctl.errors import SourceError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(SourceError, match="cannot download.*mobilenet_v3_large"):
+    with pytest.raises(SourceError, match="mobilenet_v3_large.*cannot download") as caught:
         build_model(ModelConfig(name=NAME, weights="imagenet"))
+    assert f"put the file in {tmp_path}" in str(caught.value)  # where it goes, offline
+
+
+def test_coco_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
+    from gunctl.errors import SourceError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(SourceError, match="put the file in") as caught:
+        build_model(ModelConfig(name=NAME, weights="coco"))
+    assert str(coco_weights_file(NAME).parent) in str(caught.value)

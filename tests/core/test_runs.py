@@ -50,7 +50,7 @@ def test_a_corrupt_checkpoint_is_a_warning_not_a_failure(tmp_path, caplog):
     (runs / "broken" / Layout.LAST).write_bytes(b"not a checkpoint")
     [run] = list_runs(runs)
     assert run.model is None and run.epochs is None
-    assert "broken/last.pth: truncated or corrupt" in caplog.text
+    assert "broken/last.pth: not a checkpoint" in caplog.text
 
 
 def test_missing_folder_and_bad_sort(tmp_path):

@@ -1,0 +1,43 @@
+"""Pictures of detections: a legend strip, sizes that follow the image, legible labels."""
+
+import numpy as np
+from PIL import Image
+
+from gunctl.core.draw import PRED_COLOUR, TRUE_COLOUR, _legend, draw_detections
+
+
+def _has(picture, colour) -> bool:
+    return bool((np.asarray(picture) == np.array(colour)).all(axis=-1).any())
+
+
+def test_nothing_above_the_threshold_is_said_in_a_legend_under_the_image():
+    image = Image.new("RGB", (280, 180), (90, 90, 90))
+    drawn = draw_detections(image, [[10, 10, 80, 80]], [[20, 20, 60, 60]], [0.2], 0.5)
+    assert drawn.width == 280 and drawn.height > 180  # the legend is below, not over the image
+    assert _has(drawn, TRUE_COLOUR) and not _has(drawn, PRED_COLOUR)
+    assert _legend(1, 0, 1, 0.5) == ["1 true (green)", "no detection above threshold 0.50, 1 below"]
+    assert _legend(2, 3, 3, 0.25)[1] == "3 predicted (red) at score >= 0.25"
+
+
+def test_lines_and_text_grow_with_the_image():
+    def red_pixels(size):
+        image = Image.new("RGB", size, (90, 90, 90))
+        w, h = size
+        drawn = draw_detections(image, [], [[w * 0.2, h * 0.2, w * 0.6, h * 0.6]], [0.9], 0.5)
+        return int((np.asarray(drawn) == np.array(PRED_COLOUR)).all(axis=-1).sum()), drawn
+
+    small, small_image = red_pixels((280, 180))
+    large, large_image = red_pixels((1120, 720))
+    assert large > 4 * small * 1.5  # thicker lines and a bigger label, not only longer ones
+    assert large_image.height - 720 > small_image.height - 180  # a bigger legend font
+
+
+def test_many_overlapping_detections_get_few_labels():
+    image = Image.new("RGB", (280, 180), (90, 90, 90))
+    boxes = [[10 + i, 10 + i, 120 + i, 120 + i] for i in range(40)]
+    scores = [0.99 - i / 100 for i in range(40)]
+    drawn = draw_detections(image, [], boxes, scores, 0.0, max_labels=10)
+    few = draw_detections(image, [], boxes, scores, 0.0, max_labels=1)
+    red = lambda p: int((np.asarray(p) == np.array(PRED_COLOUR)).all(axis=-1).sum())  # noqa: E731
+    # Labels at nearly the same corner would cover each other: only the first is written.
+    assert red(drawn) == red(few)
