@@ -87,6 +87,12 @@ def cannot_write(path: object, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
 
 
+class DetectionError(GunctlError):
+    """`predict --fail-on-detection` found something."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation failure of the CPU (MemoryError, or torch's allocator's RuntimeError)."""
     if isinstance(exc, MemoryError):

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import export_data, ingest, runs, split, tb, train, validate
+from gunctl.cli import export, export_data, ingest, predict, runs, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 _DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
@@ -147,6 +147,8 @@ for _name, _function in (
     ("split", split.split),
     ("train", train.train),
     ("validate", validate.validate),
+    ("predict", predict.predict),
+    ("export", export.export),
     ("tb", tb.tb),
     ("export-data", export_data.export_data),
 ):

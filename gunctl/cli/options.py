@@ -37,6 +37,33 @@ Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worke
 BatchSize = Annotated[
     int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
 ]
+_WEIGHTS_HELP = "The gunctl checkpoint (.pth: last, best or slim) to use."
+Weights = Annotated[Path, typer.Option("--weights", help=_WEIGHTS_HELP)]
+# validate and export also take the checkpoint as an argument; --weights is its other name.
+WeightsAlias = Annotated[
+    Path | None, typer.Option("--weights", help=_WEIGHTS_HELP + " Same as the argument.")
+]
+
+
+def one_checkpoint(argument: Path | None, weights: Path | None) -> Path | None:
+    """The checkpoint given as an argument or with --weights (not two different ones)."""
+    from gunctl.errors import UsageError
+
+    if argument is not None and weights is not None and argument != weights:
+        raise UsageError("give the checkpoint once: as an argument or with --weights")
+    return argument or weights
+
+
+ScoreThreshold = Annotated[
+    float | None,
+    typer.Option(
+        "--score-threshold",
+        min=0.0,
+        max=1.0,
+        help="Keep detections scoring at least this (default: the checkpoint's best-F1 "
+        "threshold on its val split, else 0.5).",
+    ),
+]
 
 
 def _read_config_file(ctx: typer.Context, param, value: Path | None) -> Path | None:

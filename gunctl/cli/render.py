@@ -405,7 +405,7 @@ def fit_summary(result) -> Table:
         ("final val mAP@0.5:0.95", _num(last["val"].get("map"), 4) if last else "-"),
         ("last checkpoint", str(result.last_checkpoint)),
         ("best checkpoint", str(result.best_checkpoint or "-")),
-        ("model copy", str(result.model_copy or "-")),
+        ("default model", result.promotion or str(result.model_copy or "-")),
         ("TensorBoard", f"{result.run_dir}  (gunctl tb)"),
         ("wall time", f"{result.seconds:.1f} s"),
         *([("stopped early", result.stopped_early)] if result.stopped_early else []),
@@ -509,3 +509,43 @@ def runs_table(runs_dir, runs) -> Table:
     elif dropped:
         table.caption = f"not shown at this width: {', '.join(dropped)} (see --json)"
     return table
+
+
+def show_predict_summary(result) -> None:
+    """A table on a terminal; ``what: value`` lines in logs and pipes."""
+    rows = [
+        ("files", str(result.files)),
+        ("video frames", str(result.frames)),
+        ("images or frames with a detection", str(result.with_detection)),
+        ("detections", str(result.detections)),
+        ("score threshold", f"{result.threshold:.3f}"),
+        ("images/s", f"{result.images_per_s:.2f}"),
+        ("problems", str(len(result.problems))),
+        ("output", str(result.out or "-")),
+    ]
+    if not console.is_terminal:
+        for name, value in rows:
+            console.print(f"{name}: {value}", markup=False, soft_wrap=True)
+        return
+    table = Table(title="Predictions", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    console.print(table)
+
+
+def show_export(result) -> None:
+    ratio = result.bytes / result.checkpoint_bytes if result.checkpoint_bytes else 0.0
+    console.print(
+        f"wrote {escape(str(result.path))} ({result.format}, {result.bytes / 2**20:.1f} MiB, "
+        f"{ratio:.0%} of the checkpoint; classes {escape(', '.join(result.class_names[1:]))}; "
+        f"score threshold {result.threshold:.3f})",
+        soft_wrap=True,
+    )
+    if result.max_box_diff is not None:
+        console.print(
+            f"checked in onnxruntime: boxes within {result.max_box_diff:.4f} px, scores within "
+            f"{result.max_score_diff:.1e} of PyTorch",
+            soft_wrap=True,
+        )

@@ -128,6 +128,14 @@ def train(
     hflip: Annotated[
         bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
     ] = _TRAIN_DEFAULTS.hflip,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Make this run's best the default model (models/fasterrcnn.pth) even when the "
+            "one there scored higher or on another split.",
+        ),
+    ] = _TRAIN_DEFAULTS.promote,
     patience: Annotated[
         int | None,
         typer.Option(
@@ -189,6 +197,7 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        promote=promote,
         patience=patience,
         save_period=save_period,
     )

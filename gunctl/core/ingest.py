@@ -31,6 +31,7 @@ from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
 from gunctl.core import formats, tree
+from gunctl.core.archive import member_problem
 from gunctl.core.fileio import TooLarge, read_bounded
 from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
@@ -351,16 +352,9 @@ def _zip_files(path: Path, stack) -> tuple[list[SourceFile], list[Problem]]:
 
 
 def _refuse_hostile(path: Path, member: zipfile.ZipInfo) -> None:
-    name = member.filename
-    is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
-    if (
-        name.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", name)
-        or ".." in re.split(r"[/\\]", name)
-    ):
-        raise SourceError(f"{path}: refused member {name!r}: its path leads outside the archive")
-    if is_link:
-        raise SourceError(f"{path}: refused member {name!r}: symbolic links are not accepted")
+    reason = member_problem(member)
+    if reason:
+        raise SourceError(f"{path}: refused member {member.filename!r}: {reason}")
 
 
 def _zip_prefix(path: Path, names: list[str]) -> str:

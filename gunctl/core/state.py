@@ -54,6 +54,8 @@ class TrainState:
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across resumes
+    promotion: str = ""  # what became of models/fasterrcnn.pth, in words (CheckpointSaver)
+    promoted: bool = False  # this run's best is models/fasterrcnn.pth
     stopped_early: str | None = None  # why training ended before --epochs (--patience)
 
     @property
@@ -95,3 +97,4 @@ class FitResult:
     weights_origin: str
     train_images: int
     val_images: int
+    promotion: str = ""  # CheckpointSaver's words on models/fasterrcnn.pth

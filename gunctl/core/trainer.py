@@ -153,7 +153,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         run_dir=run_dir,
         last_checkpoint=state.last_path,
         best_checkpoint=best,
-        model_copy=config.layout.best_model if best else None,
+        model_copy=config.layout.best_model if best and state.promoted else None,
         best_metric=state.best_metric,
         best_epoch=state.best_epoch,
         epochs=state.epoch,
@@ -163,6 +163,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
+        promotion=state.promotion,
     )
 
 

@@ -7,7 +7,6 @@ data around it, and writes predictions when asked.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import tempfile
@@ -17,19 +16,17 @@ from typing import Any
 
 import torch
 
-from gunctl.config import IngestConfig, Layout, ValidateConfig, model_config_from_dict
+from gunctl.config import IngestConfig, Layout, ValidateConfig
 from gunctl.core import distributed
 from gunctl.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
-    load_weights,
     read_facts,
-    stored_model_config,
 )
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.model import build_model, to_device_layout
+from gunctl.core.model import model_from_checkpoint, to_device_layout
 from gunctl.core.rawlock import RawLock
 from gunctl.errors import CheckpointError, DataError, UsageError
 
@@ -94,14 +91,7 @@ def class_names(checkpoint: dict, path: Path) -> list[str]:
 
 
 def _model(checkpoint: Checkpoint, path: Path):
-    model_config = model_config_from_dict(stored_model_config(checkpoint, path))
-    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
-    try:
-        model = build_model(model_config).model
-    except UsageError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    load_weights(model, checkpoint, path)
-    return model.eval()
+    return model_from_checkpoint(checkpoint, path)
 
 
 def _dataset(
