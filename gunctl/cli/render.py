@@ -525,7 +525,7 @@ def show_predict_summary(result) -> None:
     ]
     if not console.is_terminal:
         for name, value in rows:
-            console.print(f"{name}: {value}", markup=False, soft_wrap=True)
+            console.print(f"{name}: {escape(value)}", soft_wrap=True)
         return
     table = Table(title="Predictions", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
