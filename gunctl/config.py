@@ -40,7 +40,7 @@ NORMS = ("default", "bn", "frozen_bn", "gn")  # default: torchvision's choice fo
 VALIDATE_PARTS = ("train", "val", "all")  # what `validate --split` may score
 RUN_SORT_KEYS = ("name", "start", "map50", "loss", "epochs")  # `tb --list --sort`
 # TrainConfig fields that --resume takes from the command line; the rest come from the checkpoint.
-RESUMABLE_OPTIONS = ("epochs", "device", "workers", "cache", "resume")
+RESUMABLE_OPTIONS = ("epochs", "device", "workers", "cache", "resume", "promote")
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # used only when train has to make a split itself
     log_images: int = 4  # val images drawn into TensorBoard each epoch
     score_threshold: float = 0.5  # for precision/recall in the epoch table
+    promote: bool = False  # replace models/fasterrcnn.pth even when the run is not as good
     patience: int | None = None  # None: all epochs; N: stop after N epochs without a better mAP
     save_period: int | None = None  # None: last.pth only; N: also keep epoch_<E>.pth every N
 
@@ -282,6 +283,52 @@ def resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
     """The stored config, with the RESUMABLE_OPTIONS (and the output layout) of the request."""
     changes = {name: getattr(requested, name) for name in RESUMABLE_OPTIONS}
     return dataclasses.replace(stored, layout=requested.layout, **changes)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what predict decodes in folders and archives
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+EXPORT_FORMATS = ("torchscript", "onnx", "pth")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    sources: tuple[str, ...] = ()  # files, folders (recursive), globs, .zip archives, videos
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+    out: Path | None = None  # None: <layout.root>/predictions/<timestamp>, never an existing one
+    layout: Layout = field(default_factory=Layout)
+    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
+    max_detections: int | None = None  # None: the checkpoint's box_detections_per_img
+    batch_size: int = 4  # as validate; on CUDA 16 is faster per image (benchmarks/README.md)
+    workers: int = 2  # decoding in worker processes, hidden behind the model
+    device: str = "auto"
+    amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on the CPU
+    half: bool = False  # fp16 weights and inputs; CUDA only
+    channels_last: bool = True  # CUDA only, as in training and validation
+    vid_stride: int = 1  # every Nth video frame
+    save_images: bool = True  # annotated images and videos under out/
+    save_json: bool = True  # out/predictions.jsonl
+    max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest
+
+    def check(self) -> None:
+        check_device(self.device)
+        if not self.sources:
+            raise UsageError("no sources: name images, folders, globs, .zip archives or videos")
+        if self.vid_stride < 1:
+            raise UsageError(f"--vid-stride must be 1 or more, got {self.vid_stride}")
+        if self.half and not self.device.startswith(("cuda", "auto")):
+            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+    format: str = "torchscript"  # one of EXPORT_FORMATS
+    out: Path | None = None  # None: beside the checkpoint, <stem>.<ext>
+    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
+    opset: int = 17  # ONNX: the lowest opset the issue asks for; onnxruntime >= 1.14 runs it
+
+    def check(self) -> None:
+        check_choice("--format", self.format, EXPORT_FORMATS)
 
 
 # TrainConfig fields that `gunctl train` takes as options of the same name; the model's are

@@ -85,3 +85,19 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 def cannot_write(path: object, exc: OSError) -> OutputError:
     """The one error for an output that the OS refused (read-only, disk full, no permission)."""
     return OutputError(f"{path}: cannot write ({exc.strerror or exc})")
+
+
+class DetectionError(GunctlError):
+    """`predict --fail-on-detection` found something."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of the CPU (MemoryError, or torch's allocator's RuntimeError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "DefaultCPUAllocator: can't allocate memory" in text or "not enough memory" in text
+    )

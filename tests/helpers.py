@@ -142,3 +142,68 @@ def start_long_training(out, run_name: str, timeout: float = 180):
             f"no checkpoint after the first epoch: {process.communicate()[1][-2000:]}"
         )
     return process, last
+
+
+def tiny_checkpoint(
+    path: Path, metrics: dict | None = None, seed: int = 0, with_optimizer: bool = False
+) -> Path:
+    """A gunctl checkpoint of an untrained tiny model (no training: fast), as train writes it
+    (weights, config, class names, metrics), with Adam's state after one step if asked."""
+    import torch
+
+    from gunctl.config import CLASS_NAMES, Layout, to_dict
+    from gunctl.core.checkpoint import save_checkpoint
+    from gunctl.core.model import build_model
+
+    config = tiny_config(Layout(path.parent))
+    torch.manual_seed(seed)
+    model = build_model(config.model).model
+    _calibrate_frozen_batchnorm(model)
+    stored = to_dict(config)
+    stored.pop("layout")
+    payload = {
+        "model": model.state_dict(),
+        "epoch": 1,
+        "config": stored,
+        "class_names": list(CLASS_NAMES),
+        "run_name": "tiny",
+        "weights_origin": "none",
+        "metrics": metrics,
+    }
+    if with_optimizer:
+        optimizer = torch.optim.Adam(model.parameters())
+        for parameter in model.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()  # creates the moments, as after a real step
+        payload["optimizer"] = optimizer.state_dict()
+    save_checkpoint(path, payload)
+    return path
+
+
+def _calibrate_frozen_batchnorm(model) -> None:
+    """Set each BatchNorm layer's statistics to those of its input on a few random images.
+
+    At random init, the backbone (BatchNorm in eval mode, unit statistics) shrinks activations
+    to ~1e-8, so every box gets the same score; calibrated (a data-dependent init), scores
+    spread as a trained model's do.
+    """
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)) + 1e-5)
+
+    hooks = [
+        m.register_forward_pre_hook(calibrate)
+        for m in model.modules()
+        if isinstance(m, (FrozenBatchNorm2d, torch.nn.modules.batchnorm._BatchNorm))
+    ]
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 160, 240, generator=generator) for _ in range(2)]
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()

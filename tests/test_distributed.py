@@ -55,7 +55,7 @@ def test_torchrun_trains_one_run_with_identical_ranks(ddp_run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "parameters identical on all 2 ranks" in result.stderr
     assert result.stdout.count("epoch 2/2") == 1  # rank 0 alone reports
-    assert "batch 4x2" in result.stdout
+    assert "batch 8 (4 per process x 2 processes)" in result.stdout
     assert [p.name for p in (out / "runs").iterdir()] == ["ddp"]
     assert sorted(p.name for p in (out / "runs" / "ddp").glob("*.pth")) == ["best.pth", "last.pth"]
     checkpoint = load_checkpoint(out / "runs" / "ddp" / "last.pth")

@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import export_data, ingest, runs, split, tb, train, validate
+from gunctl.cli import export, export_data, ingest, predict, runs, split, tb, train, validate
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 _DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
@@ -65,7 +65,7 @@ class GuardedGroup(GunctlGroup):
         except GunctlError as exc:
             if _debug(ctx):
                 raise
-            _report(first_line(exc, limit=10_000))
+            _report(_message(exc))
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if _debug(ctx):
@@ -147,6 +147,8 @@ for _name, _function in (
     ("split", split.split),
     ("train", train.train),
     ("validate", validate.validate),
+    ("predict", predict.predict),
+    ("export", export.export),
     ("tb", tb.tb),
     ("export-data", export_data.export_data),
 ):
@@ -187,8 +189,17 @@ def _route_core_logging() -> None:
 
 
 def _report(message: str) -> None:
-    from rich.markup import escape
-
     from gunctl.cli.render import error
 
-    error(escape(message))
+    error(message)  # escaped there: markup and control characters (names may hold both)
+
+
+def _message(exc: GunctlError) -> str:
+    """A GunctlError's message, whole: it is one line by construction, so a line break in it
+    comes from a name and stays (render shows it as ``\\n``); DataLoader wrapping is removed."""
+    text = str(exc).strip()
+    return (
+        first_line(exc, limit=10_000)
+        if "Original Traceback" in text
+        else text or type(exc).__name__
+    )

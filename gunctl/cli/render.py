@@ -1,7 +1,14 @@
 """Everything gunctl shows a person: the Rich consoles, tables and progress displays.
 
 Human output goes to stdout; warnings and errors go to stderr. Under ``--json`` only the
-JSON object goes to stdout. NO_COLOR is honoured by Rich itself.
+JSON object goes to stdout (``json.dumps`` escapes control characters). NO_COLOR is honoured
+by Rich itself.
+
+Everything a user, a file name, a label or a checkpoint controls goes through ``escape``
+before it reaches the terminal: Rich markup is escaped (``[/]`` is text, not a closing tag),
+emoji codes are off (``:fire:`` stays text), and control characters, escape sequences, line
+breaks and bidirectional overrides are shown as Python writes them (``\x1b``, ``\n``,
+``\u202e``), so a name can neither drive the terminal nor split a message.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,8 +35,27 @@ def _width(stream) -> int | None:
     return None if stream.isatty() else 120
 
 
-console = Console(highlight=False, width=_width(sys.stdout))
-err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+console = Console(highlight=False, emoji=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, emoji=False, width=_width(sys.stderr))
+# Control (Cc), format (Cf: bidi overrides, zero-width), lone surrogates (Cs), private use,
+# unassigned, and the Unicode line and paragraph separators.
+_SHOWN_ESCAPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def escape(value: object) -> str:
+    """``value`` as inert text for a Rich console: markup escaped, control characters visible."""
+    from rich.markup import escape as escape_markup
+
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(_visible(char) for char in text)
+    return escape_markup(text)
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) in _SHOWN_ESCAPED:
+        return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return char
 
 
 def refresh_width() -> None:
@@ -40,15 +67,20 @@ def refresh_width() -> None:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
 
 def note(message: str) -> None:
-    err_console.print(_escape(message), soft_wrap=True, style="dim")
+    err_console.print(escape(message), soft_wrap=True, style="dim")
+
+
+def say(message: str) -> None:
+    """A plain line on stdout; ``message`` is escaped (it may hold paths and names)."""
+    console.print(escape(message), soft_wrap=True)
 
 
 def print_json(payload: dict[str, Any]) -> None:
@@ -56,17 +88,8 @@ def print_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-escape = _escape  # for commands that print user-controlled text
-
-
 def ingest_table(report) -> Table:
-    title = f"Ingested {_escape(report.source)}"
+    title = f"Ingested {escape(report.source)}"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -81,10 +104,10 @@ def ingest_table(report) -> Table:
         ("problems", len(report.problems)),
     ]
     rows.insert(0, ("format", report.source_format))
-    rows.insert(4, ("classes", _escape(", ".join(report.class_names))))
+    rows.insert(4, ("classes", escape(", ".join(report.class_names))))
     if len(report.class_names) > 1:
         per_class = ", ".join(f"{k} {v}" for k, v in report.boxes_per_class.items())
-        rows.insert(5, ("boxes per class", _escape(per_class)))
+        rows.insert(5, ("boxes per class", escape(per_class)))
     extra = (
         ("boxes of classes left out (--classes)", sum(report.classes_left_out.values())),
         ("crowd boxes left out (COCO iscrowd)", report.crowd_left_out),
@@ -127,7 +150,7 @@ def _span(values) -> str:
 
 def print_path(label: str, path) -> None:
     """A path on one line whatever the width (the terminal wraps it, Rich does not break it)."""
-    console.print(f"{label} {path}", soft_wrap=True, markup=False)
+    console.print(f"{label} {escape(path)}", soft_wrap=True)
 
 
 def split_table(counts: dict[str, dict[str, int]]) -> Table:
@@ -273,9 +296,10 @@ class TrainDisplay(Callback):
             if state.resumed_from
             else ""
         )
+        resumed = escape(resumed)
         console.print(
-            f"run [bold]{_escape(state.run_name)}[/]: {config.model.name}, weights "
-            f"{_escape(state.weights_origin)}{_escape(resumed)}",
+            f"run [bold]{escape(state.run_name)}[/]: {escape(config.model.name)}, weights "
+            f"{escape(state.weights_origin)}{escape(resumed)}",
             soft_wrap=True,
         )
         console.print(
@@ -388,14 +412,14 @@ def fit_summary(result) -> Table:
         ("final val mAP@0.5:0.95", _num(last["val"].get("map"), 4) if last else "-"),
         ("last checkpoint", str(result.last_checkpoint)),
         ("best checkpoint", str(result.best_checkpoint or "-")),
-        ("model copy", str(result.model_copy or "-")),
+        ("default model", result.promotion or str(result.model_copy or "-")),
         ("TensorBoard", f"{result.run_dir}  (gunctl tb)"),
         ("wall time", f"{result.seconds:.1f} s"),
         *([("stopped early", result.stopped_early)] if result.stopped_early else []),
         ("train images/s", f"{images / train_seconds:.2f}" if train_seconds else "-"),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))
     return table
 
 
@@ -404,7 +428,7 @@ def validation_table(result, score_threshold: float) -> Table:
 
     m, facts = result.metrics, result.facts
     table = Table(
-        title=f"Validation of {result.checkpoint}", show_header=False, title_justify="left"
+        title=f"Validation of {escape(result.checkpoint)}", show_header=False, title_justify="left"
     )
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
@@ -413,8 +437,8 @@ def validation_table(result, score_threshold: float) -> Table:
         ("epoch", str(facts["epoch"]) + (" (interrupted)" if facts.get("interrupted") else "")),
         ("run", facts.get("run") or "-"),
         ("weights origin", facts.get("weights_origin") or "-"),
-        ("classes", _escape(", ".join(facts.get("class_names") or ["gun"]))),
-        ("data", _escape(result.data)),
+        ("classes", ", ".join(facts.get("class_names") or ["gun"])),
+        ("data", result.data),
         ("mAP@0.5:0.95", _num(m.get("map"), 4)),
         ("mAP@0.5", _num(m.get("map_50"), 4)),
         ("mAP@0.75", _num(m.get("map_75"), 4)),
@@ -430,7 +454,7 @@ def validation_table(result, score_threshold: float) -> Table:
         ("time (s), of which mAP", f"{m.get('seconds', 0):.2f}, {m.get('map_seconds', 0):.2f}"),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(name, escape(value))
     return table
 
 
@@ -457,7 +481,7 @@ def class_table(per_class: dict | None, title: str = "Per class") -> Table | Non
     table.add_column("mAP@0.5:0.95", justify="right")
     for name, values in per_class.items():
         table.add_row(
-            _escape(name),
+            escape(name),
             str(values.get("boxes", "-")),
             _num(values.get("map_50"), 4),
             _num(values.get("map"), 4),
@@ -475,9 +499,9 @@ def runs_table(runs_dir, runs) -> Table:
     checkpoint is named relative to the run folder (best.pth: the one to validate)."""
     rows = [
         {
-            "run": _escape(run.name),
+            "run": escape(run.name),
             "started (UTC)": run.start.strftime("%Y-%m-%d %H:%M") if run.start else "-",
-            "model": (run.model or "-").removeprefix("fasterrcnn_"),
+            "model": escape((run.model or "-").removeprefix("fasterrcnn_")),
             "epochs": str(run.epochs) if run.epochs is not None else "-",
             "train loss": _num(run.final_train_loss),
             "best mAP@.5": _num(run.best_map50),
@@ -504,3 +528,43 @@ def runs_table(runs_dir, runs) -> Table:
     elif dropped:
         table.caption = f"not shown at this width: {', '.join(dropped)} (see --json)"
     return table
+
+
+def show_predict_summary(result) -> None:
+    """A table on a terminal; ``what: value`` lines in logs and pipes."""
+    rows = [
+        ("files", str(result.files)),
+        ("video frames", str(result.frames)),
+        ("images or frames with a detection", str(result.with_detection)),
+        ("detections", str(result.detections)),
+        ("score threshold", f"{result.threshold:.3f}"),
+        ("images/s", f"{result.images_per_s:.2f}"),
+        ("problems", str(len(result.problems))),
+        ("output", str(result.out or "-")),
+    ]
+    if not console.is_terminal:
+        for name, value in rows:
+            console.print(f"{name}: {escape(value)}", soft_wrap=True)
+        return
+    table = Table(title="Predictions", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    console.print(table)
+
+
+def show_export(result) -> None:
+    ratio = result.bytes / result.checkpoint_bytes if result.checkpoint_bytes else 0.0
+    console.print(
+        f"wrote {escape(str(result.path))} ({result.format}, {result.bytes / 2**20:.1f} MiB, "
+        f"{ratio:.0%} of the checkpoint; classes {escape(', '.join(result.class_names[1:]))}; "
+        f"score threshold {result.threshold:.3f})",
+        soft_wrap=True,
+    )
+    if result.max_box_diff is not None:
+        console.print(
+            f"checked in onnxruntime: boxes within {result.max_box_diff:.4f} px, scores within "
+            f"{result.max_score_diff:.1e} of PyTorch",
+            soft_wrap=True,
+        )

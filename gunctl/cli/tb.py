@@ -43,7 +43,7 @@ def tb(
             f"{runs_dir} does not exist yet; TensorBoard shows runs once `gunctl train` writes them"
         )
     url = runs.start_tensorboard(runs_dir, host, port)
-    render.console.print(f"TensorBoard for {runs_dir} at {url}  (Ctrl-C to stop)", markup=False)
+    render.say(f"TensorBoard for {runs_dir} at {url}  (Ctrl-C to stop)")
     _wait_for_interrupt()
 
 

@@ -162,7 +162,11 @@ def train(
     seed: Seed = _TRAIN_DEFAULTS.seed,
     run_name: Annotated[
         str | None,
-        typer.Option("--run-name", show_default="a timestamp", help="Folder under <out>/runs."),
+        typer.Option(
+            "--run-name",
+            show_default="a timestamp",
+            help="Folder under <out>/runs: one plain name.",
+        ),
     ] = None,
     out: Out = Layout().root,
     resume: Annotated[
@@ -277,6 +281,14 @@ def train(
             help="Validate every k epochs, and after the last.",
         ),
     ] = _TRAIN_DEFAULTS.val_every,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote",
+            help="Make this run's best the default model (models/fasterrcnn.pth) even when the "
+            "one there scored higher or on another split.",
+        ),
+    ] = _TRAIN_DEFAULTS.promote,
     patience: Annotated[
         int | None,
         typer.Option(
@@ -351,6 +363,7 @@ def train(
         hflip=hflip,
         run_name=run_name,
         resume=resume,
+        promote=promote,
         patience=patience,
         save_period=save_period,
         recipe=recipe,

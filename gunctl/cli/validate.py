@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from gunctl.cli import render
-from gunctl.cli.options import BatchSize, ConfigFile, Device, Json, Out, Quiet, Workers
+from gunctl.cli.options import (
+    BatchSize,
+    ConfigFile,
+    Device,
+    Json,
+    Out,
+    Quiet,
+    WeightsAlias,
+    Workers,
+    one_checkpoint,
+)
 from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
 from gunctl.errors import ThresholdError
 
@@ -22,6 +32,7 @@ def validate(
             help="A gunctl checkpoint (.pth).", show_default="<out>/models/fasterrcnn.pth"
         ),
     ] = None,
+    weights: WeightsAlias = None,
     part: Annotated[
         str | None,
         typer.Option(
@@ -107,6 +118,7 @@ def validate(
     """
     from gunctl.core.validate import validate_checkpoint
 
+    checkpoint = one_checkpoint(checkpoint, weights)
     if artifacts is not None:
         render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
         out = artifacts
@@ -125,6 +137,7 @@ def validate(
     with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
         result = validate_checkpoint(config, on_batch=counter)
+    render.note(f"model: {config.checkpoint}")
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
     if report_file is not None:

@@ -65,7 +65,15 @@ class CheckpointSaver(Callback):
     improves, and the model copy as a hard link to it (a copy across file systems);
     ``epoch_<E>.pth`` (a hard link to that epoch's ``last.pth``) every ``--save-period`` epochs.
     The run's resolved options go to ``config.yaml`` at the start.
+
+    The model copy (``models/fasterrcnn.pth``, what predict, validate and export use by
+    default) is replaced only when there is none, when it came from this same run, when this
+    run's best val mAP@0.5 is at least the copy's on the same val split (same split
+    checksum), or with ``--promote``. ``state.promotion`` says what happened, in words.
     """
+
+    def __init__(self) -> None:
+        self.existing: dict | None = None  # the model copy's facts when the run started
 
     def on_fit_start(self, state) -> None:
         import yaml
@@ -77,6 +85,7 @@ class CheckpointSaver(Callback):
         text = yaml.safe_dump(train_options(state.config), sort_keys=False)
         path = state.config.layout.run_config(state.run_name)
         write_bytes_atomic(path, (header + text).encode())
+        self.existing = _model_copy_facts(state.config.layout.best_model)
 
     def on_epoch_end(self, state, record, result) -> None:
         from gunctl.core.checkpoint import checkpoint_payload, save_checkpoint, weights_payload
@@ -84,7 +93,10 @@ class CheckpointSaver(Callback):
         save_checkpoint(state.last_path, checkpoint_payload(state))
         if state.best_epoch == state.epoch:
             save_checkpoint(state.best_path, weights_payload(state), kind="weights")
-            _place(state.best_path, state.config.layout.best_model)
+            promote, state.promotion = _promotion(state, self.existing)
+            state.promoted = state.promoted or promote
+            if promote:
+                _place(state.best_path, state.config.layout.best_model)
         period = state.config.save_period
         if period and state.epoch % period == 0:
             _place(
@@ -97,6 +109,46 @@ class CheckpointSaver(Callback):
 
             save_checkpoint(state.last_path, checkpoint_payload(state, interrupted=True))
             state.saved_on_exit = True
+
+
+def _model_copy_facts(path: Path) -> dict | None:
+    """Run, split checksum and best mAP@0.5 of the current model copy; None when there is
+    none; ``{"unreadable": reason}`` when it cannot be read."""
+    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.errors import CheckpointError
+
+    if not path.exists():
+        return None
+    try:
+        data = load_checkpoint(path, mmap=True)
+    except CheckpointError as exc:
+        return {"unreadable": str(exc)}
+    return {
+        "run": data.get("run_name"),
+        "split": data.get("split_checksum"),
+        "map_50": data.get("best_metric"),
+    }
+
+
+def _promotion(state, existing: dict | None) -> tuple[bool, str]:
+    """Whether this run's new best replaces the model copy, and why (for the summary)."""
+    target = state.config.layout.best_model
+    new = state.best_metric
+    if state.config.promote:
+        return True, f"replaced {target} (--promote)"
+    if existing is None:
+        return True, f"written to {target} (there was none)"
+    if existing.get("run") == state.run_name and "unreadable" not in existing:
+        return True, f"replaced {target} (from this same run)"
+    if "unreadable" in existing:
+        return False, f"kept {target}: unreadable ({existing['unreadable']}); --promote replaces it"
+    old = existing.get("map_50")
+    if existing.get("split") != state.split_checksum:
+        return False, f"kept {target}: it was scored on another val split; --promote replaces it"
+    if old is None or (new is not None and new >= old):
+        shown = "-" if old is None else f"{old:.4f}"
+        return True, f"replaced {target}: val mAP@0.5 {new:.4f} >= {shown} on the same split"
+    return False, f"kept {target}: its val mAP@0.5 {old:.4f} is above this run's {new:.4f}"
 
 
 class TensorBoardLogger(Callback):

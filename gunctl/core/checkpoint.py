@@ -2,7 +2,10 @@
 ``weights_only=True``, and read back only through this module.
 
 A checkpoint never runs code when it is loaded: ``torch.load(weights_only=True)`` accepts
-tensors and plain data only, and refuses anything else before it is built.
+tensors and plain data only, and refuses anything else before it is built. It is still
+untrusted data: every field is checked here (``FIELDS``, the stored config against the config
+dataclasses' types and ``CONFIG_RANGES``), and the run name, which becomes a folder on resume,
+must be one plain name (``paths.safe_name``). Any mismatch is one CheckpointError line.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
+from gunctl.core.schema import check_fields, dataclass_spec, kind_problem
 from gunctl.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
@@ -27,6 +32,65 @@ if TYPE_CHECKING:
 FORMAT = "gunctl-checkpoint"
 SCHEMA = 1
 REQUIRED = ("model", "config", "epoch", "class_names")
+FIELDS = {
+    "model": "dict",
+    "config": "dict",
+    "epoch": "int>=0",
+    "class_names": "list",
+    "step": "int>=0?",
+    "batches_done": "int>=0?",
+    "interrupted": "bool?",
+    "best_metric": "number?",
+    "best_epoch": "int>=0?",
+    "history": "list?",
+    "metrics": "dict?",
+    "run_name": "name?",
+    "run_id": "str?",
+    "weights_origin": "str?",
+    "split_checksum": "str?",
+    "manifest_checksum": "str?",
+    "world_size": "int>=1?",
+    "optimizer": "dict?",
+    "scheduler": "dict?",
+    "scaler": "dict?",
+    "partial_epoch": "dict?",
+    "rng": "dict?",
+    "created": "str?",
+}
+CONFIG_RANGES = {
+    "epochs": "int>=1",
+    "subset": "int>=2?",
+    "batch_size": "int>=1?",
+    "lr": "number>0",
+    "weight_decay": "number>=0",
+    "momentum": "number>=0",
+    "warmup_steps": "int>=0",
+    "grad_clip": "number>0?",
+    "workers": "int>=0",
+    "seed": "seed",
+    "run_name": "name?",
+    "val_fraction": "fraction",
+    "log_images": "int>=0",
+    "score_threshold": "unit",
+}
+MODEL_RANGES = {
+    key: "int>=1"
+    for key in (
+        "num_classes",
+        "min_size",
+        "max_size",
+        "rpn_pre_nms_top_n_train",
+        "rpn_post_nms_top_n_train",
+        "rpn_pre_nms_top_n_test",
+        "rpn_post_nms_top_n_test",
+        "box_batch_size_per_image",
+        "box_detections_per_img",
+    )
+}
+_SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
+HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
+SCHEDULER_SPEC = {"last_epoch": "int?", "_step_count": "int>=0?", "base_lrs": "list?"}
+METER_SPEC = {"sums": "dict", "steps": "int>=0", "images": "int>=0", "seconds": "number>=0"}
 KINDS = ("full", "weights")  # full: resumable (optimizer, scheduler, RNG); weights: model only
 
 
@@ -57,6 +121,7 @@ class Checkpoint(TypedDict, total=False):
     config: dict[str, Any]  # the resolved TrainConfig, without its layout
     class_names: list[str]
     run_name: str
+    run_id: str  # unique per run, kept across resumes: tells two runs of one name apart
     weights_origin: str
     split_checksum: str
     manifest_checksum: str
@@ -119,6 +184,7 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         config=state.config_dict(),
         class_names=["background", *state.class_names],
         run_name=state.run_name,
+        run_id=state.run_id,
         weights_origin=state.weights_origin,
         split_checksum=state.split_checksum,
         manifest_checksum=state.manifest_checksum,
@@ -170,7 +236,7 @@ def stored_model_config(checkpoint: Checkpoint, path: Path) -> dict[str, Any]:
 def load_weights(model: nn.Module, checkpoint: Checkpoint, path: Path) -> None:
     try:
         model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model ({first_line(exc)})") from None
 
 
@@ -187,10 +253,11 @@ def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> N
         load_weights(state.model, checkpoint, path)
     try:
         state.optimizer.load_state_dict(checkpoint["optimizer"])
+        check_optimizer_state(state.optimizer, path)
         state.scheduler.load_state_dict(checkpoint["scheduler"])
         if state.scaler is not None and checkpoint.get("scaler"):
             state.scaler.load_state_dict(checkpoint["scaler"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path}: optimizer state does not fit ({exc})") from None
     state.epoch = int(checkpoint["epoch"])
     state.step = int(checkpoint.get("step", 0))
@@ -202,6 +269,7 @@ def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> N
     state.best_epoch = checkpoint.get("best_epoch")
     state.history = list(checkpoint.get("history") or [])
     state.resumed_from = path
+    state.run_id = checkpoint.get("run_id") or state.run_id
     rng = checkpoint.get("rng") or {}
     if isinstance(rng.get("torch"), torch.Tensor):
         torch.set_rng_state(rng["torch"])
@@ -239,6 +307,8 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file")
     _sniff(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -290,7 +360,83 @@ def _check(path: Path, data: Any) -> Checkpoint:
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing)})")
     if data.get("kind", "full") not in KINDS:
         raise CheckpointError(f"{path}: unknown checkpoint kind {data.get('kind')!r}")
+    check_fields(data, FIELDS, str(path), CheckpointError)
+    _check_config(path, data["config"])
+    _check_contents(path, data)
     return data
+
+
+def _check_config(path: Path, config: dict) -> None:
+    where = f"{path}: config"
+    check_fields(config, dataclass_spec(TrainConfig, CONFIG_RANGES), where, CheckpointError, True)
+    model = check_fields(config, {"model": "dict"}, where, CheckpointError)["model"]
+    spec = dataclass_spec(ModelConfig, MODEL_RANGES)
+    check_fields(model, spec, f"{where}.model", CheckpointError, allow_missing=True)
+    check_fields(model, {"name": "str"}, f"{where}.model", CheckpointError)
+
+
+def _check_contents(path: Path, data: dict) -> None:
+    """Tensors where tensors go, lists of the right things: what the trainer and the
+    displays index into without further checks."""
+    if not all(isinstance(v, torch.Tensor) for v in data["model"].values()):
+        raise CheckpointError(f"{path}: 'model' must map names to tensors")
+    if not all(isinstance(name, str) for name in data["class_names"]):
+        raise CheckpointError(f"{path}: 'class_names' must be a list of strings")
+    for index, record in enumerate(data.get("history") or []):
+        check_fields(record, HISTORY_SPEC, f"{path}: history[{index}]", CheckpointError)
+        for part in ("train", "val"):
+            values = record.get(part) or {}
+            shown = [values.get(key) for key in _SHOWN] if isinstance(values, dict) else [""]
+            if not all(isinstance(v, (int, float)) or v is None for v in shown):
+                raise CheckpointError(f"{path}: history[{index}].{part} must hold numbers")
+    if data.get("partial_epoch") is not None:
+        check_fields(data["partial_epoch"], METER_SPEC, f"{path}: partial_epoch", CheckpointError)
+    scheduler = data.get("scheduler") or {}
+    check_fields(scheduler, SCHEDULER_SPEC, f"{path}: scheduler", CheckpointError)
+    for key in ("base_lrs", "_last_lr"):
+        if not all(kind_problem(v, "number") is None for v in scheduler.get(key) or []):
+            raise CheckpointError(f"{path}: scheduler {key!r} must hold numbers")
+    rng = (data.get("rng") or {}).get("torch")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8):
+        raise CheckpointError(f"{path}: 'rng.torch' must be a byte tensor")
+
+
+def check_same_run(existing: Path, checkpoint: dict, source: Path) -> None:
+    """Refuse to resume ``checkpoint`` (read from ``source``) into a run folder whose
+    ``last.pth`` (``existing``) belongs to another run: it would be overwritten.
+
+    Same run: the same ``run_id``; for checkpoints written before run ids, the same first
+    epoch record and split.
+    """
+    existing = Path(existing)
+    if not existing.is_file() or existing.resolve() == Path(source).resolve():
+        return
+    other = load_checkpoint(existing, mmap=True)
+    if other.get("run_id") and checkpoint.get("run_id"):
+        same = other["run_id"] == checkpoint["run_id"]
+    else:
+        first = lambda data: (data.get("history") or [None])[0]  # noqa: E731
+        same = first(other) == first(checkpoint) and other.get("split_checksum") == checkpoint.get(
+            "split_checksum"
+        )
+    if not same:
+        raise CheckpointError(
+            f"{existing.parent} holds another run than {source} (a different run id); "
+            "resuming would overwrite it: rename that folder, or resume under another --out"
+        )
+
+
+def check_optimizer_state(optimizer, path: Path) -> None:
+    """After ``load_state_dict``: every state tensor has its parameter's shape (a crafted
+    state would otherwise fail at the first step, deep inside the optimizer)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: optimizer state {key!r} has shape {tuple(value.shape)}, "
+                        f"its parameter {tuple(param.shape)}"
+                    )
 
 
 def require_full(path: Path, checkpoint: dict[str, Any]) -> None:

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from gunctl.core import tree
-from gunctl.core.images import ImageProblem, decode_rgb
-from gunctl.core.labels import read_targets
+from gunctl.core.fileio import TooLarge, read_bounded
+from gunctl.core.images import MAX_PIXELS, ImageProblem, decode_rgb
+from gunctl.core.labels import MAX_LABEL_BYTES, read_targets
+from gunctl.core.paths import confine
 from gunctl.core.transforms import EvalTransform
 from gunctl.errors import DataError
 
-MAX_PIXELS = 50_000_000  # the same limit as ingest (config.IngestConfig.max_pixels)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # as ingest
 
 
 class GunDataset(torch.utils.data.Dataset):
@@ -81,13 +83,15 @@ class GunDataset(torch.utils.data.Dataset):
         if index in self._cache:
             return self._cache[index]
         item = self.items[index]
-        image_path = self.raw_dir / tree.IMAGES / item["image"]
-        label_path = self.raw_dir / tree.LABELS / item["label"]
+        image_path = confine(self.raw_dir / tree.IMAGES, item["image"], "image")
+        label_path = confine(self.raw_dir / tree.LABELS, item["label"], "label file")
         try:
-            rgb, meta = decode_rgb(image_path.read_bytes(), MAX_PIXELS)
-            label_bytes = label_path.read_bytes()
+            rgb, meta = decode_rgb(read_bounded(image_path.open("rb"), MAX_IMAGE_BYTES), MAX_PIXELS)
+            label_bytes = read_bounded(label_path.open("rb"), MAX_LABEL_BYTES)
         except ImageProblem as problem:
             raise DataError(f"{image_path}: {problem.detail or problem.kind}") from None
+        except TooLarge as exc:
+            raise DataError(f"{image_path} or its label: {exc}") from None
         except OSError as exc:
             raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
         pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()

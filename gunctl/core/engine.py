@@ -233,6 +233,7 @@ def _evaluate(
     metrics: dict = dict(mean_average_precision(predictions, targets_cpu, class_names))
     map_seconds = time.perf_counter() - tick
     metrics.update(detection_counts(predictions, targets_cpu, score_threshold, iou_threshold))
+    metrics.update(best_f1_threshold(predictions, targets_cpu, iou_threshold))
     if compute_losses:
         metrics.update(meter.means())
     metrics.update(
@@ -324,6 +325,50 @@ def detection_counts(predictions, targets, score_threshold: float, iou_threshold
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def best_f1_threshold(predictions, targets, iou_threshold: float = 0.5) -> dict[str, float | None]:
+    """The score threshold that maximises F1 (``best_f1_threshold``) and that F1 (``best_f1``).
+
+    Matching is ``detection_counts``'s (greedy, by score, at ``iou_threshold``), which does not
+    depend on the threshold for the detections above it: one pass over the detections sorted
+    by score gives precision and recall at every threshold. None without detections or boxes.
+    """
+    hits, scores = [], []
+    truths = 0
+    for pred, target in zip(predictions, targets, strict=True):
+        hits.append(_greedy_hits(pred["boxes"], target["boxes"], iou_threshold))
+        scores.append(pred["scores"].float())
+        truths += len(target["boxes"])
+    if not scores or truths == 0 or sum(len(s) for s in scores) == 0:
+        return {"best_f1_threshold": None, "best_f1": None}
+    order = torch.cat(scores).argsort(descending=True, stable=True)
+    sorted_scores = torch.cat(scores)[order]
+    tp = torch.cat(hits)[order].cumsum(0).double()
+    fp = torch.arange(1, len(order) + 1, dtype=torch.float64) - tp
+    f1 = 2 * tp / (2 * tp + fp + (truths - tp))
+    last_of_score = torch.ones(len(order), dtype=torch.bool)  # a threshold keeps all ties
+    last_of_score[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    f1 = torch.where(last_of_score, f1, torch.full_like(f1, -1.0))
+    best = int(f1.argmax())
+    threshold = math.floor(float(sorted_scores[best]) * 1e4) / 1e4  # >= keeps that detection
+    return {"best_f1_threshold": threshold, "best_f1": float(f1[best])}
+
+
+def _greedy_hits(boxes: torch.Tensor, truth: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Per detection (in the given, score-sorted order): whether it matched a true box."""
+    from torchvision.ops import box_iou
+
+    hits = torch.zeros(len(boxes), dtype=torch.bool)
+    if len(boxes) == 0 or len(truth) == 0:
+        return hits
+    matched = torch.zeros(len(truth), dtype=torch.bool)
+    for index, row in enumerate(box_iou(boxes.float(), truth.float())):
+        row = row.masked_fill(matched, -1.0)
+        best = int(row.argmax())
+        if row[best] >= iou_threshold:
+            matched[best] = hits[index] = True
+    return hits
 
 
 def amp_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:

@@ -10,7 +10,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gunctl.errors import DataError, cannot_write
+from gunctl.errors import DataError, cannot_write, first_line
+
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a manifest of 3,000 images is ~1 MiB
+
+
+class TooLarge(Exception):
+    """A file above the size its reader accepts (``read_bounded``)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"larger than {_size(limit)}")
+        self.limit = limit
+
+
+def read_bounded(handle: BinaryIO, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``handle`` (closed afterwards); TooLarge when there are more.
+
+    Memory stays bounded whatever a file or a zip member claims about its size.
+    """
+    with handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(limit)
+    return data
 
 
 @contextlib.contextmanager
@@ -39,9 +61,13 @@ def read_document(path: Path, document_format: str, what: str, missing_hint: str
     if not path.exists():
         raise DataError(f"{path}: no {what}; {missing_hint}")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        document = json.loads(read_bounded(path.open("rb"), MAX_DOCUMENT_BYTES).decode("utf-8"))
+    except TooLarge as exc:
         raise DataError(f"{path}: unreadable {what} ({exc})") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise DataError(f"{path}: unreadable {what} ({first_line(exc, 160)})") from None
+    except RecursionError:
+        raise DataError(f"{path}: unreadable {what} (nested too deeply)") from None
     if not isinstance(document, dict) or document.get("format") != document_format:
         raise DataError(f"{path}: not a gunctl {what}")
     return document
@@ -62,3 +88,7 @@ def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
             writer(handle)
     except OSError as exc:
         raise cannot_write(path, exc) from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:g} MiB" if count >= 2**20 else f"{count:,} bytes"

@@ -5,10 +5,16 @@ Every source layout (Kaggle, YOLO, COCO, Pascal VOC) is read by its reader in
 (``labels``, ``images``), whatever its format. The checked tree is
 staged in a temporary folder beside ``raw/`` and renamed into place, so ``raw/`` is
 never half-written and an existing one survives a failed ingest.
+
+The checked tree is renamed into place under the exclusive ``raw/`` lock (``rawlock``): an
+existing ``raw/`` survives a failed or killed ingest, and no reader sees it change. Zips are
+read from one open archive (time linear in the members), every file with a bounded read
+(memory bounded by the largest accepted file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +22,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +31,46 @@ from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
 from gunctl.core import formats, tree
-from gunctl.core.fileio import read_document
+from gunctl.core.archive import member_problem
+from gunctl.core.fileio import TooLarge, read_bounded
 from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
-from gunctl.core.labels import Problem, check_boxes, format_label
+from gunctl.core.labels import (
+    MAX_LABEL_BYTES,
+    Problem,
+    check_boxes,
+    format_label,
+    refuse_other_format,
+)
+from gunctl.core.manifest import MANIFEST_FORMAT, MANIFEST_SCHEMA, data_checksum, read_manifest
+from gunctl.core.paths import name_problem
+from gunctl.core.rawlock import RawLock, replaceable, swap_into_place
 from gunctl.errors import DataError, SourceError, UsageError, cannot_write, first_line
 
-MANIFEST_FORMAT = "gunctl-raw"
-MANIFEST_SCHEMA = 1
-MAX_MEMBER_BYTES = 64 * 1024 * 1024  # no single image or label of this data set comes near it
+__all__ = ["ingest", "read_manifest", "data_checksum", "IngestReport"]
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # no single image of this data set comes near it
+MAX_ANNOTATION_BYTES = 256 * 1024 * 1024  # COCO JSON, VOC XML, YOLO YAML: whole-set files
+MAX_ZIP_MEMBERS = 500_000  # the Kaggle archive holds ~6,000
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,  # bad CRC, bad local header
+    RuntimeError,  # encrypted ("password required")
+    NotImplementedError,  # deflate64, implode and other compression methods
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+)
+
+
+class UnreadableFile(Exception):
+    """A source file that cannot be read: too large, or an encrypted or corrupt zip member.
+    ``kind`` is a labels.PROBLEM_KINDS key."""
+
+    def __init__(self, name: str, kind: str, detail: str):
+        super().__init__(f"{name}: {detail}")
+        self.name, self.kind, self.detail = name, kind, detail
+
 
 Progress = Callable[[int, int], None]
 
@@ -66,8 +104,6 @@ class IngestReport:
 def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
     """Check the source, stage the raw tree, and move it into place. Returns the report."""
     layout = config.layout
-    if layout.raw.exists() and not config.force:
-        raise UsageError(f"{layout.raw} already exists; pass --force to replace it")
     created = not layout.root.exists()
     _make_dirs(layout.root)
     try:
@@ -79,10 +115,17 @@ def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestRepo
 
 
 def _ingest(config: IngestConfig, layout: Layout, progress) -> IngestReport:
-    _remove_abandoned(layout.root)
-    with tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root) as scratch:
-        label, version, files, problems, format_name = _open_source(config, Path(scratch))
-        source = formats.read(format_name, {f.name: f for f in files}, label)
+    with RawLock(layout, exclusive=True, command="gunctl ingest"), contextlib.ExitStack() as stack:
+        _check_target(layout.raw, config.force)
+        _remove_abandoned(layout.root)
+        scratch = stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=f".scratch-{os.getpid()}-", dir=layout.root)
+        )
+        label, version, files, problems, format_name = _open_source(config, Path(scratch), stack)
+        try:
+            source = formats.read(format_name, {f.name: f for f in files}, label)
+        except UnreadableFile as exc:
+            raise DataError(f"{label}: {exc}") from None
         stage = Path(tempfile.mkdtemp(prefix=f".raw-staging-{os.getpid()}-", dir=layout.root))
         try:
             report = _build_tree(config, source, stage, progress)
@@ -95,25 +138,29 @@ def _ingest(config: IngestConfig, layout: Layout, progress) -> IngestReport:
                 )
             if report.images == 0:
                 raise DataError(f"{label}: no usable image with a label file was found")
+            refuse_other_format(report.problems, report.boxes, label)
             _write_manifest(stage, report, config)
-            _swap_into_place(stage, layout.raw)
+            swap_into_place(stage, layout.raw)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     report.raw_dir = layout.raw
     return report
 
 
-def read_manifest(layout: Layout) -> dict:
-    """The manifest of the ingested tree; a DataError names the file when it is unusable."""
-    return read_document(
-        layout.manifest, MANIFEST_FORMAT, "manifest", "ingest a data set first (`gunctl ingest`)"
-    )
+def _check_target(raw: Path, force: bool) -> None:
+    if (raw.exists() or raw.is_symlink()) and not force:
+        raise UsageError(f"{raw} already exists; pass --force to replace it")
+    if not replaceable(raw):
+        raise UsageError(
+            f"{raw}: not a gunctl data tree (no manifest.json); --force replaces only what "
+            "gunctl ingest wrote: move it away or pick another --out"
+        )
 
 
 # --- sources -------------------------------------------------------------------------------
 
 
-def _open_source(config: IngestConfig, scratch: Path):
+def _open_source(config: IngestConfig, scratch: Path, stack: contextlib.ExitStack):
     """(label for reports, version, files, problems found while listing, format)."""
     if config.source in ("demo", "kaggle") and config.format not in ("auto", "kaggle"):
         raise UsageError(f"--format {config.format} applies to a local folder or .zip only")
@@ -134,7 +181,7 @@ def _open_source(config: IngestConfig, scratch: Path):
         raise UsageError(f"--format {config.format}: choose auto, {', '.join(formats.FORMATS)}")
     path = Path(config.source).expanduser()
     if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
-        listing, problems = _list_folder(path) if path.is_dir() else _list_zip(path)
+        listing, problems = _list_folder(path) if path.is_dir() else _list_zip(path, stack)
         chosen = config.format
         if chosen == "auto":
             chosen = formats.detect({f.name: f for f in listing}) or "kaggle"
@@ -143,7 +190,8 @@ def _open_source(config: IngestConfig, scratch: Path):
         if path.is_dir():
             files, problems = _folder_files(_require_root(path))
             return str(path), None, files, problems, "kaggle"
-        return str(path), None, _zip_files(path), [], "kaggle"
+        files, problems = _zip_files(path, stack)
+        return str(path), None, files, problems, "kaggle"
     if path.exists():
         raise SourceError(f"{path}: not a folder or a .zip archive")
     raise SourceError(
@@ -184,7 +232,7 @@ def _folder_files(root: Path) -> tuple[list[SourceFile], list[Problem]]:
     for folder in (tree.IMAGES, tree.LABELS):
         for entry in sorted(tree.child_dir(root, folder).iterdir()):
             name = f"{folder}/{entry.name}"
-            if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+            if entry.is_symlink() and not _inside(entry, resolved_root):
                 problems.append(Problem(name, "unsafe_path", f"symlink to {os.readlink(entry)}"))
             elif entry.is_file():
                 files.append(SourceFile(name, _reader(entry)))
@@ -208,7 +256,7 @@ def _list_folder(path: Path) -> tuple[list[SourceFile], list[Problem]]:
         for name in sorted(names):
             entry = Path(folder) / name
             relative = entry.relative_to(root).as_posix()
-            if entry.is_symlink() and not entry.resolve().is_relative_to(resolved_root):
+            if entry.is_symlink() and not _inside(entry, resolved_root):
                 problems.append(
                     Problem(relative, "unsafe_path", f"symlink to {os.readlink(entry)}")
                 )
@@ -217,62 +265,96 @@ def _list_folder(path: Path) -> tuple[list[SourceFile], list[Problem]]:
     return files, problems
 
 
-def _list_zip(path: Path) -> tuple[list[SourceFile], list[Problem]]:
+def _list_zip(path: Path, stack) -> tuple[list[SourceFile], list[Problem]]:
     """Every file member of the zip, named relative to its one top folder when it has one."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise SourceError(f"{path}: unreadable zip ({exc})") from None
-    for member in members:
-        _refuse_hostile(path, member)
-    names = [m.filename for m in members if not m.is_dir()]
+    archive, by_name, problems = _open_zip(path, stack)
+    names = [name for name, member in by_name.items() if not member.is_dir()]
     tops = {name.split("/", 1)[0] for name in names}
     prefix = f"{tops.pop()}/" if len(tops) == 1 and all("/" in n for n in names) else ""
     files = [
-        SourceFile(name[len(prefix) :], _zip_reader(path, name))
+        SourceFile(name[len(prefix) :], _zip_reader(archive, by_name[name]))
         for name in names
         if not name.endswith("/")
     ]
-    return files, []
+    return files, problems
+
+
+def _inside(entry: Path, root: Path) -> bool:
+    try:
+        return entry.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _limit(name: str) -> int:
+    """The most bytes read of a source file: label text files are small, images less so."""
+    lower = name.lower()
+    if lower.endswith(".txt"):
+        return MAX_LABEL_BYTES
+    return MAX_IMAGE_BYTES if tree.is_image_name(lower) else MAX_ANNOTATION_BYTES
 
 
 def _reader(path: Path) -> Callable[[], bytes]:
-    return lambda: _read_bounded(path.open("rb"), path.name)
+    def read() -> bytes:
+        try:
+            return read_bounded(path.open("rb"), _limit(path.name))
+        except TooLarge as exc:
+            raise UnreadableFile(path.name, "file_too_large", str(exc)) from None
+
+    return read
 
 
-def _zip_files(path: Path) -> list[SourceFile]:
+def _open_zip(path: Path, stack: contextlib.ExitStack):
+    """The open archive (closed by ``stack``), its members by name (indexed once), and the
+    names it holds more than once: the last copy is kept, as ``unzip`` and
+    ``ZipFile.open(name)`` do."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+        archive = stack.enter_context(zipfile.ZipFile(path))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise SourceError(f"{path}: unreadable zip ({exc})") from None
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise SourceError(f"{path}: {len(members):,} members, more than {MAX_ZIP_MEMBERS:,}")
+    by_name: dict[str, zipfile.ZipInfo] = {}
     for member in members:
         _refuse_hostile(path, member)
-    prefix = _zip_prefix(path, [m.filename for m in members])
+        by_name[member.filename] = member  # the last copy of a repeated name wins
+    seen = Counter(m.filename for m in members)
+    problems = [
+        Problem(name, "duplicate_member", f"{count} copies")
+        for name, count in seen.items()
+        if count > 1 and not name.endswith("/")
+    ]
+    return archive, by_name, problems
+
+
+def _zip_files(path: Path, stack) -> tuple[list[SourceFile], list[Problem]]:
+    archive, by_name, problems = _open_zip(path, stack)
+    prefix = _zip_prefix(path, list(by_name))
     files = []
-    for member in members:
-        rest = member.filename[len(prefix) :]
-        parts = rest.split("/")
-        if member.is_dir() or len(parts) != 2 or not member.filename.startswith(prefix):
+    for name, member in by_name.items():
+        parts = name[len(prefix) :].split("/")
+        if member.is_dir() or len(parts) != 2 or not name.startswith(prefix):
             continue
         folder = {"images": tree.IMAGES, "labels": tree.LABELS}.get(parts[0].lower())
         if folder:
-            files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(path, member.filename)))
-    return files
+            files.append(SourceFile(f"{folder}/{parts[1]}", _zip_reader(archive, member)))
+    problems = [
+        Problem(
+            f"{tree.IMAGES if '/images/' in '/' + p.file.lower() else tree.LABELS}/"
+            f"{p.file.rsplit('/', 1)[-1]}",
+            p.kind,
+            p.detail,
+        )
+        for p in problems
+    ]
+    return files, problems
 
 
 def _refuse_hostile(path: Path, member: zipfile.ZipInfo) -> None:
-    name = member.filename
-    is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
-    if (
-        name.startswith(("/", "\\"))
-        or re.match(r"^[A-Za-z]:", name)
-        or ".." in re.split(r"[/\\]", name)
-    ):
-        raise SourceError(f"{path}: refused member {name!r}: its path leads outside the archive")
-    if is_link:
-        raise SourceError(f"{path}: refused member {name!r}: symbolic links are not accepted")
+    reason = member_problem(member)
+    if reason:
+        raise SourceError(f"{path}: refused member {member.filename!r}: {reason}")
 
 
 def _zip_prefix(path: Path, names: list[str]) -> str:
@@ -291,20 +373,20 @@ def _zip_prefix(path: Path, names: list[str]) -> str:
     return complete[0]
 
 
-def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
+def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
-        with zipfile.ZipFile(path) as archive:
-            return _read_bounded(archive.open(member), member)
+        name = member.filename
+        if member.flag_bits & 0x1:
+            raise UnreadableFile(name, "unreadable_member", "encrypted")
+        try:
+            return read_bounded(archive.open(member), _limit(name))
+        except TooLarge as exc:
+            raise UnreadableFile(name, "file_too_large", str(exc)) from None
+        except _ZIP_READ_ERRORS as exc:
+            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise UnreadableFile(name, "unreadable_member", detail) from None
 
     return read
-
-
-def _read_bounded(handle, name: str) -> bytes:
-    with handle:
-        data = handle.read(MAX_MEMBER_BYTES + 1)
-    if len(data) > MAX_MEMBER_BYTES:
-        raise SourceError(f"{name}: larger than {MAX_MEMBER_BYTES // 2**20} MiB")
-    return data
 
 
 # --- checking and staging ------------------------------------------------------------------
@@ -354,7 +436,15 @@ def _resolve_classes(config, source_names: list[str]) -> tuple[list[str], dict[s
 
 def _ingest_record(record: Record, stage: Path, config, report: IngestReport, index) -> dict | None:
     image = record.image
-    data = image.read()
+    unsafe = name_problem(Path(image.name).name) or name_problem(f"{record.stem}.txt")
+    if unsafe:
+        report.problems.append(Problem(image.name, "unsafe_path", unsafe))
+        return None
+    try:
+        data = image.read()
+    except UnreadableFile as exc:
+        report.problems.append(Problem(image.name, exc.kind, exc.detail))
+        return None
     try:
         _, meta = decode_rgb(data, config.max_pixels)
     except ImageProblem as problem:
@@ -363,7 +453,14 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
     extension = Path(image.name).suffix
     if not format_matches(extension, meta.format):
         report.problems.append(Problem(image.name, "format_mismatch", f"{meta.format} content"))
-    labels = record.labels(meta.width, meta.height)
+    if meta.orientation != 1:
+        detail = f"orientation {meta.orientation}"
+        report.problems.append(Problem(image.name, "exif_orientation", detail))
+    try:
+        labels = record.labels(meta.width, meta.height)
+    except UnreadableFile as exc:
+        report.problems.append(Problem(_label_name(record, exc), exc.kind, exc.detail))
+        return None
     report.problems.extend(labels.problems)
     if not labels.usable:
         return None
@@ -418,10 +515,10 @@ def _count(report: IngestReport, meta, boxes: int) -> None:
         report.largest = size
 
 
-def data_checksum(entries: list[dict]) -> str:
-    """The data's identity: a hash of the file list with its checksums (not of timestamps)."""
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def _label_name(record: Record, exc: UnreadableFile) -> str:
+    """The label file's name as the listing gives it (``Labels/2.txt``), for the report."""
+    name = exc.name.rsplit("/", 1)[-1]
+    return f"{tree.LABELS}/{name}" if name == f"{record.stem}.txt" else exc.name
 
 
 def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> None:
@@ -454,36 +551,11 @@ def _write_manifest(stage: Path, report: IngestReport, config: IngestConfig) -> 
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def _swap_into_place(stage: Path, raw: Path) -> None:
-    """Rename the staged tree over ``raw``; the old tree is removed only once the new one is in."""
-    old = raw.with_name(f".raw-old-{os.getpid()}")
-    if raw.exists():
-        os.replace(raw, old)
-    try:
-        os.replace(stage, raw)
-    except OSError:
-        if old.exists():
-            os.replace(old, raw)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _remove_abandoned(root: Path) -> None:
-    """Staging folders of ingests that were killed (their process is gone) are removed."""
+    """Staging folders of killed ingests (we hold the exclusive lock: none is in use)."""
     for path in root.glob(".*-*"):
-        found = re.match(r"^\.(?:scratch|raw-staging|raw-old)-(\d+)", path.name)
-        if found and path.is_dir() and not _alive(int(found.group(1))):
+        if re.match(r"^\.(?:scratch|raw-staging)-\d+", path.name) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _make_dirs(path: Path) -> None:

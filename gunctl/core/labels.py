@@ -10,26 +10,46 @@ as ``x1 y1 x2 y2`` in pixels. The rules, written once (also in ``gunctl ingest -
   four numbers (dropped); corners given as x2 < x1 or y2 < y1 (swapped); boxes partly
   outside the image, negative coordinates included (clipped); boxes wholly outside the
   image or of zero area (dropped).
-- Skipped, reported: an empty or undecodable label file (its image is left out).
+- Skipped, reported: an empty or undecodable label file, one above ``MAX_LABEL_BYTES`` or
+  with more than ``MAX_BOXES`` box lines (its image is left out).
+- Another format: lines of five numbers (YOLO's ``class cx cy w h``) are reported as
+  ``other_format``; when no box at all survives an ingest because of them, the ingest is
+  refused (``refuse_other_format``) instead of producing a data set of empty images.
+  A reader of another layout parses its own files and does not call these.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gunctl.errors import DataError
+
 Box = tuple[float, float, float, float]
+MAX_LABEL_BYTES = 1024 * 1024  # ~30,000 box lines; the data set's files are below 1 KiB
+MAX_BOXES = 1000  # per image; the data set has at most 12 (COCO at most ~90)
 
 # kind -> what gunctl did about it (shown in the ingest summary)
 PROBLEM_KINDS: dict[str, str] = {
     "image_without_label": "image has no label file: image left out",
     "label_without_image": "label file has no image: label left out",
-    "unreadable_image": "image cannot be decoded (corrupt, truncated or empty): left out",
+    "unreadable_image": "image cannot be decoded as JPEG or PNG (corrupt, truncated, empty "
+    "or another format): left out",
+    "extreme_aspect_ratio": "one side more than 20 times the other: left out",
+    "exif_orientation": "EXIF orientation tag not applied: image and boxes used as stored",
+    "unreadable_member": "zip member cannot be read (encrypted, unsupported compression, "
+    "bad CRC): left out",
+    "duplicate_member": "the archive holds this name more than once: the last copy is kept, "
+    "as unzip does",
+    "file_too_large": "file above the size limit: left out",
     "not_an_image": "file in Images/ is not a .jpeg/.jpg/.png image: left out",
     "image_too_large": "image above the pixel limit (decompression bomb?): left out",
     "format_mismatch": "image content does not match its extension: decoded by content",
     "duplicate_stem": "two images share a stem: the second is left out",
     "unsafe_path": "symlink or path that leads outside the source: left out",
     "empty_label": "label file is empty or not text: image left out",
+    "too_many_boxes": f"label file has more than {MAX_BOXES} boxes: image left out",
+    "other_format": "lines of five numbers (YOLO `class cx cy w h`?), not the Kaggle "
+    "`x1 y1 x2 y2`: lines dropped",
     "malformed_line": "line is not a count or four numbers: line dropped",
     "count_mismatch": "count on line 1 disagrees with the box lines: box lines kept",
     "swapped_corners": "x2 < x1 or y2 < y1: corners swapped",
@@ -85,14 +105,20 @@ def parse_label(data: bytes, name: str, with_class: bool = False) -> ParsedLabel
     problems: list[Problem] = []
     (count_line, count_text), box_lines = lines[0], lines[1:]
     declared = _parse_count(count_text)
-    if declared is None:
+    if declared is None and (with_class or _numbers(count_text) != 5):
         problems.append(Problem(name, "malformed_line", f"count {count_text[:40]!r}", count_line))
+    if len(box_lines) > MAX_BOXES:
+        detail = f"{len(box_lines)} box lines"
+        return ParsedLabel([], [Problem(name, "too_many_boxes", detail)], usable=False)
+    five = [] if with_class else [n for n, line in lines if _numbers(line) == 5]
+    if five:
+        problems.append(Problem(name, "other_format", f"{len(five)} line(s)", five[0]))
     boxes: list[tuple[Box, int]] = []
     for number, line in box_lines:
         box = _parse_box(line, with_class)
-        if box is None:
+        if box is None and number not in five:
             problems.append(Problem(name, "malformed_line", f"{line[:40]!r}", number))
-        else:
+        elif box is not None:
             boxes.append((box, number))
     if declared is not None and declared != len(box_lines):
         detail = f"says {declared}, found {len(box_lines)} box lines"
@@ -144,8 +170,11 @@ def read_boxes(data: bytes, width: int, height: int, name: str) -> list[Box]:
 
 def read_targets(data: bytes, width: int, height: int, name: str) -> tuple[list[Box], list[int]]:
     """Boxes and class indices of a raw/ label file: ``x1 y1 x2 y2`` lines are class 0 (one
-    class), ``x1 y1 x2 y2 k`` lines class k (multi-class); repaired as ingest would."""
+    class), ``x1 y1 x2 y2 k`` lines class k (multi-class); repaired as ingest would.
+    A DataError for a file that ingest would have refused (the raw tree was edited)."""
     parsed = parse_label(data, name, with_class=True)
+    if not parsed.usable:
+        raise DataError(f"{name}: {parsed.problems[0].detail or parsed.problems[0].kind}")
     kept, classes = [], []
     for box, line in parsed.boxes:
         fixed = check_boxes([(box[:4], line)], width, height, name)[0]
@@ -153,6 +182,17 @@ def read_targets(data: bytes, width: int, height: int, name: str) -> tuple[list[
             kept.append(fixed[0])
             classes.append(int(box[4]) if len(box) == 5 else 0)
     return kept, classes
+
+
+def refuse_other_format(problems: list[Problem], boxes: int, source: str) -> None:
+    """Refuse an ingest where no box survived and label files looked like another format."""
+    other = [p for p in problems if p.kind == "other_format"]
+    if other and boxes == 0:
+        raise DataError(
+            f"{source}: no box survived; {len(other)} label file(s) hold five numbers per line "
+            f"(first: {other[0].file}), likely YOLO `class cx cy w h`, not the Kaggle "
+            "`count` + `x1 y1 x2 y2` format"
+        )
 
 
 def _parse_count(text: str) -> int | None:
@@ -165,7 +205,7 @@ def _parse_count(text: str) -> int | None:
 
 def _parse_box(text: str, with_class: bool = False) -> Box | None:
     parts = text.replace(",", " ").split()
-    if with_class and len(parts) == 5 and parts[4].isdigit():
+    if with_class and len(parts) == 5 and parts[4].isascii() and parts[4].isdecimal():
         box = _parse_box(" ".join(parts[:4]))
         return None if box is None else (*box, float(parts[4]))  # type: ignore[return-value]
     if len(parts) != 4:
@@ -179,8 +219,19 @@ def _parse_box(text: str, with_class: bool = False) -> Box | None:
     return values  # type: ignore[return-value]
 
 
+def _numbers(text: str) -> int:
+    """How many fields of ``text`` are numbers (0 when any field is not)."""
+    parts = text.replace(",", " ").split()
+    try:
+        [float(p) for p in parts]
+    except ValueError:
+        return 0
+    return len(parts)
+
+
 def _fmt(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:.2f}".rstrip("0")
+    """Exact: integers without a point, other floats as the shortest repr that reads back."""
+    return str(int(value)) if value == int(value) else repr(value)
 
 
 def _fmt_box(box: Box) -> str:

@@ -254,3 +254,20 @@ def _download(weights) -> None:
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path) -> nn.Module:
+    """The checkpoint's detector, rebuilt from its stored configuration, in eval mode."""
+    import dataclasses
+
+    from gunctl.config import model_config_from_dict
+    from gunctl.core.checkpoint import load_weights, stored_model_config
+
+    model_config = model_config_from_dict(stored_model_config(checkpoint, path))
+    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
+    try:
+        model = build_model(model_config).model
+    except UsageError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    load_weights(model, checkpoint, path)
+    return model.eval()

@@ -8,20 +8,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from gunctl.config import SplitConfig, check_fraction
+from gunctl.config import Layout, SplitConfig, check_fraction
 from gunctl.core import tree
 from gunctl.core.fileio import read_document, write_bytes_atomic
-from gunctl.core.ingest import read_manifest
+from gunctl.core.manifest import read_manifest, verify_files
+from gunctl.core.rawlock import RawLock
+from gunctl.core.schema import check_fields
 from gunctl.errors import DataError, UsageError
+
+log = logging.getLogger("gunctl")
 
 SPLIT_FORMAT = "gunctl-split"
 SPLIT_SCHEMA = 1
 PARTS = ("train", "val")
 _ITEM_KEYS = ("image", "label", "boxes", "width", "height")  # sizes feed aspect-ratio batching
+DOCUMENT_SPEC = {
+    "schema": "int>=1",
+    "seed": "int",
+    "val_fraction": "fraction",
+    "subset": "int>=2?",
+    "manifest_checksum": "str",
+    "train": "list",
+    "val": "list",
+}
+ITEM_SPEC = {
+    "image": "name",
+    "label": "name",
+    "boxes": "int>=0",
+    "width": "int>=1",
+    "height": "int>=1",
+}
 
 
 @dataclass(frozen=True)
@@ -152,32 +173,61 @@ def split_checksum(split: dict) -> str:
 
 
 def create_split(config: SplitConfig) -> SplitResult:
-    """Read the manifest, make the split and write it atomically."""
+    """Read and verify the manifest (and the files' SHA-256), make the split, write it."""
     config.check()
-    manifest = read_manifest(config.layout)
-    entries = manifest.get("files", [])
-    split = make_split(
-        entries,
-        config.seed,
-        config.val_fraction,
-        config.subset,
-        manifest.get("checksum", ""),
-        config.keep_source_split,
-    )
-    split["class_names"] = class_names_of(manifest)
-    path = config.layout.split_file
-    write_bytes_atomic(path, split_bytes(split))
+    with RawLock(config.layout, exclusive=False):
+        manifest = read_manifest(config.layout)
+        entries = manifest["files"]
+        verify_files(config.layout, manifest, entries, config.layout.manifest)
+        split = make_split(
+            entries,
+            config.seed,
+            config.val_fraction,
+            config.subset,
+            manifest["checksum"],
+            config.keep_source_split,
+        )
+        split["class_names"] = class_names_of(manifest)
+        path = config.layout.split_file
+        write_bytes_atomic(path, split_bytes(split))
     capped = config.subset is not None and config.subset > len(entries)
     return SplitResult(path, split, capped)
 
 
 def load_split(path: Path) -> dict:
-    """Read a split file; a DataError names the file when it is missing or malformed."""
+    """Read a split file; a DataError names the file when it is missing or malformed
+    (any field of the wrong type, an image name that is not a plain name in ``raw/``)."""
     split = read_document(path, SPLIT_FORMAT, "split", "run `gunctl split` first")
+    check_fields(split, DOCUMENT_SPEC, str(path))
+    if split["schema"] > SPLIT_SCHEMA:
+        raise DataError(f"{path}: schema {split['schema']} is newer than this gunctl reads")
     for part in PARTS:
-        if not isinstance(split.get(part), list):
-            raise DataError(f"{path}: missing the {part!r} list")
+        for index, item in enumerate(split[part]):
+            check_fields(item, ITEM_SPEC, f"{path}: {part}[{index}]")
     return split
+
+
+def open_split(layout: Layout, stale: str) -> tuple[dict, dict]:
+    """The split and the manifest, checked against each other and against the files.
+
+    A split made from other data (its ``manifest_checksum`` is not the manifest's): ``stale``
+    "refuse" raises (train), "warn" logs a warning (validate). Every image and label of the
+    split must be in the manifest, inside ``raw/``, with the manifest's SHA-256. The caller
+    holds the shared ``RawLock``.
+    """
+    path = layout.split_file
+    split = load_split(path)
+    manifest = read_manifest(layout)
+    if split["manifest_checksum"] != manifest["checksum"]:
+        message = (
+            f"{path} was made from other data than {layout.manifest} (the data were ingested "
+            "again since); run `gunctl split` to make a new one"
+        )
+        if stale == "refuse":
+            raise DataError(message)
+        log.warning("%s", message)
+    verify_files(layout, manifest, split["train"] + split["val"], path)
+    return split, manifest
 
 
 def class_names_of(document: dict) -> list[str]:

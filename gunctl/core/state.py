@@ -5,6 +5,7 @@ Callbacks import this module, never the trainer: the callback API is defined by 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ class TrainState:
     resumed_from: Path | None = None
     saved_on_exit: bool = False
     train_summary: dict = field(default_factory=dict)  # the last finished epoch's train losses
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # kept across resumes
+    promotion: str = ""  # what became of models/fasterrcnn.pth, in words (CheckpointSaver)
+    promoted: bool = False  # this run's best is models/fasterrcnn.pth
     stopped_early: str | None = None  # why training ended before --epochs (--patience)
     ema: Any = None  # core.ema.ModelEma when the run averages its weights
     budget: Any = None  # core.budget.Budget while a --minutes run is still fitting its epochs
@@ -100,3 +104,4 @@ class FitResult:
     weights_origin: str
     train_images: int
     val_images: int
+    promotion: str = ""  # CheckpointSaver's words on models/fasterrcnn.pth

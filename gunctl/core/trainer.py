@@ -25,7 +25,13 @@ from gunctl.config import SplitConfig, TrainConfig, resumed_config, train_config
 from gunctl.core import distributed, recipes
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CallbackList, CheckpointSaver, TensorBoardLogger
-from gunctl.core.checkpoint import load_checkpoint, read_facts, require_full, restore_training
+from gunctl.core.checkpoint import (
+    check_same_run,
+    load_checkpoint,
+    read_facts,
+    require_full,
+    restore_training,
+)
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.distributed import DistInfo
 from gunctl.core.engine import (
@@ -38,17 +44,25 @@ from gunctl.core.engine import (
 )
 from gunctl.core.model import build_model, to_device_layout
 from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
+from gunctl.core.paths import name_problem, safe_name
+from gunctl.core.rawlock import RawLock
 from gunctl.core.runlock import RunLock
 from gunctl.core.split import (
     class_names_of,
     create_split,
-    load_split,
+    open_split,
     split_checksum,
     subset_split,
 )
 from gunctl.core.state import SELECTION_METRIC, FitResult, TrainState
 from gunctl.core.transforms import EvalTransform, make_train_transform
-from gunctl.errors import CheckpointError, DivergedError, TrainingError, UsageError
+from gunctl.errors import (
+    CheckpointError,
+    DivergedError,
+    TrainingError,
+    UsageError,
+    is_out_of_memory,
+)
 
 log = logging.getLogger("gunctl")
 
@@ -105,13 +119,18 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
     config.check()
     stored_name = read_facts(resumed.checkpoint).run_name if resumed else None
     run_name = distributed.broadcast_object(config.run_name or stored_name or _timestamp())
+    safe_name(run_name, "run name", UsageError)  # it becomes a folder under runs/
     config = dataclasses.replace(config, run_name=run_name)
     run_dir = config.layout.run_dir(run_name)
     lock = RunLock(run_dir) if dist.is_main else contextlib.nullcontext()
-    with lock:
+    with lock, RawLock(config.layout, exclusive=False, command="gunctl train"):
         if dist.is_main and resumed is None and config.layout.last_checkpoint(run_name).exists():
             raise UsageError(
                 f"{run_dir} already holds a run; pass --resume {run_name} or another --run-name"
+            )
+        if dist.is_main and resumed is not None:
+            check_same_run(
+                config.layout.last_checkpoint(run_name), resumed.checkpoint, resumed.path
             )
         if dist.is_main:
             _remove_stale_temporaries(run_dir)
@@ -140,7 +159,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         run_dir=run_dir,
         last_checkpoint=state.last_path,
         best_checkpoint=best,
-        model_copy=config.layout.best_model if best else None,
+        model_copy=config.layout.best_model if best and state.promoted else None,
         best_metric=state.best_metric,
         best_epoch=state.best_epoch,
         epochs=state.epoch,
@@ -150,6 +169,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         weights_origin=state.weights_origin,
         train_images=state.train_images,
         val_images=len(state.val_dataset),
+        promotion=state.promotion,
     )
 
 
@@ -202,6 +222,11 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
             fire.exception(exc, resumable=True)
             if stop.requested:  # e.g. a DataLoader worker that died of the same Ctrl-C
                 raise KeyboardInterrupt from exc
+            if is_out_of_memory(exc):  # the CPU's allocator (CUDA's is caught above)
+                raise TrainingError(
+                    f"out of memory at epoch {state.epoch + 1}, batch {state.batches_done + 1}; "
+                    f"try a smaller --batch-size or --min-size (checkpoint: {_saved(state)})"
+                ) from None
             raise
 
 
@@ -380,7 +405,7 @@ def resolve_resume(config: TrainConfig) -> Path:
     if path.is_file():
         return path
     candidate = config.layout.last_checkpoint(value)
-    if candidate.is_file():
+    if name_problem(value) is None and candidate.is_file():
         return candidate
     raise CheckpointError(
         f"{value}: no such checkpoint file, and no run of that name in {config.layout.runs}"
@@ -429,7 +454,7 @@ def _prepare_split(config: TrainConfig, dist: DistInfo) -> PreparedSplit:
             len(made.split["train"]) + len(made.split["val"]),
         )
     distributed.barrier()
-    split = load_split(path)
+    split, _ = open_split(config.layout, stale="refuse")
     if config.subset is not None:
         split = subset_split(split, config.subset, config.seed)
     if not split["train"] or not split["val"]:

@@ -15,8 +15,9 @@ LABEL_EXTENSION = ".txt"
 
 
 def natural_key(stem: str) -> tuple[int, int, str]:
-    """Sort key: numeric stems first and by value, then the rest by name."""
-    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+    """Sort key: numeric stems (ASCII digits only: ``²`` is a digit to Python, not a number
+    to ``int``) first and by value, then the rest by name."""
+    return (0, int(stem), "") if stem.isascii() and stem.isdecimal() else (1, 0, stem)
 
 
 def stem_of(name: str) -> str:
@@ -42,15 +43,22 @@ def find_root(path: Path) -> Path | None:
         return path
     subdirs = [p for p in path.iterdir() if p.is_dir() and not is_hidden(p.name)]
     if len(subdirs) == 1 and _has_layout(subdirs[0]):
-        return subdirs[0]
+        from gunctl.core.paths import confine
+
+        return confine(path, subdirs[0].name, "source folder")
     return None
 
 
 def child_dir(root: Path, name: str) -> Path:
-    """``root/name``, matching the folder name case-insensitively (``images/`` works too)."""
+    """``root/name``, matching the folder name case-insensitively (``images/`` works too).
+
+    A folder that is a symlink leading outside ``root`` is refused (DataError).
+    """
+    from gunctl.core.paths import confine
+
     for candidate in root.iterdir():
         if candidate.is_dir() and candidate.name.lower() == name.lower():
-            return candidate
+            return confine(root, candidate.name, "source folder")
     return root / name
 
 

@@ -6,7 +6,7 @@ data around it, and writes predictions when asked.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
 import tempfile
@@ -16,19 +16,18 @@ from typing import Any
 
 import torch
 
-from gunctl.config import IngestConfig, Layout, ValidateConfig, model_config_from_dict
+from gunctl.config import IngestConfig, Layout, ValidateConfig
 from gunctl.core import distributed
 from gunctl.core.checkpoint import (
     Checkpoint,
     load_checkpoint,
-    load_weights,
     read_facts,
-    stored_model_config,
 )
 from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.model import build_model, to_device_layout
+from gunctl.core.model import model_from_checkpoint, to_device_layout
+from gunctl.core.rawlock import RawLock
 from gunctl.errors import CheckpointError, DataError, UsageError
 
 log = logging.getLogger("gunctl")
@@ -50,7 +49,13 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
     model = _model(checkpoint, config.checkpoint)
     names = class_names(checkpoint, config.checkpoint)
     device = distributed.resolve_device(config.device, distributed.DistInfo())
-    with tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch:
+    reading = config.layout if config.data is None else None  # --data: a private scratch copy
+    with (
+        RawLock(reading, exclusive=False, command="gunctl validate")
+        if reading
+        else contextlib.nullcontext(),
+        tempfile.TemporaryDirectory(prefix="gunctl-validate-") as scratch,
+    ):
         dataset, described = _dataset(config, checkpoint, Path(scratch))
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
         if on_batch:
@@ -105,14 +110,7 @@ def class_names(checkpoint: dict, path: Path) -> list[str]:
 
 
 def _model(checkpoint: Checkpoint, path: Path):
-    model_config = model_config_from_dict(stored_model_config(checkpoint, path))
-    model_config = dataclasses.replace(model_config, weights="none")  # the checkpoint has them
-    try:
-        model = build_model(model_config).model
-    except UsageError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    load_weights(model, checkpoint, path)
-    return model.eval()
+    return model_from_checkpoint(checkpoint, path)
 
 
 def _dataset(
@@ -137,11 +135,9 @@ def _dataset(
             )
         items = read_manifest(layout)["files"]
         return GunDataset(layout.raw, items), f"{config.data} (all {len(items)} images)"
-    from gunctl.core.ingest import read_manifest
-    from gunctl.core.split import load_split
+    from gunctl.core.split import open_split
 
-    split = load_split(config.layout.split_file)
-    manifest = read_manifest(config.layout)
+    split, manifest = open_split(config.layout, stale="warn")
     if read_facts(checkpoint).manifest_checksum not in (None, "", manifest.get("checksum")):
         log.warning(
             "the data in %s differ from the data the checkpoint was trained on", config.layout.raw

@@ -7,11 +7,14 @@ import json
 import pytest
 
 from gunctl.config import Layout
-from gunctl.core.ingest import read_manifest
+from gunctl.core.ingest import data_checksum, read_manifest
 from gunctl.core.split import load_split, make_split, split_bytes
 from gunctl.errors import DataError
 
 ENTRY = {"stem": "1", "image": "1.jpeg", "label": "1.txt", "boxes": 1, "width": 8, "height": 6}
+HEAD = (
+    '"format": "gunctl-split", "schema": 1, "seed": 0, "val_fraction": 0.2, "manifest_checksum": ""'
+)
 
 
 def write_split(path, split) -> None:
@@ -33,8 +36,10 @@ def test_a_written_split_reads_back_the_same(tmp_path):
         ("{not json", "unreadable split"),
         ('["a list"]', "not a gunctl split"),
         ('{"format": "other", "train": [], "val": []}', "not a gunctl split"),
-        ('{"format": "gunctl-split", "train": []}', "missing the 'val' list"),
-        ('{"format": "gunctl-split", "train": {}, "val": []}', "missing the 'train' list"),
+        ('{"format": "gunctl-split", "train": [], "val": []}', "missing 'schema'"),
+        ("{" + HEAD + ', "train": []}', "missing 'val'"),
+        ("{" + HEAD + ', "train": {}, "val": []}', "'train' must be a list"),
+        ("{" + HEAD + ', "train": [{"image": "../x"}], "val": []}', "train.0.: 'image'"),
     ],
 )
 def test_tampered_splits_name_the_file_and_the_problem(tmp_path, text, message):
@@ -51,9 +56,14 @@ def test_manifest_reads_back_and_refuses_another_document(tmp_path):
     with pytest.raises(DataError, match="no manifest; ingest a data set first"):
         read_manifest(layout)
     layout.raw.mkdir(parents=True)
-    document = {"format": "gunctl-raw", "files": [ENTRY], "checksum": "abc"}
+    entry = {**ENTRY, "image_sha256": "0" * 64, "label_sha256": "1" * 64}
+    document = {"format": "gunctl-raw", "schema": 1, "files": [entry]}
+    document["checksum"] = data_checksum(document["files"])
     layout.manifest.write_text(json.dumps(document))
-    assert read_manifest(layout)["files"] == [ENTRY]
+    assert read_manifest(layout)["files"] == [entry]
+    layout.manifest.write_text(json.dumps({**document, "checksum": "0" * 64}))
+    with pytest.raises(DataError, match="does not match its checksum"):
+        read_manifest(layout)
     layout.manifest.write_text(json.dumps({**document, "format": "gunctl-split"}))
     with pytest.raises(DataError, match="not a gunctl manifest"):
         read_manifest(layout)

@@ -19,10 +19,10 @@ def test_a_manifest_name_with_a_path_is_refused_before_anything_is_written(tmp_p
     manifest["files"][0]["image"] = "../../escaped.jpeg"
     layout.manifest.write_text(json.dumps(manifest))
     target = tmp_path / "out" / "set"
-    with pytest.raises(DataError, match="not a plain file name"):
+    with pytest.raises(DataError, match="not a plain file name|.image. .*path separator"):
         export_data(layout, target, "coco", force=False)
     assert not list(tmp_path.rglob("escaped.jpeg"))
-    assert list(target.iterdir()) == []  # the staging folder is gone too
+    assert not target.exists() or list(target.iterdir()) == []  # no staging folder left
 
 
 def test_export_into_the_raw_tree_is_refused(tmp_path, small_tree):

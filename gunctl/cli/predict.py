@@ -1,0 +1,109 @@
+"""gunctl predict: run a checkpoint on images, folders, globs, zips and videos."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gunctl.cli import render
+from gunctl.cli.options import BatchSize, Device, Quiet, ScoreThreshold, Weights, Workers
+from gunctl.config import Layout, PredictConfig
+from gunctl.errors import DetectionError
+
+_P = PredictConfig()
+
+
+def predict(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files, folders (recursive), glob patterns (quoted), .zip archives and "
+            "videos (.mp4 .avi .mov .mkv), mixed.",
+            show_default=False,
+        ),
+    ] = None,
+    weights: Weights = Layout().best_model,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for annotated files and predictions.jsonl; must not exist yet "
+            "(default: artifacts/predictions/<timestamp>).",
+        ),
+    ] = None,
+    score_threshold: ScoreThreshold = None,
+    max_detections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-detections",
+            min=1,
+            help="At most this many boxes per image (default: the checkpoint's).",
+        ),
+    ] = None,
+    save_images: Annotated[
+        bool,
+        typer.Option("--save-images/--no-save-images", help="Write annotated images and videos."),
+    ] = _P.save_images,
+    save_json: Annotated[
+        bool,
+        typer.Option("--save-json/--no-save-json", help="Write predictions.jsonl (a line each)."),
+    ] = _P.save_json,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print the JSON lines on stdout and nothing else there."),
+    ] = False,
+    vid_stride: Annotated[
+        int, typer.Option("--vid-stride", min=1, help="Predict every Nth video frame.")
+    ] = _P.vid_stride,
+    batch_size: BatchSize = _P.batch_size,
+    workers: Workers = _P.workers,
+    device: Device = _P.device,
+    half: Annotated[
+        bool, typer.Option("--half", help="fp16 weights and inputs (CUDA only).")
+    ] = _P.half,
+    fail_on_detection: Annotated[
+        bool, typer.Option("--fail-on-detection", help="Exit 1 when anything is detected.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Detect guns in images and videos; write annotated copies and predictions.jsonl.
+
+    Unreadable files are reported one line each and skipped. Exit codes: 0 done, 1 something
+    was detected with --fail-on-detection, 2 bad usage, or nothing could be read.
+    """
+    from gunctl.core.predict import predict as run_predict
+
+    config = PredictConfig(
+        sources=tuple(sources or ()),
+        checkpoint=weights,
+        out=out,
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        half=half,
+        vid_stride=vid_stride,
+        save_images=save_images,
+        save_json=save_json,
+    )
+    with render.task_progress("predicting", enabled=not (quiet or json_out)) as progress:
+        result = run_predict(
+            config, on_progress=progress, on_record=_print_line if json_out else None
+        )
+    if not (quiet or json_out):
+        render.show_predict_summary(result)
+    if fail_on_detection and result.detections:
+        raise DetectionError(
+            f"{result.detections} detection(s) in {result.with_detection} image(s) or frame(s) "
+            "(--fail-on-detection)"
+        )
+
+
+def _print_line(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,233 @@
+"""`gunctl export`: the detector as one file that runs without gunctl.
+
+- ``torchscript``: ``torch.jit.script`` of ``ExportedDetector`` (load with ``torch.jit.load``);
+- ``onnx``: ``torch.onnx.export`` (TorchScript-based exporter, opset 17, dynamic height and
+  width), checked in onnxruntime against the eager model before it is kept;
+- ``pth``: a slim, weights-only gunctl checkpoint (weights, config, class names, metrics; no
+  optimizer state) that ``predict`` and ``validate`` read and ``train --resume`` refuses.
+
+The exported model takes one RGB image tensor (3 x H x W, any size; uint8 0-255, or float
+0-1 for TorchScript) and returns ``boxes`` (N x 4, x1 y1 x2 y2 in the image's pixels),
+``scores`` (N) and ``labels`` (N, class indices into ``class_names``), the boxes scoring at
+least the threshold that ``gunctl predict`` uses by default. Resizing and normalisation are
+inside it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gunctl.config import ExportConfig
+from gunctl.core.checkpoint import load_checkpoint, save_checkpoint
+from gunctl.core.fileio import write_bytes_atomic
+from gunctl.core.inference import Detect
+from gunctl.core.model import model_from_checkpoint
+from gunctl.core.predict import configure_heads, default_score_threshold
+from gunctl.errors import OutputError, UsageError, first_line
+
+log = logging.getLogger("gunctl")
+_SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "pth": ".slim.pth"}
+_SLIM_KEYS = (
+    "model",
+    "config",
+    "class_names",
+    "epoch",
+    "metrics",
+    "best_metric",
+    "best_epoch",
+    "selection_metric",
+    "run_name",
+    "weights_origin",
+    "split_checksum",
+    "manifest_checksum",
+)
+# An exported model must match eager PyTorch within these (the issue's bar).
+BOX_TOLERANCE_PX = 1.0
+SCORE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    bytes: int
+    checkpoint_bytes: int
+    threshold: float
+    class_names: list[str]
+    max_box_diff: float | None = None  # vs the eager model on a check image (onnx only)
+    max_score_diff: float | None = None
+
+
+class ExportedDetector(nn.Module):
+    """The whole detector for one image: uint8 or float in, thresholded detections out."""
+
+    def __init__(self, model: nn.Module, threshold: float, class_names: list[str]):
+        super().__init__()
+        self.detect = Detect(model)
+        self.threshold = float(threshold)
+        self.class_names = list(class_names)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        found = self.detect([image])
+        keep = found[0]["scores"] >= self.threshold
+        return found[0]["boxes"][keep], found[0]["scores"][keep], found[0]["labels"][keep]
+
+
+def export(config: ExportConfig) -> ExportResult:
+    config.check()
+    source = Path(config.checkpoint)
+    checkpoint = load_checkpoint(source)
+    out = Path(config.out) if config.out else _default_out(source, config.format)
+    if out.resolve() == source.resolve():
+        raise UsageError(f"{out}: is the checkpoint itself; pick another --out")
+    if config.score_threshold is None:
+        threshold, origin = default_score_threshold(checkpoint)
+    else:
+        threshold, origin = config.score_threshold, "--score-threshold"
+    names = [str(n) for n in checkpoint.get("class_names") or ("background", "gun")]
+    log.info("score threshold %.4f (%s)", threshold, origin)
+    diffs: tuple[float | None, float | None] = (None, None)
+    if config.format == "pth":
+        slim = {k: checkpoint[k] for k in _SLIM_KEYS if k in checkpoint}
+        save_checkpoint(out, {**slim, "exported_from": str(source)}, kind="weights")
+    else:
+        model = model_from_checkpoint(checkpoint, source)
+        configure_heads(model, threshold, None)
+        wrapper = ExportedDetector(model, threshold, names).eval()
+        metadata = {"class_names": names, "score_threshold": threshold, "source": str(source)}
+        if config.format == "torchscript":
+            _torchscript(wrapper, out, metadata)
+        else:
+            diffs = _onnx(wrapper, out, metadata, config.opset)
+    return ExportResult(
+        out, config.format, out.stat().st_size, source.stat().st_size, threshold, names, *diffs
+    )
+
+
+def _default_out(source: Path, fmt: str) -> Path:
+    stem = source.name.removesuffix(".pth").removesuffix(".pt")
+    return source.with_name(stem + _SUFFIXES[fmt])
+
+
+def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices: it still works
+        try:
+            scripted = torch.jit.script(wrapper)
+        except Exception as exc:  # the TorchScript compiler raises many kinds
+            raise OutputError(
+                f"{out}: TorchScript compilation failed ({first_line(exc)})"
+            ) from None
+        torch.jit.save(scripted, buffer, _extra_files={"gunctl.json": json.dumps(metadata)})
+    write_bytes_atomic(out, buffer.getvalue())
+
+
+def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
+    import warnings
+
+    onnx = _require("onnx")
+    example = check_image(360, 480, seed=0)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                buffer,
+                dynamo=False,  # the TorchScript exporter handles torchvision's detection models
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["boxes", "scores", "labels"],
+                dynamic_axes={
+                    "image": {1: "height", 2: "width"},
+                    "boxes": {0: "detections"},
+                    "scores": {0: "detections"},
+                    "labels": {0: "detections"},
+                },
+            )
+    except Exception as exc:
+        raise OutputError(f"{out}: ONNX export failed ({first_line(exc)})") from None
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    data = proto.SerializeToString()
+    diffs = _check_onnx(wrapper, data, out)
+    write_bytes_atomic(out, data)
+    return diffs
+
+
+def _check_onnx(wrapper: ExportedDetector, data: bytes, out: Path) -> tuple[float, float]:
+    """Run the file in onnxruntime on an image of another size than the traced one; refuse
+    to keep it when it differs from the eager model beyond the tolerances."""
+    onnxruntime = _require("onnxruntime")
+    image = check_image(300, 520, seed=1)
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    boxes, scores, _ = session.run(None, {"image": image.numpy()})
+    with torch.inference_mode():
+        eager_boxes, eager_scores, _ = wrapper(image)
+    box_diff, score_diff = compare(eager_boxes.numpy(), eager_scores.numpy(), boxes, scores)
+    if box_diff > BOX_TOLERANCE_PX or score_diff > SCORE_TOLERANCE:
+        raise OutputError(
+            f"{out}: onnxruntime differs from PyTorch (boxes by {box_diff:.3f} px, scores by "
+            f"{score_diff:.2e}); not written"
+        )
+    return box_diff, score_diff
+
+
+def compare(boxes_a, scores_a, boxes_b, scores_b) -> tuple[float, float]:
+    """Largest box corner and score differences between two detection sets, matching each
+    box of ``a`` to the nearest unmatched box of ``b`` (ties in score may come in any order).
+    Infinite when the counts differ."""
+    import numpy as np
+
+    if len(boxes_a) != len(boxes_b):
+        return float("inf"), float("inf")
+    box_diff = score_diff = 0.0
+    free = np.ones(len(boxes_b), dtype=bool)
+    for box, score in zip(np.asarray(boxes_a), np.asarray(scores_a), strict=True):
+        distance = np.abs(np.asarray(boxes_b) - box).max(axis=1)
+        distance[~free] = np.inf
+        best = int(distance.argmin())
+        free[best] = False
+        box_diff = max(box_diff, float(distance[best]))
+        score_diff = max(score_diff, abs(float(scores_b[best]) - float(score)))
+    return box_diff, score_diff
+
+
+def check_image(height: int, width: int, seed: int) -> Tensor:
+    """A uint8 test card (smooth gradients with a few blocks): gives the detector edges."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 1, height).view(height, 1)
+    x = torch.linspace(0, 1, width).view(1, width)
+    image = torch.stack([y.expand(height, width), x.expand(height, width), (x * y)]) * 200
+    for _ in range(6):
+        top, left = (
+            int(v) for v in torch.randint(0, min(height, width) // 2, (2,), generator=generator)
+        )
+        colour = torch.randint(0, 255, (3, 1, 1), generator=generator).float()
+        image[:, top : top + height // 4, left : left + width // 5] = colour
+    return image.round().clamp(0, 255).to(torch.uint8)
+
+
+def _require(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UsageError(
+            f"--format onnx needs the {name} package: pip install 'gunctl[export]'"
+        ) from None

@@ -1,0 +1,50 @@
+import io
+
+import numpy as np
+import pytest
+from helpers import jpeg_bytes
+from PIL import Image
+
+from gunctl.core.images import ImageProblem, decode_rgb
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_saturated():
+    ramp = np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)
+    rgb, info = decode_rgb(_png(ramp))
+    pixels = np.asarray(rgb)[..., 0]
+    assert info.mode.startswith("I")
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert 100 < pixels.mean() < 155  # a ramp, not a white image
+    assert np.array_equal(pixels, (ramp >> 8).astype(np.uint8))
+
+
+def test_exif_orientation_is_reported_not_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, "JPEG", exif=exif.tobytes())
+    rgb, info = decode_rgb(buffer.getvalue())
+    assert info.orientation == 6 and rgb.size == (64, 48)  # the stored frame
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "unreadable_image"),
+        (jpeg_bytes(fmt="GIF", mode="P"), "unreadable_image"),
+        (jpeg_bytes(fmt="TIFF"), "unreadable_image"),
+        (jpeg_bytes(6500, 10, mode="L", fmt="PNG"), "extreme_aspect_ratio"),
+        (jpeg_bytes(10, 300, mode="L", fmt="PNG"), "extreme_aspect_ratio"),
+    ],
+    ids=["eps", "gif", "tiff", "wide", "tall"],
+)
+def test_only_jpeg_and_png_within_limits(data, kind):
+    with pytest.raises(ImageProblem) as raised:
+        decode_rgb(data)
+    assert raised.value.kind == kind
