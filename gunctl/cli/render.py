@@ -471,8 +471,9 @@ def tta_table(result) -> Table:
 
 
 def class_table(per_class: dict | None, title: str = "Per class") -> Table | None:
-    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures)."""
-    if not per_class:
+    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures, or one
+    class only: its figures are the overall ones, already shown)."""
+    if not per_class or len(per_class) < 2:
         return None
     table = Table(title=title, title_justify="left")
     table.add_column("class")
