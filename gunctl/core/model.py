@@ -42,8 +42,8 @@ _BACKBONES = {  # the ImageNet weights each detector's backbone was trained from
     "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
 }
-_OWN_BUILDS = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet34_fpn": "resnet34"}
-_RESNET_FPN = {**_OWN_BUILDS, "fasterrcnn_resnet50_fpn": "resnet50"}  # take norm and anchors
+OWN_BUILDS = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet34_fpn": "resnet34"}
+_RESNET_FPN = {**OWN_BUILDS, "fasterrcnn_resnet50_fpn": "resnet50"}  # take norm and anchors
 _GN_GROUPS = 32  # Wu & He's default; every ResNet and FPN width here divides by it
 _DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast
 
@@ -59,7 +59,7 @@ def build_model(config: ModelConfig) -> BuiltModel:
     _check_model_options(config)
     weights = config.weights
     if weights == "auto":
-        if config.name in _OWN_BUILDS:  # no COCO weights exist for them
+        if config.name in OWN_BUILDS:  # no COCO weights exist for them
             return BuiltModel(_build(config, None, None), "none (auto)")
         cached = coco_weights_file(config.name)
         if cached.exists():
@@ -93,7 +93,7 @@ def coco_weights_file(name: str) -> Path:
 def coco_weights_cached(name: str) -> bool:
     """Whether torchvision's COCO weights for ``name`` are in the torch cache (none exist for
     gunctl's own ResNet-18/34 builds)."""
-    return name not in _OWN_BUILDS and coco_weights_file(name).exists()
+    return name not in OWN_BUILDS and coco_weights_file(name).exists()
 
 
 def _check_model_options(config: ModelConfig) -> None:
@@ -116,7 +116,7 @@ def _check_model_options(config: ModelConfig) -> None:
         )
     if config.fpn_levels and config.weights == "coco":
         raise UsageError("--fpn-levels does not fit COCO weights; use imagenet or none")
-    if config.name in _OWN_BUILDS and config.weights == "coco":
+    if config.name in OWN_BUILDS and config.weights == "coco":
         raise UsageError(f"torchvision has no COCO weights for {config.name}; use imagenet or none")
     pretrained_misfit = config.norm == "gn" or (config.norm == "bn" and config.weights == "coco")
     if config.weights in ("coco", "imagenet") and pretrained_misfit:
@@ -133,7 +133,7 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     try:
         custom_norm = config.name in _RESNET_FPN and config.norm != "default"
         custom = custom_norm or bool(config.fpn_levels)
-        if config.name in _OWN_BUILDS or (custom and weights is None):
+        if config.name in OWN_BUILDS or (custom and weights is None):
             builder = _resnet_fpn_builder(config)
         return builder(
             weights=weights,

@@ -115,16 +115,17 @@ def _choose(config: TrainConfig) -> TrainConfig:
         return dataclasses.replace(config, recipe="scratch")
     if weights != "auto":  # coco, imagenet or a checkpoint path
         return dataclasses.replace(config, recipe="finetune")
-    from gunctl.core.model import coco_weights_cached
+    from gunctl.core.model import OWN_BUILDS, coco_weights_cached, coco_weights_file
 
     if coco_weights_cached(config.model.name):
         model = dataclasses.replace(config.model, weights="coco")
         return dataclasses.replace(config, recipe="finetune", model=model)
     log.warning(
-        "no COCO weights cached for %s: training from scratch with the scratch recipe "
-        "(--weights coco fetches them; --recipe plain is gunctl's recipe before 0.2)",
-        config.model.name,
+        "no COCO weights cached: training from scratch, scratch recipe (--recipe plain: old)"
     )
+    if config.model.name not in OWN_BUILDS:  # torchvision has COCO weights for these
+        where = coco_weights_file(config.model.name)
+        log.info("COCO weights file (--weights coco fetches it): %s", where)
     return dataclasses.replace(
         config, recipe="scratch", model=dataclasses.replace(config.model, weights="none")
     )
