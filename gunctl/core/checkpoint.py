@@ -310,6 +310,8 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
     if not path.is_file():  # a FIFO or a device would block or never end
         raise CheckpointError(f"{path}: not a regular file")
     _sniff(path)
+    # mmap needs torch.save's zip format; a legacy pickle is read whole (and checked as such).
+    mmap = mmap and _is_zip(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -322,6 +324,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> Checkpoint:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         raise CheckpointError(f"{path}: truncated or corrupt ({first_line(exc, 160)})") from None
     return _check(path, data)
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
 
 
 def _sniff(path: Path) -> None:
