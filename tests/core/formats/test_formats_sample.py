@@ -56,6 +56,9 @@ def test_format_ingests_to_the_same_images_and_boxes(fmt, packed, baseline, tmp_
     assert sorted(got) == sorted(expected) and len(got) == COUNT
     for image, (sha, boxes) in expected.items():
         assert got[image][0] == sha
-        assert got[image][1] == pytest.approx(boxes, abs=0.01 if fmt == "yolo" else 0)
+        flat_got = [v for box in got[image][1] for v in box]  # approx takes flat sequences
+        flat_expected = [v for box in boxes for v in box]
+        assert len(got[image][1]) == len(boxes)
+        assert flat_got == pytest.approx(flat_expected, abs=0.01 if fmt == "yolo" else 0)
     if fmt != "yolo":  # exact: the very same raw tree and checksum as the Kaggle layout
         assert manifest["checksum"] == kaggle_manifest["checksum"]
