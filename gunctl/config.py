@@ -152,12 +152,24 @@ class ModelConfig:
     # ResNet stages feeding the FPN; (): all four. (2, 3, 4) drops the stride-4 level, which
     # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
     fpn_levels: tuple[int, ...] = ()
+    # Widths (ResNet-FPN models): the FPN's channels (so also the RPN head's and the pooled RoI
+    # features') and the box head's two fully connected layers. torchvision's 256 and 1024 are
+    # sized for COCO's 80 classes; for one class on the CPU the box head's 12544x1024 layer and
+    # RoIAlign's single-threaded backward are a third of a ResNet-18 step (benchmarks/README.md).
+    fpn_channels: int = 256
+    box_head_dim: int = 1024
 
     def check(self) -> None:
         check_choice("--model", self.name, MODEL_NAMES)
         check_choice("--norm", self.norm, NORMS)
         if self.min_size > self.max_size:
             raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
+        if not (32 <= self.fpn_channels <= 1024 and self.fpn_channels % 32 == 0):
+            raise UsageError(
+                f"--fpn-channels must be a multiple of 32 from 32 to 1024, got {self.fpn_channels}"
+            )
+        if not 16 <= self.box_head_dim <= 4096:
+            raise UsageError(f"--box-head-dim must be from 16 to 4096, got {self.box_head_dim}")
 
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
@@ -171,6 +183,8 @@ class ModelConfig:
             "aspect_ratios",
             "train_sizes",
             "fpn_levels",
+            "fpn_channels",
+            "box_head_dim",
         ):
             fields.pop(key)
         if self.train_sizes:  # torchvision draws from the tuple in training, uses the last in eval
@@ -333,7 +347,7 @@ class ExportConfig:
 
 # TrainConfig fields that `gunctl train` takes as options of the same name; the model's are
 # --model (ModelConfig.name), --weights, --min-size, --max-size, --norm, --multiscale
-# (train_sizes) and --fpn-levels.
+# (train_sizes), --fpn-levels, --fpn-channels and --box-head-dim.
 TRAIN_OPTIONS = (
     "epochs",
     "subset",
@@ -377,6 +391,8 @@ def train_options(config: TrainConfig) -> dict[str, Any]:
         "norm": config.model.norm,
         "multiscale": ",".join(map(str, config.model.train_sizes)) or "off",
         "fpn_levels": ",".join(map(str, config.model.fpn_levels)) or "all",
+        "fpn_channels": config.model.fpn_channels,
+        "box_head_dim": config.model.box_head_dim,
     }
     options.update({name: getattr(config, name) for name in TRAIN_OPTIONS})
     if config.minutes is not None:  # a budget fits the epochs; both would be refused

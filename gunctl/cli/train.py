@@ -37,6 +37,8 @@ _FIELDS = {
     "norm": "model.norm",
     "multiscale": "model.train_sizes",
     "fpn_levels": "model.fpn_levels",
+    "fpn_channels": "model.fpn_channels",
+    "box_head_dim": "model.box_head_dim",
 }
 _RECIPE_NOTE = " Set by --recipe unless given (see the README)."
 _BY_RECIPE = "the recipe's"
@@ -131,11 +133,19 @@ def train(
         typer.Option(
             "--min-size",
             min=32,
-            help="Shorter image side fed to the model (the data set's images are ~180 px).",
+            help="Shorter image side fed to the model (the data set's images are ~180 px)."
+            + _RECIPE_NOTE,
+            show_default=_BY_RECIPE,
         ),
     ] = _MODEL_DEFAULTS.min_size,
     max_size: Annotated[
-        int, typer.Option("--max-size", min=32, help="Cap on the longer side.")
+        int,
+        typer.Option(
+            "--max-size",
+            min=32,
+            help="Cap on the longer side." + _RECIPE_NOTE,
+            show_default=_BY_RECIPE,
+        ),
     ] = _MODEL_DEFAULTS.max_size,
     device: Device = _TRAIN_DEFAULTS.device,
     amp: Annotated[
@@ -245,6 +255,24 @@ def train(
             show_default=_BY_RECIPE,
         ),
     ] = "all",
+    fpn_channels: Annotated[
+        int,
+        typer.Option(
+            "--fpn-channels",
+            help="Width of the FPN, the RPN head and the pooled RoI features, a multiple of 32 "
+            "(ResNet-FPN models)." + _RECIPE_NOTE,
+            show_default=_BY_RECIPE,
+        ),
+    ] = _MODEL_DEFAULTS.fpn_channels,
+    box_head_dim: Annotated[
+        int,
+        typer.Option(
+            "--box-head-dim",
+            help="Width of the box head's two fully connected layers (ResNet-FPN models)."
+            + _RECIPE_NOTE,
+            show_default=_BY_RECIPE,
+        ),
+    ] = _MODEL_DEFAULTS.box_head_dim,
     fit_anchors: Annotated[
         bool,
         typer.Option(
@@ -344,6 +372,8 @@ def train(
             norm=norm,
             train_sizes=_sizes(multiscale),
             fpn_levels=_levels(fpn_levels),
+            fpn_channels=fpn_channels,
+            box_head_dim=box_head_dim,
         ),
         layout=Layout(out),
         epochs=epochs,

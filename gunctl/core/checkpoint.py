@@ -85,6 +85,8 @@ MODEL_RANGES = {
         "rpn_post_nms_top_n_test",
         "box_batch_size_per_image",
         "box_detections_per_img",
+        "fpn_channels",
+        "box_head_dim",
     )
 }
 _SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed

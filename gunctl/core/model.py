@@ -102,10 +102,10 @@ def _check_model_options(config: ModelConfig) -> None:
     if config.norm not in NORMS:
         raise UsageError(f"--norm {config.norm}: choose one of {', '.join(NORMS)}")
     custom = config.norm != "default" or config.anchor_sizes or config.aspect_ratios
-    if (custom or config.fpn_levels) and config.name not in _RESNET_FPN:
+    if (custom or config.fpn_levels or _custom_widths(config)) and config.name not in _RESNET_FPN:
         raise UsageError(
-            f"--norm, --fpn-levels and anchors apply to {', '.join(sorted(_RESNET_FPN))}, "
-            f"not {config.name}"
+            f"--norm, --fpn-levels, --fpn-channels, --box-head-dim and anchors apply to "
+            f"{', '.join(sorted(_RESNET_FPN))}, not {config.name}"
         )
     if config.fpn_levels and not set(config.fpn_levels) <= {1, 2, 3, 4}:
         raise UsageError(f"--fpn-levels: ResNet stages 1 to 4, got {config.fpn_levels}")
@@ -114,8 +114,11 @@ def _check_model_options(config: ModelConfig) -> None:
         raise UsageError(
             f"anchor sizes: one per FPN level ({levels}), got {len(config.anchor_sizes)}"
         )
-    if config.fpn_levels and config.weights == "coco":
-        raise UsageError("--fpn-levels does not fit COCO weights; use imagenet or none")
+    if (config.fpn_levels or _custom_widths(config)) and config.weights == "coco":
+        raise UsageError(
+            "--fpn-levels, --fpn-channels and --box-head-dim do not fit COCO weights; "
+            "use imagenet or none"
+        )
     if config.name in OWN_BUILDS and config.weights == "coco":
         raise UsageError(f"torchvision has no COCO weights for {config.name}; use imagenet or none")
     pretrained_misfit = config.norm == "gn" or (config.norm == "bn" and config.weights == "coco")
@@ -132,7 +135,7 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     kwargs = {**config.builder_kwargs(), **_anchor_kwargs(config)}
     try:
         custom_norm = config.name in _RESNET_FPN and config.norm != "default"
-        custom = custom_norm or bool(config.fpn_levels)
+        custom = custom_norm or bool(config.fpn_levels) or _custom_widths(config)
         if config.name in OWN_BUILDS or (custom and weights is None):
             builder = _resnet_fpn_builder(config)
         return builder(
@@ -156,7 +159,6 @@ def _resnet_fpn_builder(config: ModelConfig):
     normalisation; GroupNorm also goes into the FPN, as in He et al.'s from-scratch detectors."""
     from torchvision.models import resnet
     from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops import misc as misc_ops
 
     def build(weights, weights_backbone, num_classes, **kwargs):
@@ -171,10 +173,11 @@ def _resnet_fpn_builder(config: ModelConfig):
         arch = getattr(resnet, _RESNET_FPN[config.name])
         trainable = 3 if weights_backbone is not None else 5  # torchvision's defaults
         levels = list(config.fpn_levels) or None
-        backbone = _resnet_fpn_extractor(
+        backbone = _fpn_backbone(
             arch(weights=weights_backbone, norm_layer=layer),
             trainable,
-            returned_layers=levels,
+            levels,
+            config.fpn_channels,
             norm_layer=layer if norm == "gn" else None,
         )
         if levels:  # RoIs pool from the FPN's own levels (torchvision's default names four)
@@ -182,9 +185,48 @@ def _resnet_fpn_builder(config: ModelConfig):
 
             names = [str(i) for i in range(len(levels))]
             kwargs = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2), **kwargs}
+        if config.box_head_dim != 1024 or config.fpn_channels != 256:
+            from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+            pooled = config.fpn_channels * 7 * 7  # RoIAlign's 7x7 output
+            kwargs["box_head"] = TwoMLPHead(pooled, config.box_head_dim)
+            kwargs["box_predictor"] = FastRCNNPredictor(config.box_head_dim, num_classes)
+            num_classes = None  # torchvision's rule: the predictor carries it
         return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
     return build
+
+
+def _fpn_backbone(body: nn.Module, trainable: int, levels, channels: int, norm_layer):
+    """torchvision's ``_resnet_fpn_extractor`` (which fixes the FPN's width at 256) with the
+    width as a parameter: the same freezing rule and module names, so checkpoints of either
+    load into the other."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    train = ("layer4", "layer3", "layer2", "layer1", "conv1")[:trainable]
+    train += ("bn1",) if trainable == 5 else ()
+    for name, parameter in body.named_parameters():
+        if not name.startswith(train):
+            parameter.requires_grad_(False)
+    levels = levels or [1, 2, 3, 4]
+    stage2 = body.inplanes // 8  # ResNet's channels at stage 2 (64 for ResNet-18)
+    return BackboneWithFPN(
+        body,
+        {f"layer{k}": str(v) for v, k in enumerate(levels)},
+        [stage2 * 2 ** (level - 1) for level in levels],
+        channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=norm_layer,
+    )
+
+
+def _custom_widths(config: ModelConfig) -> bool:
+    defaults = ModelConfig()
+    return (config.fpn_channels, config.box_head_dim) != (
+        defaults.fpn_channels,
+        defaults.box_head_dim,
+    )
 
 
 def _levels(config: ModelConfig) -> int:
@@ -201,7 +243,7 @@ def _anchor_kwargs(config: ModelConfig) -> dict:
     sizes = tuple(config.anchor_sizes) or (32, 64, 128, 256, 512)[-_levels(config) :]
     ratios = tuple(float(r) for r in config.aspect_ratios) or (0.5, 1.0, 2.0)
     generator = AnchorGenerator(tuple((int(s),) for s in sizes), (ratios,) * len(sizes))
-    head = RPNHead(256, generator.num_anchors_per_location()[0])  # FPN width: 256
+    head = RPNHead(config.fpn_channels, generator.num_anchors_per_location()[0])  # FPN width
     return {"rpn_anchor_generator": generator, "rpn_head": head}
 
 

@@ -124,3 +124,45 @@ def test_fpn_without_the_stride_4_level():
         assert model([torch.rand(3, 60, 90)])[0]["boxes"].shape[1] == 4
     with pytest.raises(UsageError, match="one per FPN level \\(4\\)"):
         build_model(dataclasses.replace(config, anchor_sizes=(1, 2, 3, 4, 5)))
+
+
+def test_fpn_and_box_head_widths():
+    config = ModelConfig(
+        name="fasterrcnn_resnet18_fpn",
+        weights="none",
+        norm="gn",
+        fpn_levels=(2, 3, 4),
+        fpn_channels=64,
+        box_head_dim=96,
+    )
+    model = build_model(config).model
+    assert model.backbone.out_channels == 64
+    assert all(block[0].out_channels == 64 for block in model.backbone.fpn.layer_blocks)
+    assert model.rpn.head.conv[0][0].in_channels == 64
+    assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    assert model.roi_heads.box_head.fc7.out_features == 96
+    assert model.roi_heads.box_predictor.cls_score.in_features == 96
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 60, 90)])[0]["boxes"].shape[1] == 4
+    for bad in ({"fpn_channels": 100}, {"fpn_channels": 0}, {"box_head_dim": 8}):
+        with pytest.raises(UsageError, match="--fpn-channels|--box-head-dim"):
+            build_model(dataclasses.replace(config, **bad))
+    with pytest.raises(UsageError, match="--fpn-channels"):
+        build_model(ModelConfig(name=NAME, weights="none", fpn_channels=128))
+
+
+def test_default_widths_build_torchvisions_resnet50_fpn_exactly():
+    """gunctl's FPN builder replicates torchvision's (names, shapes, frozen layers), so that
+    checkpoints of either load into the other."""
+    import torchvision
+
+    ours = build_model(ModelConfig(name="fasterrcnn_resnet50_fpn", weights="none", norm="bn"))
+    theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=2
+    )
+    shapes = {k: v.shape for k, v in ours.model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in theirs.state_dict().items()}
+    frozen = {n for n, p in ours.model.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, p in theirs.named_parameters() if not p.requires_grad}

@@ -49,7 +49,8 @@ def test_resume_with_more_epochs_stretches_the_schedule():
 def test_scheduler_and_optimizers_follow_the_config():
     model = torch.nn.Linear(2, 1)
     for name, kind in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
-        assert type(make_optimizer(model, config(optimizer=name))) is kind
+        optimizer = make_optimizer(model, config(optimizer=name))
+        assert type(optimizer) is kind and optimizer.defaults["fused"]  # one kernel, CPU too
     sgd = make_optimizer(model, config(optimizer="sgd", lr=0.1))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
     scheduler = make_scheduler(sgd, config(lr_schedule="constant", warmup_steps=2, lr=0.1), 10)

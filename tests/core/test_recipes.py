@@ -22,8 +22,25 @@ def test_weights_none_chooses_scratch_and_explicit_options_win():
     assert resolved.lr == 2e-3  # the user's
     assert resolved.optimizer == recipes.SCRATCH["optimizer"] and resolved.ema and resolved.mosaic
     assert resolved.model.name == "fasterrcnn_resnet18_fpn" and resolved.model.norm == "gn"
-    assert resolved.model.train_sizes == (192, 224, 288, 320)
+    assert (resolved.model.min_size, resolved.model.max_size) == (192, 336)
+    assert resolved.model.train_sizes == (144, 160, 224, 240)
     assert resolved.model.fpn_levels == (2, 3, 4)
+    assert (resolved.model.fpn_channels, resolved.model.box_head_dim) == (128, 512)
+
+
+def test_a_users_min_size_keeps_room_for_wide_images():
+    config = TrainConfig(
+        model=ModelConfig(weights="none", min_size=400), explicit=("model.min_size",)
+    )
+    resolved = recipes.resolve(config)
+    assert (resolved.model.min_size, resolved.model.max_size) == (400, 700)
+    assert resolved.model.train_sizes == (304, 352, 448, 496)  # around the user's size
+    both = dataclasses.replace(
+        config,
+        model=ModelConfig(weights="none", min_size=300, max_size=320),
+        explicit=("model.min_size", "model.max_size"),
+    )
+    assert recipes.resolve(both).model.max_size == 320  # both given: the user's
 
 
 def test_coco_or_a_path_chooses_finetune():
@@ -82,11 +99,20 @@ def test_finetuning_a_checkpoint_takes_its_architecture(tmp_path):
     from gunctl.config import to_dict
     from gunctl.core.checkpoint import save_checkpoint
 
-    trained = ModelConfig(name="fasterrcnn_resnet18_fpn", norm="gn", anchor_sizes=(1, 2, 3, 4, 5))
+    trained = ModelConfig(
+        name="fasterrcnn_resnet18_fpn",
+        norm="gn",
+        anchor_sizes=(1, 2, 3, 4),
+        fpn_levels=(2, 3, 4),
+        fpn_channels=64,
+        box_head_dim=128,
+    )
     path = tmp_path / "scratch.pth"
     payload = {"model": {}, "epoch": 1, "class_names": ["background", "gun"]}
     save_checkpoint(path, {**payload, "config": {"model": to_dict(trained)}})
     resolved = recipes.resolve(TrainConfig(model=ModelConfig(weights=str(path))))
     assert resolved.recipe == "finetune"
     assert resolved.model.name == "fasterrcnn_resnet18_fpn" and resolved.model.norm == "gn"
-    assert resolved.model.anchor_sizes == (1, 2, 3, 4, 5)
+    assert resolved.model.anchor_sizes == (1, 2, 3, 4)
+    assert resolved.model.fpn_levels == (2, 3, 4)  # the checkpoint's shape, so its weights load
+    assert (resolved.model.fpn_channels, resolved.model.box_head_dim) == (64, 128)
