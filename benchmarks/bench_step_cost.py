@@ -1,0 +1,139 @@
+"""CPU seconds per training step of a recipe's model, for choosing what a time budget buys.
+
+Builds the model a recipe resolves to (``--recipe``, changed with ``--set KEY=VALUE`` as a
+user's flag would), and the optimizer gunctl makes for it, then times a few training steps on
+real images of the sample with their real boxes (batch 2, sizes drawn as in training). CPU
+seconds (``time.process_time``, one thread), not wall time: load on the machine changes little.
+Each variant prints CPU-s per step, split into forward and backward + optimizer.
+
+    .venv/bin/python benchmarks/bench_step_cost.py                  # the scratch recipe
+    .venv/bin/python benchmarks/bench_step_cost.py --variant "" \
+        --variant "model.fpn_channels=256 model.box_head_dim=1024"  # one line per variant
+    .venv/bin/python benchmarks/bench_step_cost.py --recipe plain
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+from _common import base_parser, environment, write_json
+
+
+def parse_values(text: str) -> dict:
+    values = {}
+    for item in text.split():
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            values[key] = raw
+    return values
+
+
+def config_for(recipe: str, values: dict):
+    from gunctl.config import ModelConfig, TrainConfig
+    from gunctl.core import recipes
+
+    model = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("model.")}
+    top = {k: v for k, v in values.items() if "." not in k}
+    config = TrainConfig(
+        model=ModelConfig(**{"weights": "none", **model}),
+        recipe=recipe,
+        explicit=tuple(values),
+        **top,
+    )
+    config = recipes.resolve(config)
+    if config.fit_anchors:  # the fitted values on split seed 0 (benchmarks/README.md)
+        levels = len(config.model.fpn_levels or (1, 2, 3, 4)) + 1
+        sizes = (22, 38, 62, 100, 190)[-levels:] if levels < 5 else (16, 30, 55, 95, 180)
+        model = dataclasses.replace(
+            config.model, anchor_sizes=sizes, aspect_ratios=(0.35, 0.7, 1.6)
+        )
+        config = dataclasses.replace(config, model=model)
+    return config
+
+
+def load_batch_pool(data: Path, count: int):
+    import torch
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    pool = []
+    for label in sorted((data / "Labels").glob("*.txt"))[:count]:
+        lines = label.read_text().split("\n")
+        boxes = [[float(v) for v in line.split()] for line in lines[1 : 1 + int(lines[0])]]
+        with Image.open(data / "Images" / f"{label.stem}.jpeg") as image:
+            pixels = pil_to_tensor(image.convert("RGB")).float() / 255
+        target = {"boxes": torch.tensor(boxes), "labels": torch.ones(len(boxes), dtype=torch.int64)}
+        pool.append((pixels, target))
+    return pool
+
+
+def measure(config, pool, steps: int, warmup: int) -> dict:
+    import torch
+
+    from gunctl.core.model import build_model
+    from gunctl.core.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(config.model).model.train()
+    optimizer = make_optimizer(model, config)
+    rng = random.Random(0)
+    forward = backward = 0.0
+    for step in range(warmup + steps):
+        batch = rng.sample(pool, 2)
+        started = time.process_time()
+        losses = model([b[0] for b in batch], [b[1] for b in batch])
+        loss = sum(losses.values())
+        middle = time.process_time()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            forward += middle - started
+            backward += time.process_time() - middle
+    return {
+        "cpu_s_per_step": (forward + backward) / steps,
+        "forward": forward / steps,
+        "backward_and_optimizer": backward / steps,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+
+
+def main() -> None:
+    import torch
+
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="scratch", choices=["scratch", "finetune", "plain"])
+    parser.add_argument(
+        "--variant", action="append", default=None, help='"KEY=VALUE KEY=VALUE", repeatable'
+    )
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pool = load_batch_pool(args.data, 40)
+    rows = []
+    for text in args.variant or [""]:
+        config = config_for(args.recipe, parse_values(text))
+        figures = measure(config, pool, args.steps, args.warmup)
+        m = config.model
+        rows.append({"recipe": args.recipe, "variant": text or "(as resolved)", **figures})
+        print(
+            f"{args.recipe} {text or '(as resolved)'}: {m.name} {m.norm} levels "
+            f"{m.fpn_levels or 'all'} {m.min_size}/{m.max_size} px, train sizes "
+            f"{m.train_sizes or 'fixed'}, widths {m.fpn_channels}/{m.box_head_dim}, "
+            f"{config.optimizer}: {figures['cpu_s_per_step']:.2f} CPU-s per step "
+            f"(forward {figures['forward']:.2f}, backward + optimizer "
+            f"{figures['backward_and_optimizer']:.2f}), {figures['parameters_m']:.1f} M params",
+            flush=True,
+        )
+    write_json(args.json, {"environment": environment(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
