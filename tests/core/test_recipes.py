@@ -116,3 +116,22 @@ def test_finetuning_a_checkpoint_takes_its_architecture(tmp_path):
     assert resolved.model.anchor_sizes == (1, 2, 3, 4)
     assert resolved.model.fpn_levels == (2, 3, 4)  # the checkpoint's shape, so its weights load
     assert (resolved.model.fpn_channels, resolved.model.box_head_dim) == (64, 128)
+
+
+def test_a_scratch_checkpoint_fine_tunes_with_its_own_shape(tmp_path):
+    """The scratch recipe's model (no stride-4 level, narrower FPN and box head) loads back
+    as the starting point of a finetune run."""
+    from gunctl.config import to_dict
+    from gunctl.core.checkpoint import save_checkpoint
+    from gunctl.core.model import build_model
+
+    scratch = recipes.resolve(TrainConfig(model=ModelConfig(weights="none")))
+    model = build_model(scratch.model).model
+    path = tmp_path / "scratch.pth"
+    payload = {"model": model.state_dict(), "epoch": 1, "class_names": ["background", "gun"]}
+    save_checkpoint(path, {**payload, "config": to_dict(scratch)})
+    again = recipes.resolve(TrainConfig(model=ModelConfig(weights=str(path))))
+    loaded = build_model(again.model).model
+    assert loaded.backbone.out_channels == scratch.model.fpn_channels
+    first = next(iter(model.state_dict()))
+    assert torch.equal(loaded.state_dict()[first], model.state_dict()[first])
