@@ -5,8 +5,9 @@
 #
 #   bash benchmarks/cpu_quality.sh 15 "0 1"              # seeds one after the other (the machine each)
 #   PARALLEL=1 bash benchmarks/cpu_quality.sh 60 "0 1"   # at once, one thread each (slower per run)
+#   TRAIN_ARGS="--mosaic 0" NAME=no-mosaic PARALLEL=1 bash benchmarks/cpu_quality.sh 15  # a variant
 #
-# Logs and validate reports: benchmarks/results/quality-cpu-m<M>[-par]-seed<S>.{log,json}.
+# Logs and validate reports: benchmarks/results/quality-cpu-m<M>[-par][-NAME]-seed<S>.{log,json}.
 set -u
 MINUTES=${1:-15}
 SEEDS=${2:-"0 1"}
@@ -14,11 +15,13 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/guns-sample}
 RESULTS=benchmarks/results
 run_seed() {
-  local seed=$1 art=/tmp/gunctl-quality-m$MINUTES${PARALLEL:+-par}-s$1 log=$RESULTS/quality-cpu-m$MINUTES${PARALLEL:+-par}-seed$1
+  local seed=$1 tag=m$MINUTES${PARALLEL:+-par}${NAME:+-$NAME}
+  local art=/tmp/gunctl-quality-$tag-s$1 log=$RESULTS/quality-cpu-$tag-seed$1
   rm -rf "$art"
   $PY -m gunctl ingest --source "$DATA" --out "$art" --quiet
   $PY -m gunctl split --seed "$seed" --out "$art" --quiet
-  { date; $PY -m gunctl train --minutes "$MINUTES" --seed "$seed" --out "$art" --run-name q; date; } \
+  { date; $PY -m gunctl train --minutes "$MINUTES" --seed "$seed" --out "$art" --run-name q \
+    ${TRAIN_ARGS:-}; date; } \
     > "$log.log" 2>&1
   $PY -m gunctl validate "$art/models/fasterrcnn.pth" --out "$art" --tta --json > "$log.json"
   $PY - "$log.json" "$seed" <<'PY'
