@@ -185,7 +185,7 @@ def _resnet_fpn_builder(config: ModelConfig):
 
             names = [str(i) for i in range(len(levels))]
             kwargs = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2), **kwargs}
-        if config.box_head_dim != 1024 or config.fpn_channels != 256:
+        if _custom_widths(config):
             from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
             pooled = config.fpn_channels * 7 * 7  # RoIAlign's 7x7 output
