@@ -15,7 +15,6 @@ Each variant prints CPU-s per step, split into forward and backward + optimizer.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -46,15 +45,16 @@ def config_for(recipe: str, values: dict):
         explicit=tuple(values),
         **top,
     )
-    config = recipes.resolve(config)
-    if config.fit_anchors:  # the fitted values on split seed 0 (benchmarks/README.md)
-        levels = len(config.model.fpn_levels or (1, 2, 3, 4)) + 1
-        sizes = (22, 38, 62, 100, 190)[-levels:] if levels < 5 else (16, 30, 55, 95, 180)
-        model = dataclasses.replace(
-            config.model, anchor_sizes=sizes, aspect_ratios=(0.35, 0.7, 1.6)
-        )
-        config = dataclasses.replace(config, model=model)
-    return config
+    return recipes.resolve(config)
+
+
+def fitted(config, pool):
+    """The recipe's anchors fitted to the pool's boxes, as training fits them."""
+    from gunctl.core import recipes
+
+    if not config.fit_anchors:
+        return config
+    return recipes.fit_anchors(config, [(t["boxes"], tuple(p.shape[-2:])) for p, t in pool])
 
 
 def load_batch_pool(data: Path, count: int):
@@ -119,7 +119,7 @@ def main() -> None:
     pool = load_batch_pool(args.data, 40)
     rows = []
     for text in args.variant or [""]:
-        config = config_for(args.recipe, parse_values(text))
+        config = fitted(config_for(args.recipe, parse_values(text)), pool)
         figures = measure(config, pool, args.steps, args.warmup)
         m = config.model
         rows.append({"recipe": args.recipe, "variant": text or "(as resolved)", **figures})

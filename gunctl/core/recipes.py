@@ -120,9 +120,8 @@ def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
         for k, v in values.items()
         if k.startswith("model.") and k not in config.explicit
     }
-    if "model.min_size" in config.explicit and "model.max_size" not in config.explicit:
-        model.pop("max_size", None)  # the user's --min-size, with room for wide images
-        model["max_size"] = max(config.model.max_size, math.ceil(config.model.min_size * 1.75))
+    if "max_size" in model and "model.min_size" in config.explicit:  # the user's --min-size
+        model["max_size"] = max(model["max_size"], math.ceil(config.model.min_size * 1.75))
     if model.get("train_sizes") == "multiscale":
         base = model.get("min_size", config.model.min_size)
         model["train_sizes"] = tuple(int(round(base * f / 16) * 16) for f in _MULTISCALE)
