@@ -40,6 +40,17 @@ def small_tree(tmp_path: Path) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Path:
+    """A folder for the outputs a test module's tests share, removed when they end: training
+    outputs are hundreds of MB and pytest would keep them to the end of the session."""
+    import shutil
+
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def demo_layout(tmp_path_factory):
     """The demo data set (40 images), ingested and split once per session."""

@@ -21,8 +21,8 @@ def torchrun() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "artifacts"
+def ddp_run(module_tmp):
+    out = module_tmp / "artifacts"
     assert run_gunctl("ingest", "--source", "demo", "--count", "16", "--out", out).returncode == 0
     assert run_gunctl("split", "--out", out).returncode == 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -80,7 +80,8 @@ def test_validate_agrees_with_the_metrics_of_training(ddp_run):
     scored = json.loads(result.stdout)["metrics"]
     assert scored["images"] == trained["images"] == 3  # the whole val set, once
     for key in ("map", "map_50", "map_75", "mar_100", "loss", "loss_classifier"):
-        assert scored[key] == pytest.approx(trained[key], abs=1e-6), key
+        # the same images and model; sums of losses in another order differ in the 6th digit
+        assert scored[key] == pytest.approx(trained[key], rel=1e-5, abs=1e-6), key
 
 
 def test_nproc_shortcut_resumes_under_torchrun(ddp_run, tmp_path):

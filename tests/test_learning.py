@@ -20,7 +20,7 @@ def test_training_from_scratch_learns_the_demo_data(tmp_path):
     create_split(SplitConfig(layout=layout))
     config = tiny_config(
         layout,
-        {"min_size": 160, "max_size": 272},
+        {"min_size": 160, "max_size": 272, "box_head_dim": 1024},  # torchvision's box head
         epochs=16,
         lr=1e-3,
         lr_schedule="cosine",

@@ -268,7 +268,8 @@ def train(
         int,
         typer.Option(
             "--box-head-dim",
-            help="Width of the box head's two fully connected layers (ResNet-FPN models)."
+            help="Width of the box head's two fully connected layers (all models but "
+            "fasterrcnn_resnet50_fpn_v2)."
             + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),

@@ -2,8 +2,9 @@
 
 Models: torchvision's builders, plus ``fasterrcnn_resnet18_fpn`` and ``fasterrcnn_resnet34_fpn``
 (torchvision's ResNet + FPN, put together as torchvision's own ResNet-50 builder does), lighter
-for the CPU. The ResNet-FPN models also take a normalisation choice (``ModelConfig.norm``) and
-anchor sizes and aspect ratios (``anchor_sizes``, ``aspect_ratios``).
+for the CPU. The ResNet-FPN models also take a normalisation choice (``ModelConfig.norm``),
+anchor sizes and aspect ratios (``anchor_sizes``, ``aspect_ratios``), FPN levels and width; every
+model but the convolutional-head v2 takes the box head's width (``box_head_dim``).
 
 Weights:
 - ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
@@ -44,6 +45,7 @@ _BACKBONES = {  # the ImageNet weights each detector's backbone was trained from
 }
 OWN_BUILDS = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet34_fpn": "resnet34"}
 _RESNET_FPN = {**OWN_BUILDS, "fasterrcnn_resnet50_fpn": "resnet50"}  # take norm and anchors
+_CONV_BOX_HEADS = {"fasterrcnn_resnet50_fpn_v2"}  # no fully connected layers to size
 _GN_GROUPS = 32  # Wu & He's default; every ResNet and FPN width here divides by it
 _DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast
 
@@ -102,11 +104,13 @@ def _check_model_options(config: ModelConfig) -> None:
     if config.norm not in NORMS:
         raise UsageError(f"--norm {config.norm}: choose one of {', '.join(NORMS)}")
     custom = config.norm != "default" or config.anchor_sizes or config.aspect_ratios
-    if (custom or config.fpn_levels or _custom_widths(config)) and config.name not in _RESNET_FPN:
+    if (custom or config.fpn_levels or _custom_fpn(config)) and config.name not in _RESNET_FPN:
         raise UsageError(
-            f"--norm, --fpn-levels, --fpn-channels, --box-head-dim and anchors apply to "
+            f"--norm, --fpn-levels, --fpn-channels and anchors apply to "
             f"{', '.join(sorted(_RESNET_FPN))}, not {config.name}"
         )
+    if _custom_head(config) and config.name in _CONV_BOX_HEADS:
+        raise UsageError(f"--box-head-dim: {config.name}'s box head is convolutional")
     if config.fpn_levels and not set(config.fpn_levels) <= {1, 2, 3, 4}:
         raise UsageError(f"--fpn-levels: ResNet stages 1 to 4, got {config.fpn_levels}")
     levels = _levels(config)
@@ -114,7 +118,9 @@ def _check_model_options(config: ModelConfig) -> None:
         raise UsageError(
             f"anchor sizes: one per FPN level ({levels}), got {len(config.anchor_sizes)}"
         )
-    if (config.fpn_levels or _custom_widths(config)) and config.weights == "coco":
+    if (config.fpn_levels or _custom_fpn(config) or _custom_head(config)) and (
+        config.weights == "coco"
+    ):
         raise UsageError(
             "--fpn-levels, --fpn-channels and --box-head-dim do not fit COCO weights; "
             "use imagenet or none"
@@ -135,10 +141,12 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     kwargs = {**config.builder_kwargs(), **_anchor_kwargs(config)}
     try:
         custom_norm = config.name in _RESNET_FPN and config.norm != "default"
-        custom = custom_norm or bool(config.fpn_levels) or _custom_widths(config)
+        custom = config.name in _RESNET_FPN and (
+            custom_norm or bool(config.fpn_levels) or _custom_widths(config)
+        )
         if config.name in OWN_BUILDS or (custom and weights is None):
             builder = _resnet_fpn_builder(config)
-        return builder(
+        model = builder(
             weights=weights,
             weights_backbone=weights_backbone,
             num_classes=num_classes,
@@ -151,6 +159,12 @@ def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
             f"could not load pretrained weights for {config.name} ({first_line(exc)}); "
             "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
         ) from None
+    heads = model.roi_heads
+    if heads.box_predictor.cls_score.in_features != config.box_head_dim:  # torchvision: 1024
+        heads.box_head, heads.box_predictor = _box_head(
+            heads.box_head.fc6.in_features, config, config.num_classes
+        )
+    return model
 
 
 def _resnet_fpn_builder(config: ModelConfig):
@@ -186,11 +200,8 @@ def _resnet_fpn_builder(config: ModelConfig):
             names = [str(i) for i in range(len(levels))]
             kwargs = {"box_roi_pool": MultiScaleRoIAlign(names, 7, 2), **kwargs}
         if _custom_widths(config):
-            from torchvision.models.detection.faster_rcnn import TwoMLPHead
-
             pooled = config.fpn_channels * 7 * 7  # RoIAlign's 7x7 output
-            kwargs["box_head"] = TwoMLPHead(pooled, config.box_head_dim)
-            kwargs["box_predictor"] = FastRCNNPredictor(config.box_head_dim, num_classes)
+            kwargs["box_head"], kwargs["box_predictor"] = _box_head(pooled, config, num_classes)
             num_classes = None  # torchvision's rule: the predictor carries it
         return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
@@ -221,12 +232,24 @@ def _fpn_backbone(body: nn.Module, trainable: int, levels, channels: int, norm_l
     )
 
 
+def _box_head(pooled: int, config: ModelConfig, num_classes: int):
+    """torchvision's two-layer box head and predictor at ``config.box_head_dim``."""
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    head = TwoMLPHead(pooled, config.box_head_dim)
+    return head, FastRCNNPredictor(config.box_head_dim, num_classes)
+
+
+def _custom_fpn(config: ModelConfig) -> bool:
+    return config.fpn_channels != ModelConfig().fpn_channels
+
+
+def _custom_head(config: ModelConfig) -> bool:
+    return config.box_head_dim != ModelConfig().box_head_dim
+
+
 def _custom_widths(config: ModelConfig) -> bool:
-    defaults = ModelConfig()
-    return (config.fpn_channels, config.box_head_dim) != (
-        defaults.fpn_channels,
-        defaults.box_head_dim,
-    )
+    return _custom_fpn(config) or _custom_head(config)
 
 
 def _levels(config: ModelConfig) -> int:

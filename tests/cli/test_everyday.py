@@ -14,13 +14,13 @@ RUN = "a-rather-long-run-name-20261126-203000"  # longer than an 80-column table
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory):
+def out(module_tmp):
     """Demo data (16 images, split), and one run: 3 epochs asked, --patience 1, a subset."""
     from typer.testing import CliRunner
 
     from gunctl.cli import app
 
-    out = tmp_path_factory.mktemp("everyday") / "artifacts"
+    out = module_tmp / "artifacts"
     runner = CliRunner()
     for args in (["ingest", "--source", "demo", "--count", "16"], ["split"]):
         assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0
@@ -29,6 +29,7 @@ def out(tmp_path_factory):
         [
             *("train", "--epochs", "3", "--subset", "8", "--patience", "1"),
             *("--save-period", "1", "--out", str(out), "--run-name", RUN, *TINY_CLI),
+            *("--lr", "1e-9"),  # the last --lr wins: too small to learn, mAP stays at 0
         ],
     )
     assert result.exit_code == 0, result.output
@@ -121,7 +122,8 @@ def test_patience_stops_early_keeping_the_best_weights_only(out):
     run = out / "runs" / RUN
     printed = (out / "train-output.txt").read_text()
     last = load_checkpoint(run / "last.pth")
-    # The tiny model scores mAP 0 at every epoch: epoch 1 stays the best, epoch 2 ends it.
+    # At --lr 1e-9 the tiny model scores mAP 0 at every epoch: epoch 1 stays the best, epoch 2
+    # ends it.
     assert last["epoch"] == 2 and "stopped after epoch 2 of 3" in printed
     assert "--patience 1" in printed and "batch 4 (4 per process x 1 process)" in printed
     best = load_checkpoint(run / "best.pth")

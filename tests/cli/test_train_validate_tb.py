@@ -17,13 +17,13 @@ from gunctl.core.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """Demo data, and one tiny run trained through the CLI (shared by the tests below)."""
     from typer.testing import CliRunner
 
     from gunctl.cli import app
 
-    out = tmp_path_factory.mktemp("cli") / "artifacts"
+    out = module_tmp / "artifacts"
     runner = CliRunner()
     assert (
         runner.invoke(

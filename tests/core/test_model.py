@@ -153,6 +153,27 @@ def test_fpn_and_box_head_widths():
         build_model(ModelConfig(name=NAME, weights="none", fpn_channels=128))
 
 
+def test_box_head_width_for_a_mobilenet_and_refusals():
+    """Every model with torchvision's two-layer box head takes --box-head-dim (MobileNet's
+    12544x1024 layer holds most of its parameters); the v2's convolutional head and COCO
+    weights (trained at 1024) refuse it."""
+    default = build_model(ModelConfig(name=NAME, weights="none")).model
+    model = build_model(ModelConfig(name=NAME, weights="none", box_head_dim=64)).model
+    assert model.roi_heads.box_head.fc6.in_features == 256 * 7 * 7
+    assert model.roi_heads.box_head.fc7.out_features == 64
+    assert model.roi_heads.box_predictor.cls_score.in_features == 64
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 2 * 4
+    size = sum(p.numel() for p in model.parameters())
+    assert size < sum(p.numel() for p in default.parameters()) / 3
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 60, 90)])[0]["boxes"].shape[1] == 4
+    with pytest.raises(UsageError, match="--box-head-dim: fasterrcnn_resnet50_fpn_v2"):
+        build_model(ModelConfig(name="fasterrcnn_resnet50_fpn_v2", weights="none", box_head_dim=64))
+    with pytest.raises(UsageError, match="do not fit COCO weights"):
+        build_model(ModelConfig(name=NAME, weights="coco", box_head_dim=64))
+
+
 def test_default_widths_build_torchvisions_resnet50_fpn_exactly():
     """gunctl's FPN builder replicates torchvision's (names, shapes, frozen layers), so that
     checkpoints of either load into the other."""
