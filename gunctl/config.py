@@ -153,9 +153,10 @@ class ModelConfig:
     # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
     fpn_levels: tuple[int, ...] = ()
     # Widths: the FPN's channels (so also the RPN head's and the pooled RoI features'; ResNet-FPN
-    # models) and the box head's two fully connected layers (all models but the v2). torchvision's 256 and 1024 are
-    # sized for COCO's 80 classes; for one class on the CPU the box head's 12544x1024 layer and
-    # RoIAlign's single-threaded backward are a third of a ResNet-18 step (benchmarks/README.md).
+    # models) and the box head's two fully connected layers (all models but the v2).
+    # torchvision's 256 and 1024 are sized for COCO's 80 classes; for one class on the CPU the
+    # box head's 12544x1024 layer and RoIAlign's single-threaded backward are a third of a
+    # ResNet-18 step (benchmarks/README.md).
     fpn_channels: int = 256
     box_head_dim: int = 1024
 

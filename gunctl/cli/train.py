@@ -269,8 +269,7 @@ def train(
         typer.Option(
             "--box-head-dim",
             help="Width of the box head's two fully connected layers (all models but "
-            "fasterrcnn_resnet50_fpn_v2)."
-            + _RECIPE_NOTE,
+            "fasterrcnn_resnet50_fpn_v2)." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
     ] = _MODEL_DEFAULTS.box_head_dim,
