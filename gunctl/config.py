@@ -31,6 +31,9 @@ MODEL_NAMES = (
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
 )
+MAX_CLASSES = 1000  # object classes; the model adds one for the background
+SIDES = (32, 4096)  # px: --min-size, --max-size and --multiscale sizes
+RATIOS = (0.05, 20.0)  # anchors' height / width
 WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")  # or a path to a gunctl checkpoint
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -161,10 +164,30 @@ class ModelConfig:
     box_head_dim: int = 1024
 
     def check(self) -> None:
+        """Every value's rule, for the command line, config files and checkpoints alike (the
+        last two are untrusted: a value here sizes memory)."""
         check_choice("--model", self.name, MODEL_NAMES)
         check_choice("--norm", self.norm, NORMS)
+        check_ints("--min-size", (self.min_size,), *SIDES)
+        check_ints("--max-size", (self.max_size,), *SIDES)
         if self.min_size > self.max_size:
             raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
+        if isinstance(self.num_classes, bool) or not 2 <= self.num_classes <= MAX_CLASSES + 1:
+            raise UsageError(
+                f"{self.num_classes - 1} classes: gunctl trains 1 to {MAX_CLASSES} classes"
+            )
+        check_ints("--multiscale", self.train_sizes, *SIDES)
+        check_ints("--fpn-levels", self.fpn_levels, 1, 4)
+        if list(self.fpn_levels) != sorted(set(self.fpn_levels)):
+            raise UsageError(f"--fpn-levels: ResNet stages in rising order, got {self.fpn_levels}")
+        check_ints("anchor sizes", self.anchor_sizes, 1, SIDES[1])
+        low, high = RATIOS
+        ratios = self.aspect_ratios
+        if not isinstance(ratios, tuple) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and low <= r <= high
+            for r in ratios
+        ):
+            raise UsageError(f"aspect ratios: numbers from {low} to {high}, got {ratios!r}")
         if not (32 <= self.fpn_channels <= 1024 and self.fpn_channels % 32 == 0):
             raise UsageError(
                 f"--fpn-channels must be a multiple of 32 from 32 to 1024, got {self.fpn_channels}"
@@ -281,6 +304,15 @@ class ValidateConfig:
 def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{flag} {value}: choose one of {', '.join(choices)}")
+
+
+def check_ints(flag: str, values: tuple, low: int, high: int) -> None:
+    """``values`` is a tuple of whole numbers from ``low`` to ``high``."""
+    if not isinstance(values, tuple):
+        raise UsageError(f"{flag}: a list of whole numbers, got {values!r}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise UsageError(f"{flag}: whole numbers from {low} to {high}, got {value!r}")
 
 
 def check_fraction(flag: str, value: float) -> None:

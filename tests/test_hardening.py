@@ -699,6 +699,41 @@ def test_tampered_checkpoint_fields_are_one_line(demo_copy, tmp_path, fields, fr
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("num_classes", 10**9, "999999999 classes: gunctl trains 1 to 1000"),
+        ("min_size", 10**6, "--min-size: whole numbers from 32 to 4096"),
+        ("max_size", 10**6, "--max-size: whole numbers from 32 to 4096"),
+        ("train_sizes", 5, "--multiscale: a list of whole numbers"),
+        ("train_sizes", ["a"], "--multiscale: whole numbers"),
+        ("fpn_levels", [4, 3, 2], "--fpn-levels: ResNet stages in rising order"),
+        ("fpn_levels", 3, "--fpn-levels: a list"),
+        ("anchor_sizes", [0, 1, 2, 3, 4], "anchor sizes: whole numbers from 1"),
+        ("anchor_sizes", 5, "anchor sizes: a list"),
+        ("aspect_ratios", ["x"], "aspect ratios: numbers from 0.05 to 20"),
+        ("aspect_ratios", [1e30], "aspect ratios"),
+    ],
+)
+def test_checkpoint_model_values_that_size_memory_are_refused(
+    gunctl, tmp_path, field, value, fragment
+):
+    """A checkpoint's model configuration builds the model: a value that would allocate
+    terabytes, or that the builder cannot take, is a one-line error before anything is built."""
+    from helpers import tiny_config
+
+    from gunctl.config import Layout, to_dict
+
+    config = to_dict(tiny_config(Layout(tmp_path)))
+    config.pop("layout")
+    config["model"][field] = value
+    path = crafted_checkpoint(tmp_path / "bad.pth", config=config)
+    result = gunctl("validate", path, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "bad.pth" in result.stderr and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
 # 6. what reaches the terminal
 
 

@@ -274,23 +274,40 @@ def _build_coco(config: ModelConfig) -> nn.Module:
     coco = get_model_weights(config.name).COCO_V1
     _download(coco)  # a clear error first; the builder then reads the cached file
     model = _build(config, coco, None)
-    predictor = model.roi_heads.box_predictor
-    in_features = predictor.cls_score.in_features
-    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, config.num_classes)
+    _new_predictor(model, config.num_classes)
     return model
 
 
+def _new_predictor(model: nn.Module, num_classes: int) -> None:
+    """A fresh box predictor for ``num_classes`` (background included), the rest kept."""
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+
+
 def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:
+    """The checkpoint's weights; for data with another number of classes, with a new box
+    predictor (as from COCO's 91)."""
+    import dataclasses
+
     from gunctl.core.checkpoint import load_checkpoint, load_weights, read_facts
 
     checkpoint = load_checkpoint(path)
-    stored = read_facts(checkpoint, path).model
-    if stored != config.name:
+    facts = read_facts(checkpoint, path)
+    if facts.model != config.name:
         raise CheckpointError(
-            f"{path}: made for {stored}, not {config.name}; pass --model {stored}"
+            f"{path}: made for {facts.model}, not {config.name}; pass --model {facts.model}"
         )
-    model = _build(config, None, None)
+    stored = facts.config["model"].get("num_classes", config.num_classes)  # checked on load
+    model = _build(dataclasses.replace(config, num_classes=stored), None, None)
     load_weights(model, checkpoint, path)
+    if stored != config.num_classes:
+        log.warning(
+            "%s: %d classes, the data %d (background included): its box predictor is replaced",
+            path,
+            stored,
+            config.num_classes,
+        )
+        _new_predictor(model, config.num_classes)
     return model
 
 

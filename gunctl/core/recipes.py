@@ -22,7 +22,7 @@ import logging
 import math
 from typing import Any
 
-from gunctl.config import RECIPES, WEIGHT_CHOICES, TrainConfig
+from gunctl.config import RATIOS, RECIPES, WEIGHT_CHOICES, TrainConfig
 from gunctl.errors import UsageError
 
 log = logging.getLogger("gunctl")
@@ -175,10 +175,12 @@ def fit_anchors(config: TrainConfig, boxes_and_sizes) -> TrainConfig:
         return dataclasses.replace(config, fit_anchors=False)
     levels = (len(model.fpn_levels) if model.fpn_levels else 4) + 1  # and the pooled top
     quantiles = torch.linspace(_SIZE_Q[0], _SIZE_Q[1], levels)
-    sizes = [round(float(v)) for v in torch.quantile(sides, quantiles)]
+    sizes = [max(1, round(float(v))) for v in torch.quantile(sides, quantiles)]
     for i in range(1, len(sizes)):  # strictly increasing, one per level
         sizes[i] = max(sizes[i], sizes[i - 1] + 1)
-    shapes = [round(float(v), 2) for v in torch.quantile(ratios, torch.tensor(_RATIO_Q))]
+    low, high = RATIOS  # ModelConfig's bounds, for sliver boxes
+    quantiles = torch.quantile(ratios, torch.tensor(_RATIO_Q))
+    shapes = [min(max(round(float(v), 2), low), high) for v in quantiles]
     fitted = dataclasses.replace(model, anchor_sizes=tuple(sizes), aspect_ratios=tuple(shapes))
     return dataclasses.replace(config, model=fitted)
 

@@ -187,3 +187,36 @@ def test_default_widths_build_torchvisions_resnet50_fpn_exactly():
     assert shapes == {k: v.shape for k, v in theirs.state_dict().items()}
     frozen = {n for n, p in ours.model.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, p in theirs.named_parameters() if not p.requires_grad}
+
+
+def test_a_checkpoint_of_other_classes_fine_tunes_with_a_new_predictor(tmp_path, caplog):
+    """A one-class gun detector as the start of a three-class run (gun, knife, rifle): its
+    weights load, and only the box predictor is new (as from COCO's 91 classes)."""
+    import logging
+
+    from helpers import tiny_checkpoint
+
+    from gunctl.config import model_config_from_dict
+    from gunctl.core.checkpoint import load_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "gun.pth")
+    stored = load_checkpoint(path)
+    config = model_config_from_dict(stored["config"]["model"])
+    config = dataclasses.replace(config, weights=str(path), num_classes=4)
+    monkey = logging.getLogger("gunctl")
+    monkey.propagate, before = True, monkey.propagate  # the CLI tests turn it off
+    try:
+        with caplog.at_level("WARNING", logger="gunctl"):
+            model = build_model(config).model
+    finally:
+        monkey.propagate = before
+    assert "2 classes, the data 4" in caplog.text and "predictor is replaced" in caplog.text
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 4 * 4
+    kept = {k: v for k, v in model.state_dict().items() if "box_predictor" not in k}
+    assert kept and all(torch.equal(v, stored["model"][k]) for k, v in kept.items())
+    same = build_model(dataclasses.replace(config, num_classes=2)).model  # as before
+    assert torch.equal(
+        same.roi_heads.box_predictor.cls_score.weight,
+        stored["model"]["roi_heads.box_predictor.cls_score.weight"],
+    )
