@@ -264,17 +264,42 @@ class TrainConfig:
     val_every: int = 1  # validate every k epochs (and always after the last)
 
     def check(self) -> None:
+        """Every option's rule (the command line's options carry none of their own): a
+        resumed run's stored values pass here too, and a checkpoint is untrusted."""
         self.model.check()
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("--cache", self.cache, CACHE_MODES)
         check_choice("--recipe", self.recipe, RECIPES)
-        if self.minutes is not None and not self.minutes > 0:
-            raise UsageError(f"--minutes must be a positive number, got {self.minutes}")
+        if self.minutes is not None:
+            check_number("--minutes", self.minutes, 0, math.inf, low_open=True)
         check_device(self.device)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        check_number("--lr", self.lr, 0, math.inf, low_open=True)
         check_fraction("--val-fraction", self.val_fraction)
+        check_ints("--epochs", (self.epochs,), 1, 10**6)
+        if self.batch_size is not None:
+            check_ints("--batch-size", (self.batch_size,), 1, 4096)
+        check_ints("--warmup-steps", (self.warmup_steps,), 0, 10**9)
+        check_ints("--val-every", (self.val_every,), 1, 10**6)
+        for flag, value in (("--patience", self.patience), ("--save-period", self.save_period)):
+            if value is not None:
+                check_ints(flag, (value,), 1, 10**6)
+        check_number("--weight-decay", self.weight_decay, 0, math.inf)
+        check_number("--momentum", self.momentum, 0, math.inf)
+        if self.grad_clip is not None:
+            check_number("--grad-clip", self.grad_clip, 0, math.inf, low_open=True)
+        for flag, value in (
+            ("--photometric", self.photometric),
+            ("--zoom-out", self.zoom_out),
+            ("--crop", self.crop),
+            ("--mosaic", self.mosaic),
+        ):
+            check_number(flag, value, 0, 1)
+        if self.ema_decay is not None:
+            check_number("--ema-decay", self.ema_decay, 0, 1, high_open=True)
+        for name in ("hflip", "ema", "fit_anchors", "amp", "channels_last", "promote"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name}: true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -313,6 +338,24 @@ def check_ints(flag: str, values: tuple, low: int, high: int) -> None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise UsageError(f"{flag}: whole numbers from {low} to {high}, got {value!r}")
+
+
+def check_number(
+    flag: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """``value`` is a finite number from ``low`` to ``high`` (math.inf: no upper bound)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits = number and math.isfinite(value) and (value > low if low_open else value >= low)
+    if not (fits and (value < high if high_open else value <= high)):
+        lower = f"above {low}" if low_open else f"from {low}"
+        upper = "" if math.isinf(high) else (f" below {high}" if high_open else f" to {high}")
+        raise UsageError(f"{flag}: a number {lower}{upper}, got {value!r}")
 
 
 def check_fraction(flag: str, value: float) -> None:

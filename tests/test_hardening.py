@@ -734,6 +734,39 @@ def test_checkpoint_model_values_that_size_memory_are_refused(
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("zoom_out", 7.0, "--zoom-out: a number from 0 to 1, got 7.0"),
+        ("photometric", -1.0, "--photometric: a number from 0 to 1"),
+        ("val_every", 0, "--val-every: whole numbers from 1"),
+        ("batch_size", 10**9, "--batch-size: whole numbers from 1 to 4096"),
+        ("ema_decay", 1.5, "--ema-decay: a number from 0 below 1, got 1.5"),
+        ("minutes", -5.0, "--minutes: a number above 0, got -5.0"),
+        ("mosaic", 2.0, "--mosaic: a number from 0 to 1"),
+        ("hflip", "no", "'hflip' must be true or false"),  # the checkpoint's schema: types
+    ],
+)
+def test_resuming_a_checkpoint_with_bad_options_is_one_line(
+    gunctl, tmp_path, field, value, fragment
+):
+    """--resume takes the run's options from its checkpoint: they pass the command line's rules
+    (a zoom-out probability of 7 crashed in torchvision; 0 for --val-every divided by it)."""
+    import torch
+    from helpers import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "bad.pth", with_optimizer=True)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"][field] = value
+    torch.save(checkpoint, path)
+    before = snapshot(tmp_path)
+    result = gunctl("train", "--resume", path, "--epochs", "3", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "bad.pth" in result.stderr and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
 # 6. what reaches the terminal
 
 

@@ -47,7 +47,7 @@ _BY_RECIPE = "the recipe's"
 def train(
     ctx: typer.Context,
     epochs: Annotated[
-        int, typer.Option("--epochs", min=1, help="Epochs in all (with --resume: the new total).")
+        int, typer.Option("--epochs", help="Epochs in all (with --resume: the new total).")
     ] = _TRAIN_DEFAULTS.epochs,
     minutes: Annotated[
         float | None,
@@ -72,7 +72,6 @@ def train(
         int | None,
         typer.Option(
             "--batch-size",
-            min=1,
             show_default="8 on CUDA, 2 on the CPU",
             help="Images per step, per process (the global batch is this x processes).",
         ),
@@ -91,7 +90,6 @@ def train(
         float,
         typer.Option(
             "--weight-decay",
-            min=0.0,
             help="L2 penalty on the weights." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -109,7 +107,6 @@ def train(
         int,
         typer.Option(
             "--warmup-steps",
-            min=0,
             help="Warm-up length (capped at one epoch)." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -132,7 +129,6 @@ def train(
         int,
         typer.Option(
             "--min-size",
-            min=32,
             help="Shorter image side fed to the model (the data set's images are ~180 px)."
             + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
@@ -142,7 +138,6 @@ def train(
         int,
         typer.Option(
             "--max-size",
-            min=32,
             help="Cap on the longer side." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -192,8 +187,6 @@ def train(
         float,
         typer.Option(
             "--photometric",
-            min=0.0,
-            max=1.0,
             help="Probability of brightness/contrast/saturation/hue distortion." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -202,8 +195,6 @@ def train(
         float,
         typer.Option(
             "--zoom-out",
-            min=0.0,
-            max=1.0,
             help="Probability of a zoom-out (image on a canvas up to 2x larger)." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -212,8 +203,6 @@ def train(
         float,
         typer.Option(
             "--crop",
-            min=0.0,
-            max=1.0,
             help="Probability of an IoU-aware crop." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -222,8 +211,6 @@ def train(
         float,
         typer.Option(
             "--mosaic",
-            min=0.0,
-            max=1.0,
             help="Probability of a 2x2 mosaic of training images." + _RECIPE_NOTE,
             show_default=_BY_RECIPE,
         ),
@@ -294,8 +281,6 @@ def train(
         float | None,
         typer.Option(
             "--ema-decay",
-            min=0.0,
-            max=1.0,
             show_default="a window of a tenth of the run's steps",
             help="EMA decay per step.",
         ),
@@ -304,7 +289,6 @@ def train(
         int,
         typer.Option(
             "--val-every",
-            min=1,
             show_default="1; fitted with --minutes",
             help="Validate every k epochs, and after the last.",
         ),
@@ -321,7 +305,6 @@ def train(
         int | None,
         typer.Option(
             "--patience",
-            min=1,
             show_default="off",
             help="Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept).",
         ),
@@ -330,7 +313,6 @@ def train(
         int | None,
         typer.Option(
             "--save-period",
-            min=1,
             show_default="off",
             help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
         ),
@@ -352,12 +334,6 @@ def train(
 
     Several GPUs or machines: torchrun --nproc_per_node=N -m gunctl train ... (or --nproc N).
     """
-    if nproc is not None and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_run_torchrun(nproc))
-    from gunctl.core.trainer import fit
-
-    if resume:
-        _warn_ignored_on_resume(ctx)
     explicit = tuple(
         _FIELDS.get(name, name)
         for name in ctx.params
@@ -408,6 +384,12 @@ def train(
         minutes=minutes,
         val_every=val_every,
     )
+    config.check()  # a bad option fails here, not in each of --nproc's processes
+    if nproc is not None and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_run_torchrun(nproc))
+    if resume and os.environ.get("RANK", "0") == "0":
+        _warn_ignored_on_resume(ctx)
+    from gunctl.core.trainer import fit
 
     callbacks = [] if quiet else [render.TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])

@@ -22,7 +22,7 @@ import logging
 import math
 from typing import Any
 
-from gunctl.config import RATIOS, RECIPES, WEIGHT_CHOICES, TrainConfig
+from gunctl.config import RATIOS, RECIPES, WEIGHT_CHOICES, TrainConfig, check_choice
 from gunctl.errors import UsageError
 
 log = logging.getLogger("gunctl")
@@ -76,12 +76,9 @@ _MODEL_ONLY_RESNET = (  # ResNet-FPN only
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """The config with its recipe chosen (for ``auto``) and applied to the unset options."""
-    if config.recipe not in RECIPES:
-        raise UsageError(f"--recipe {config.recipe}: choose one of {', '.join(RECIPES)}")
+    check_choice("--recipe", config.recipe, RECIPES)
     if config.minutes is not None and "epochs" in config.explicit:
         raise UsageError("--minutes sets the number of epochs; it does not go with --epochs")
-    if config.minutes is not None and not config.minutes > 0:
-        raise UsageError(f"--minutes must be a positive number, got {config.minutes}")
     config = _choose(config) if config.recipe == "auto" else config
     config = apply(config, VALUES[config.recipe])
     if config.model.weights not in WEIGHT_CHOICES:  # a checkpoint: its architecture, to load

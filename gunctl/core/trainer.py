@@ -416,6 +416,10 @@ def _resumed_config(resumed: Resumed, requested: TrainConfig) -> TrainConfig:
     """The stored config, with what may change on resume (config.RESUMABLE_OPTIONS)."""
     facts = read_facts(resumed.checkpoint)
     stored = train_config_from_dict(facts.config, requested.layout)
+    try:
+        stored.check()  # a checkpoint is untrusted: its values pass the command line's rules
+    except UsageError as exc:
+        raise CheckpointError(f"{resumed.path}: {exc}") from None
     config = dataclasses.replace(resumed_config(stored, requested), run_name=facts.run_name)
     if stored.minutes is not None and "epochs" not in requested.explicit:
         config = dataclasses.replace(config, epochs=stored.epochs)  # the budget's fitted count

@@ -78,8 +78,8 @@ def test_bad_recipe_and_minutes_with_epochs_are_usage_errors():
         recipes.resolve(TrainConfig(recipe="fast"))
     with pytest.raises(UsageError, match="--minutes"):
         recipes.resolve(TrainConfig(minutes=5, explicit=("epochs",)))
-    with pytest.raises(UsageError, match="--minutes"):
-        recipes.resolve(TrainConfig(minutes=0))
+    with pytest.raises(UsageError, match="--minutes: a number above 0"):
+        TrainConfig(minutes=0).check()  # the rule's home, which fit applies before anything
 
 
 def test_fitted_anchors_follow_the_boxes():
