@@ -111,16 +111,12 @@ def _check_model_options(config: ModelConfig) -> None:
         )
     if _custom_head(config) and config.name in _CONV_BOX_HEADS:
         raise UsageError(f"--box-head-dim: {config.name}'s box head is convolutional")
-    if config.fpn_levels and not set(config.fpn_levels) <= {1, 2, 3, 4}:
-        raise UsageError(f"--fpn-levels: ResNet stages 1 to 4, got {config.fpn_levels}")
     levels = _levels(config)
     if config.anchor_sizes and len(config.anchor_sizes) != levels:
         raise UsageError(
             f"anchor sizes: one per FPN level ({levels}), got {len(config.anchor_sizes)}"
         )
-    if (config.fpn_levels or _custom_fpn(config) or _custom_head(config)) and (
-        config.weights == "coco"
-    ):
+    if (config.fpn_levels or _custom_widths(config)) and config.weights == "coco":
         raise UsageError(
             "--fpn-levels, --fpn-channels and --box-head-dim do not fit COCO weights; "
             "use imagenet or none"
