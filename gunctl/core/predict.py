@@ -238,7 +238,7 @@ class _Run:
         self.result.files += 1
         batch = []
         try:
-            for frame in frames(item.path, self.config.vid_stride):
+            for frame in frames(item.path, self.config.vid_stride, self.config.max_pixels):
                 batch.append(frame)
                 if len(batch) == self.config.batch_size:
                     self._frames(item, batch, writer)

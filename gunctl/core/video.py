@@ -48,9 +48,10 @@ def probe(path: Path) -> VideoInfo:
         raise VideoProblem(f"not a readable video ({first_line(exc, 160)})") from None
 
 
-def frames(path: Path, stride: int = 1) -> Iterator[Frame]:
+def frames(path: Path, stride: int = 1, max_pixels: int | None = None) -> Iterator[Frame]:
     """Every ``stride``-th frame, decoded with FFmpeg's threads; VideoProblem on corrupt data
-    (after the frames decoded before it)."""
+    or a frame above ``max_pixels`` (a stream may change its size after the header the probe
+    read), after the frames decoded before it."""
     import av
 
     index = -1
@@ -63,6 +64,10 @@ def frames(path: Path, stride: int = 1) -> Iterator[Frame]:
                 index += 1
                 if index % stride:
                     continue
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    raise VideoProblem(
+                        f"frame {index} is {frame.width}x{frame.height} px, limit {max_pixels:,}"
+                    )
                 time = float(frame.time) if frame.time is not None else index / rate
                 yield Frame(index, time, frame.to_ndarray(format="rgb24"))
     except (av.FFmpegError, IndexError) as exc:

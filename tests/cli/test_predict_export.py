@@ -93,6 +93,18 @@ def write_video(path: Path, frames: int, width: int = 160, height: int = 120) ->
         container.mux(stream.encode(None))
 
 
+def test_frames_above_the_pixel_limit_stop_the_video(tmp_path):
+    """Each decoded frame is held to the limit, not only the header's size (a stream can
+    change its size after the header): frames before the first big one come through."""
+    from gunctl.core.video import VideoProblem, frames
+
+    path = tmp_path / "clip.avi"
+    write_video(path, 3)
+    assert len(list(frames(path, max_pixels=160 * 120))) == 3
+    with pytest.raises(VideoProblem, match="frame 0 is 160x120 px, limit 19,199"):
+        list(frames(path, max_pixels=160 * 120 - 1))
+
+
 def count_frames(path: Path) -> int:
     import av
 
