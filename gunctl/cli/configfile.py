@@ -1,5 +1,5 @@
-"""Options from a YAML file (``--config``): read with PyYAML's ``safe_load``, never a full
-loader, and checked against the command's own option names."""
+"""Options from a YAML file (``--config``, at most 1 MiB): read with PyYAML's safe loader
+without aliases (``fileio.load_yaml``), and checked against the command's option names."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ def read_options(path: Path, names: list[str]) -> dict[str, Any]:
     """
     import yaml
 
+    from gunctl.core.fileio import MAX_CONFIG_BYTES, TooLarge, load_yaml, read_bounded
+
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        with Path(path).open("rb") as handle:
+            data = load_yaml(read_bounded(handle, MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    except TooLarge as exc:
+        raise UsageError(f"{path}: not a config file ({exc})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if data is None:

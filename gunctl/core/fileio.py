@@ -1,4 +1,5 @@
-"""Atomic writes: a temporary file in the same folder, fsync, then rename over the target."""
+"""Atomic writes (a temporary file in the same folder, fsync, then rename over the target),
+and bounded reads of untrusted documents (JSON state files, YAML)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import BinaryIO
 from gunctl.errors import DataError, cannot_write, first_line
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # a manifest of 3,000 images is ~1 MiB
+MAX_CONFIG_BYTES = 1024 * 1024  # a run's config.yaml is ~2 KiB
 
 
 class TooLarge(Exception):
@@ -92,3 +94,36 @@ def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
 
 def _size(count: int) -> str:
     return f"{count / 2**20:g} MiB" if count >= 2**20 else f"{count:,} bytes"
+
+
+def load_yaml(text: str):
+    """PyYAML's ``safe_load`` without aliases and within Python's recursion limit: a few lines
+    of anchors (``&a``, ``*a``) make a structure of billions of nodes once walked or shown, and
+    deep nesting overflows the composer. Both raise ``yaml.YAMLError``, as bad syntax does."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_no_alias_loader())
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+_LOADER = None
+
+
+def _no_alias_loader():
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class NoAliasLoader(yaml.SafeLoader):
+            def compose_node(self, parent, index):
+                if self.check_event(yaml.AliasEvent):
+                    mark = self.peek_event().start_mark
+                    raise yaml.composer.ComposerError(
+                        None, None, "aliases (*name) are not accepted", mark
+                    )
+                return super().compose_node(parent, index)
+
+        _LOADER = NoAliasLoader
+    return _LOADER

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gunctl.config import SplitConfig, TrainConfig, resumed_config, train_config_from_dict
+from gunctl.config import (
+    WEIGHT_CHOICES,
+    SplitConfig,
+    TrainConfig,
+    resumed_config,
+    train_config_from_dict,
+)
 from gunctl.core import distributed, recipes
 from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CallbackList, CheckpointSaver, TensorBoardLogger
@@ -472,7 +478,7 @@ def _build_parts(
     train_set, val_set = _datasets(config, prepared.split, dist)
     if config.fit_anchors and not config.model.anchor_sizes:
         config = recipes.fit_anchors(config, train_set.boxes_and_sizes())
-    built = _build_model(config, dist)
+    built = _build_model(config, dist, resumed)
     model = to_device_layout(built.model, device, config.channels_last)
     sampler = EpochBatchSampler(
         len(train_set),
@@ -574,13 +580,21 @@ def _check_free_space(run_dir: Path, model: nn.Module, config: TrainConfig) -> N
         )
 
 
-def _build_model(config: TrainConfig, dist: DistInfo):
+def _build_model(config: TrainConfig, dist: DistInfo, resumed: Resumed | None):
+    model_config = config.model
+    if resumed is not None and model_config.weights not in WEIGHT_CHOICES:
+        # Resuming a fine-tuning run: its checkpoint holds the weights, and the checkpoint it
+        # started from (same architecture, not read again) may be gone since.
+        model_config = dataclasses.replace(model_config, weights="none")
     # Rank 0 fetches any weights first, so that the other ranks find them in the cache.
     if dist.enabled and not dist.is_main:
         distributed.barrier()
-    built = build_model(config.model)
+    built = build_model(model_config)
     if dist.enabled and dist.is_main:
         distributed.barrier()
+    if resumed is not None:  # where the run's weights first came from, as recorded
+        origin = read_facts(resumed.checkpoint).weights_origin or built.weights_origin
+        built = dataclasses.replace(built, weights_origin=origin)
     return built
 
 

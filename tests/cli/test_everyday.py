@@ -109,6 +109,25 @@ def test_validate_artifacts_is_a_deprecated_alias_of_out(gunctl, tmp_path):
     assert "--artifacts" not in text and "--report" in text
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x: &x [1, 1]\nepochs: *x\n", "aliases (*name) are not accepted"),
+        ("epochs: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("# " + "x" * (2 * 1024 * 1024) + "\n", "larger than 1 MiB"),
+    ],
+    ids=["alias", "deep", "huge"],
+)
+def test_hostile_config_files_are_one_line(gunctl, tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = gunctl("train", "--config", config, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "bad.yaml" in result.stderr and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_text_file_as_checkpoint_says_so(gunctl, tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("these are my notes\n")

@@ -91,6 +91,25 @@ def test_resume_equals_a_straight_run(layout):
 
 
 @pytest.mark.slow
+def test_a_fine_tuning_run_resumes_after_its_source_checkpoint_is_gone(layout, tmp_path):
+    """--resume rebuilds the model from the run's own checkpoint: the checkpoint the run
+    started from (--weights PATH) is not read again, and may have been removed."""
+    import dataclasses
+
+    source = fit(tiny_config(layout, subset=8, run_name="source")).last_checkpoint
+    moved = tmp_path / "source-copy.pth"
+    moved.write_bytes(source.read_bytes())
+    model = dataclasses.asdict(tiny_config(layout).model) | {"weights": str(moved)}
+    tuned = fit(tiny_config(layout, model, subset=8, epochs=1, run_name="tuned"))
+    origin = load_checkpoint(tuned.last_checkpoint)["weights_origin"]
+    assert origin == f"checkpoint:{moved}"
+    moved.unlink()
+    again = fit(tiny_config(layout, model, subset=8, epochs=2, resume="tuned"))
+    assert [r["epoch"] for r in again.history] == [1, 2]
+    assert load_checkpoint(again.last_checkpoint)["weights_origin"] == origin  # as recorded
+
+
+@pytest.mark.slow
 def test_same_seed_same_losses(layout):
     a = fit(tiny_config(layout, subset=8, run_name="a"))
     b = fit(tiny_config(layout, subset=8, run_name="b"))

@@ -73,6 +73,8 @@ def _load(file: SourceFile, where: str) -> dict:
         raise DataError(
             f"{where}/{file.name}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})"
         ) from None
+    except RecursionError:
+        raise DataError(f"{where}/{file.name}: not valid COCO JSON (nested too deeply)") from None
     if not isinstance(document, dict):
         raise DataError(f"{where}/{file.name}: not a COCO object (expected {{...}} at the top)")
     for key in ("images", "annotations", "categories"):

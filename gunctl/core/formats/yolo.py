@@ -87,8 +87,10 @@ def _class_names(files: dict[str, SourceFile], where: str) -> list[str]:
 def _yaml_names(text: str, where: str) -> list[str]:
     import yaml
 
+    from gunctl.core.fileio import load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""

@@ -62,6 +62,35 @@ def test_bad_yaml_names_the_line(tmp_path):
         ingest(IngestConfig(source=str(source), layout=Layout(tmp_path / "a")))
 
 
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n"
+    for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)  # 9**9 names once walked; shown in an error message, it never ends
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BOMB + "names: *i\n", "aliases .* are not accepted"),
+        ("names: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+    ids=["alias-bomb", "deep"],
+)
+def test_hostile_yaml_is_one_data_error(tmp_path, text, message):
+    source = yolo_tree(tmp_path / "src", ("data.yaml", text))
+    with pytest.raises(DataError, match=r"data\.yaml.*" + message):
+        ingest(IngestConfig(source=str(source), layout=Layout(tmp_path / "a")))
+
+
+def test_deeply_nested_coco_json_is_one_data_error(tmp_path):
+    root = tmp_path / "coco"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(jpeg_bytes())
+    (root / "instances.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(DataError, match=r"instances\.json: not valid COCO JSON \(nested too"):
+        ingest(IngestConfig(source=str(root), layout=Layout(tmp_path / "a"), format="coco"))
+
+
 @pytest.mark.parametrize(("fmt", "message"), [("coco", "no instances"), ("voc", "no Annotations")])
 def test_a_named_format_that_is_not_there_says_what_is_missing(tmp_path, small_tree, fmt, message):
     with pytest.raises(DataError, match=message):
