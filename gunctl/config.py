@@ -163,19 +163,21 @@ class ModelConfig:
     fpn_channels: int = 256
     box_head_dim: int = 1024
 
-    def check(self) -> None:
+    def check(self, relations: bool = True) -> None:
         """Every value's rule, for the command line, config files and checkpoints alike (the
-        last two are untrusted: a value here sizes memory)."""
+        last two are untrusted: a value here sizes memory). ``relations=False``: each value
+        alone, before a recipe fills in the rest (its --max-size follows a user's --min-size)."""
         check_choice("--model", self.name, MODEL_NAMES)
         check_choice("--norm", self.norm, NORMS)
         check_ints("--min-size", (self.min_size,), *SIDES)
         check_ints("--max-size", (self.max_size,), *SIDES)
-        if self.min_size > self.max_size:
+        if relations and self.min_size > self.max_size:
             raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
-        if isinstance(self.num_classes, bool) or not 2 <= self.num_classes <= MAX_CLASSES + 1:
-            raise UsageError(
-                f"{self.num_classes - 1} classes: gunctl trains 1 to {MAX_CLASSES} classes"
-            )
+        classes = self.num_classes
+        if isinstance(classes, bool) or not isinstance(classes, int):
+            raise UsageError(f"classes: a whole number, got {classes!r}")
+        if not 2 <= classes <= MAX_CLASSES + 1:
+            raise UsageError(f"{classes - 1} classes: gunctl trains 1 to {MAX_CLASSES} classes")
         check_ints("--multiscale", self.train_sizes, *SIDES)
         check_ints("--fpn-levels", self.fpn_levels, 1, 4)
         if list(self.fpn_levels) != sorted(set(self.fpn_levels)):
@@ -263,10 +265,11 @@ class TrainConfig:
     minutes: float | None = None  # a wall-time budget: epochs and schedule fitted to it
     val_every: int = 1  # validate every k epochs (and always after the last)
 
-    def check(self) -> None:
+    def check(self, relations: bool = True) -> None:
         """Every option's rule (the command line's options carry none of their own): a
-        resumed run's stored values pass here too, and a checkpoint is untrusted."""
-        self.model.check()
+        resumed run's stored values pass here too, and a checkpoint is untrusted.
+        ``relations=False``: each value alone (ModelConfig.check)."""
+        self.model.check(relations)
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
         check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("--cache", self.cache, CACHE_MODES)

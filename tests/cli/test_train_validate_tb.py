@@ -114,6 +114,32 @@ def test_minutes_goes_not_with_epochs(trained, gunctl):
     assert result.exit_code == 2 and "--multiscale" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs: whole numbers from 1"),
+        (["--photometric", "2"], "--photometric: a number from 0 to 1, got 2.0"),
+        (["--multiscale", "8,300"], "--multiscale: whole numbers from 32 to 4096, got 8"),
+        (["--fpn-levels", "9"], "--fpn-levels: whole numbers from 1 to 4, got 9"),
+        (["--nproc", "2", "--patience", "0"], "--patience: whole numbers from 1"),
+    ],
+)
+def test_bad_values_are_one_line_before_anything_starts(gunctl, tmp_path, args, message):
+    """Option ranges live in TrainConfig.check, checked before torchrun starts processes."""
+    result = gunctl("train", *args, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_min_size_alone_leaves_the_max_size_to_the_recipe(gunctl, tmp_path):
+    """--min-size 500 is above the default --max-size (448), but the recipe raises its max to
+    make room: the early check looks at each value alone, not at that relation."""
+    result = gunctl("train", "--min-size", "500", "--out", tmp_path / "out")
+    assert "above --max-size" not in result.stderr
+    assert result.exit_code == 2 and "no manifest" in result.stderr.lower(), result.stderr
+
+
 @pytest.mark.slow
 def test_validate_all_and_other_data_and_predictions(trained, gunctl, tmp_path):
     out, _ = trained
