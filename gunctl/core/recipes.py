@@ -145,7 +145,12 @@ def _choose(config: TrainConfig) -> TrainConfig:
     )
     if config.model.name not in OWN_BUILDS:  # torchvision has COCO weights for these
         where = coco_weights_file(config.model.name)
-        log.info("COCO weights file (--weights coco fetches it): %s", where)
+        log.info(
+            "COCO weights for %s (--model %s --weights coco fetches them): %s",
+            config.model.name,
+            config.model.name,
+            where,
+        )
     return dataclasses.replace(
         config, recipe="scratch", model=dataclasses.replace(config.model, weights="none")
     )
