@@ -4,6 +4,7 @@ and bounded reads of untrusted documents (JSON state files, YAML)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -108,22 +109,18 @@ def load_yaml(text: str):
         raise yaml.YAMLError("nested too deeply") from None
 
 
-_LOADER = None
-
-
+@functools.cache
 def _no_alias_loader():
-    global _LOADER
-    if _LOADER is None:
-        import yaml
+    """Built on first use: PyYAML stays out of the CLI's start-up."""
+    import yaml
 
-        class NoAliasLoader(yaml.SafeLoader):
-            def compose_node(self, parent, index):
-                if self.check_event(yaml.AliasEvent):
-                    mark = self.peek_event().start_mark
-                    raise yaml.composer.ComposerError(
-                        None, None, "aliases (*name) are not accepted", mark
-                    )
-                return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not accepted", mark
+                )
+            return super().compose_node(parent, index)
 
-        _LOADER = NoAliasLoader
-    return _LOADER
+    return NoAliasLoader
