@@ -2,13 +2,15 @@
 
 Builds the model a recipe resolves to (``--recipe``, changed with ``--set KEY=VALUE`` as a
 user's flag would), and the optimizer gunctl makes for it, then times a few training steps on
-real images of the sample with their real boxes (batch 2, sizes drawn as in training). CPU
-seconds (``time.process_time``, one thread), not wall time: load on the machine changes little.
-Each variant prints CPU-s per step, split into forward and backward + optimizer.
+real images of the sample with their real boxes (the recipe's batch size, 2 on the CPU unless
+``batch_size=N`` is set; sizes drawn as in training). CPU seconds (``time.process_time``, one
+thread unless ``--threads``), not wall time: load on the machine changes little. Each variant
+prints CPU-s per step and per image, split into forward and backward + optimizer.
 
     .venv/bin/python benchmarks/bench_step_cost.py                  # the scratch recipe
     .venv/bin/python benchmarks/bench_step_cost.py --variant "" \
         --variant "model.fpn_channels=256 model.box_head_dim=1024"  # one line per variant
+    .venv/bin/python benchmarks/bench_step_cost.py --variant "" --variant "batch_size=4"
     .venv/bin/python benchmarks/bench_step_cost.py --recipe plain
 """
 
@@ -83,9 +85,10 @@ def measure(config, pool, steps: int, warmup: int) -> dict:
     model = build_model(config.model).model.train()
     optimizer = make_optimizer(model, config)
     rng = random.Random(0)
+    batch_size = config.batch_size or 2  # the CPU's default
     forward = backward = 0.0
     for step in range(warmup + steps):
-        batch = rng.sample(pool, 2)
+        batch = rng.sample(pool, batch_size)
         started = time.process_time()
         losses = model([b[0] for b in batch], [b[1] for b in batch])
         loss = sum(losses.values())
@@ -100,6 +103,8 @@ def measure(config, pool, steps: int, warmup: int) -> dict:
         "cpu_s_per_step": (forward + backward) / steps,
         "forward": forward / steps,
         "backward_and_optimizer": backward / steps,
+        "cpu_s_per_image": (forward + backward) / steps / batch_size,
+        "batch_size": batch_size,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
@@ -114,8 +119,9 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="wall seconds are CPU-s / threads")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     pool = load_batch_pool(args.data, 40)
     rows = []
     for text in args.variant or [""]:
@@ -127,7 +133,8 @@ def main() -> None:
             f"{args.recipe} {text or '(as resolved)'}: {m.name} {m.norm} levels "
             f"{m.fpn_levels or 'all'} {m.min_size}/{m.max_size} px, train sizes "
             f"{m.train_sizes or 'fixed'}, widths {m.fpn_channels}/{m.box_head_dim}, "
-            f"{config.optimizer}: {figures['cpu_s_per_step']:.2f} CPU-s per step "
+            f"{config.optimizer}, batch {figures['batch_size']}: {figures['cpu_s_per_step']:.2f} "
+            f"CPU-s per step, {figures['cpu_s_per_image']:.3f} per image "
             f"(forward {figures['forward']:.2f}, backward + optimizer "
             f"{figures['backward_and_optimizer']:.2f}), {figures['parameters_m']:.1f} M params",
             flush=True,
