@@ -195,15 +195,18 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
     fire("on_fit_start")
     with _GracefulStop(second_stops_at_once=not dist.enabled) as stop:
         try:
-            while state.epoch < state.config.epochs or state.budget is not None:
+            epoch_wall = 0.0
+            while state.epoch < state.config.epochs or _fitting_first_epoch(state):
                 if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
                     raise KeyboardInterrupt
                 if state.budget is not None and state.epoch >= 1:  # a --minutes budget: refit
-                    _final_plan(state, setup, dist)
+                    _fit_budget(state, setup, dist, epoch_wall)
                     if state.epoch >= state.config.epochs:
                         break
+                began = time.perf_counter()
                 _train_epoch(parts, fire, setup, stop)
                 _validate_epoch(state, fire, parts.val_loader, setup, dist)
+                epoch_wall = time.perf_counter() - began
                 if _patience_ran_out(state):
                     break
             _check_ranks_agree(state, dist)
@@ -255,7 +258,7 @@ def _train_epoch(parts: TrainingParts, fire: CallbackList, setup: TrainSetup, st
             plan = state.budget.provisional(
                 time.perf_counter(), state.batches_per_epoch, len(state.val_dataset), batch
             )
-            _replan(state, setup, plan)
+            _replan(state, setup, distributed.broadcast_object(plan))
         fire("on_step_end", step)
 
     state.step = train_one_epoch(
@@ -279,7 +282,11 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
     record["lr"] = state.optimizer.param_groups[0]["lr"]
     result: EvalResult | None = None
     every = max(1, state.config.val_every)
-    if state.budget is None and state.epoch % every and state.epoch < state.config.epochs:
+    if (
+        not _fitting_first_epoch(state)
+        and state.epoch % every
+        and state.epoch < state.config.epochs
+    ):
         if dist.is_main:  # not validated this epoch: saved (resumable), shown without metrics
             record.update(val={}, seconds=record["train"]["seconds"])
             state.history.append(record)
@@ -307,22 +314,35 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
 
 
-def _final_plan(state: TrainState, setup: TrainSetup, dist: DistInfo) -> None:
-    """A --minutes run after its first epoch: epochs from the measured wall time of that epoch
-    (training, validation, checkpoint and logging), decided on rank 0."""
+def _fitting_first_epoch(state: TrainState) -> bool:
+    """A --minutes run before its first epoch's count: it validates every epoch and goes on."""
+    return state.budget is not None and not state.budget.planned
+
+
+def _fit_budget(state: TrainState, setup: TrainSetup, dist: DistInfo, epoch_wall: float) -> None:
+    """A --minutes run after an early epoch (``epoch_wall`` s, its validation, checkpoint and
+    logging included): the count from the first epoch, then refits (core.budget), decided on
+    rank 0."""
     plan = None
     if dist.is_main:
+        budget, now = state.budget, time.perf_counter()
         val_seconds = state.history[-1]["val"].get("seconds", 0.0) if state.history else 0.0
-        # an epoch 1 that ran a schedule of several epochs needs a second to finish it
-        least = 1 if state.config.epochs <= 1 else 2
-        plan = state.budget.final(time.perf_counter(), val_seconds, least)
-    _replan(state, setup, plan)
-    state.budget = None
+        if not budget.planned:
+            # an epoch 1 that ran a schedule of several epochs needs a second to finish it
+            least = 1 if state.config.epochs <= 1 else 2
+            plan = budget.final(now, val_seconds, least)
+        else:
+            plan = budget.refit(now, epoch_wall, val_seconds, state.epoch, state.config.epochs)
+    plan = distributed.broadcast_object(plan)
+    state.budget.planned = True  # on every rank: they loop and validate alike
+    if plan is not None:
+        _replan(state, setup, plan)
+    if not state.budget.refitting(state.epoch, state.config.epochs):
+        state.budget = None  # the count stands from here (and resume goes on to it)
 
 
 def _replan(state: TrainState, setup: TrainSetup, plan) -> None:
     """Size the run to a --minutes plan: epochs, validation interval, schedule, EMA window."""
-    plan = distributed.broadcast_object(plan)
     state.config = dataclasses.replace(state.config, epochs=plan.epochs, val_every=plan.val_every)
     state.scheduler = make_scheduler(
         state.optimizer, state.config, state.batches_per_epoch, last_step=state.step

@@ -99,3 +99,19 @@ def test_final_plan_from_the_first_epochs_wall_time():
     late.epoch_started = 0.0
     assert late.final(now=100.0, val=1.0).epochs == 1  # none more fits
     assert late.final(now=100.0, val=1.0, least=2).epochs == 2  # to finish a longer schedule
+
+
+def test_refits_follow_the_epochs_after_the_first():
+    budget = Budget(minutes=10, started=0.0)
+    budget.epoch_started = 0.0
+    # a slow first epoch (start-up, a busy machine): 90 s, 6 validating -> 5 more of 90 s
+    assert budget.final(now=90.0, val=6.0) == Plan(epochs=6, val_every=1)
+    # epoch 2 took 60 s: 445 s left (less the end's 5) at 60 s an epoch -> 7 more, 9 in all
+    assert budget.refit(now=150.0, epoch_wall=60.0, val=6.0, done=2, epochs=6) == Plan(9, 1)
+    # the same pace again: the count stands
+    assert budget.refit(now=210.0, epoch_wall=60.0, val=6.0, done=3, epochs=9) is None
+    # out of time: still one epoch more, so that the schedule's decay runs
+    assert budget.refit(now=599.0, epoch_wall=60.0, val=0.0, done=4, epochs=9).epochs == 5
+    # refits stop once a third of the epochs are done
+    assert budget.refitting(2, 9) and not budget.refitting(3, 9)
+    assert not budget.probe(1.0)  # no provisional plan once the count is in force

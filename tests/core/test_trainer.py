@@ -215,6 +215,32 @@ def test_minutes_budget_ends_with_a_finished_schedule(layout):
     assert result.history[-1]["val"]  # the last epoch is always validated
 
 
+def test_minutes_budget_takes_a_refit_count_and_finishes_its_schedule(layout, monkeypatch):
+    from gunctl.core.budget import Budget, Plan
+
+    refits = []  # (done, epochs) of each refit the trainer asked for
+
+    def final(self, now, val, least=1):
+        self.planned = True
+        return Plan(epochs=6, val_every=2)
+
+    def refit(self, now, epoch_wall, val, done, epochs):
+        refits.append((done, epochs))
+        assert epoch_wall > 0
+        return Plan(epochs=4, val_every=1) if done == 2 else None  # the later epochs ran slower
+
+    monkeypatch.setattr(Budget, "final", final)
+    monkeypatch.setattr(Budget, "refit", refit)
+    explicit = tuple(name for name in _EXPLICIT if name != "epochs")
+    config = _scratch(layout, minutes=5, ema=False, run_name="refit", explicit=explicit)
+    result = fit(config)
+    assert refits == [(2, 6)]  # refits stop at a third of the (refitted) 4 epochs: after epoch 2
+    assert result.epochs == len(result.history) == 4
+    assert load_checkpoint(result.last_checkpoint)["config"]["epochs"] == 4
+    assert result.history[-1]["lr"] == pytest.approx(0.01 * config.lr, rel=1e-3)  # decayed
+    assert [bool(r["val"]) for r in result.history] == [True, True, True, True]
+
+
 def test_val_every_skips_validation_but_saves(layout):
     result = fit(tiny_config(layout, subset=6, epochs=3, val_every=2, run_name="sparse"))
     assert [bool(r["val"]) for r in result.history] == [False, True, True]
