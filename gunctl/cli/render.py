@@ -389,7 +389,7 @@ class TrainDisplay(Callback):
 
 def _length(config) -> str:
     if config.minutes is not None and not config.resume:
-        return f"{config.minutes:g} minutes (epochs fitted after the first)"
+        return f"{config.minutes:g} minutes (epochs fitted as it goes)"
     return _plural(config.epochs, "epoch")
 
 

@@ -149,7 +149,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
             log.warning("the split differs from the one %s was trained on", resumed.path)
         torch.manual_seed(config.seed + dist.rank)
         parts = _build_parts(config, prepared, dist, device, resumed)
-        if config.minutes is not None and parts.state.epoch == 0:  # fitted after epoch 1 else
+        if config.minutes is not None and parts.state.epoch == 0:  # fitted in its first epochs else
             from gunctl.core.budget import Budget
 
             parts.state.budget = Budget(config.minutes, started)
