@@ -305,7 +305,7 @@ class TrainDisplay(Callback):
         console.print(
             f"{state.train_images} train / {len(state.val_dataset)} val images, "
             f"{batch_words(config.batch_size, state.world_size)}, "
-            f"{_length(config)} on {state.device}, recipe {config.recipe}",
+            f"{_length(config)} on {state.device} ({state.precision}), recipe {config.recipe}",
             soft_wrap=True,
         )
         self.table = epoch_table()

@@ -147,7 +147,9 @@ def train(
         bool,
         typer.Option(
             "--amp/--no-amp",
-            help="Mixed precision (bf16, else fp16) on CUDA; no effect on the CPU.",
+            help="Mixed precision: bf16 (else fp16) autocast on CUDA; on a CPU with native "
+            "bf16 (AVX-512 BF16 or AMX), bf16 for the backbone only. Evaluation on the CPU "
+            "stays fp32.",
         ),
     ] = _TRAIN_DEFAULTS.amp,
     channels_last: Annotated[

@@ -59,6 +59,7 @@ class TrainState:
     stopped_early: str | None = None  # why training ended before --epochs (--patience)
     ema: Any = None  # core.ema.ModelEma when the run averages its weights
     budget: Any = None  # core.budget.Budget while a --minutes run is still fitting its epochs
+    precision: str = "fp32"  # of the training steps, in words (the run's header shows it)
 
     @property
     def eval_model(self) -> nn.Module:

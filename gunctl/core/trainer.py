@@ -45,6 +45,7 @@ from gunctl.core.engine import (
     LossMeter,
     TrainSetup,
     amp_dtype,
+    cpu_bf16_backbone,
     evaluate,
     train_one_epoch,
 )
@@ -188,9 +189,11 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
         scheduler=state.scheduler,
         scaler=state.scaler,
         amp_dtype=amp_dtype(config.amp, state.device),
+        cpu_bf16_backbone=cpu_bf16_backbone(config.amp, state.device),
         grad_clip=config.grad_clip,
         world_size=dist.world_size,
     )
+    state.precision = setup.precision()
     fire = CallbackList(callbacks, state)
     fire("on_fit_start")
     with _GracefulStop(second_stops_at_once=not dist.enabled) as stop:
