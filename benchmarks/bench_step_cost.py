@@ -11,12 +11,14 @@ prints CPU-s per step and per image, split into forward and backward + optimizer
     .venv/bin/python benchmarks/bench_step_cost.py --variant "" \
         --variant "model.fpn_channels=256 model.box_head_dim=1024"  # one line per variant
     .venv/bin/python benchmarks/bench_step_cost.py --variant "" --variant "batch_size=4"
+    .venv/bin/python benchmarks/bench_step_cost.py --variant "" --variant "amp=False"  # fp32
     .venv/bin/python benchmarks/bench_step_cost.py --recipe plain
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -78,6 +80,7 @@ def load_batch_pool(data: Path, count: int):
 def measure(config, pool, steps: int, warmup: int) -> dict:
     import torch
 
+    from gunctl.core.engine import _bf16_backbone, cpu_bf16_backbone
     from gunctl.core.model import build_model
     from gunctl.core.optim import make_optimizer
 
@@ -86,11 +89,13 @@ def measure(config, pool, steps: int, warmup: int) -> dict:
     optimizer = make_optimizer(model, config)
     rng = random.Random(0)
     batch_size = config.batch_size or 2  # the CPU's default
+    bf16 = cpu_bf16_backbone(config.amp, torch.device("cpu"))  # as training does (amp=False: not)
     forward = backward = 0.0
     for step in range(warmup + steps):
         batch = rng.sample(pool, batch_size)
         started = time.process_time()
-        losses = model([b[0] for b in batch], [b[1] for b in batch])
+        with _bf16_backbone(model) if bf16 else contextlib.nullcontext():
+            losses = model([b[0] for b in batch], [b[1] for b in batch])
         loss = sum(losses.values())
         middle = time.process_time()
         optimizer.zero_grad()
@@ -105,6 +110,7 @@ def measure(config, pool, steps: int, warmup: int) -> dict:
         "backward_and_optimizer": backward / steps,
         "cpu_s_per_image": (forward + backward) / steps / batch_size,
         "batch_size": batch_size,
+        "bf16_backbone": bf16,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
 
@@ -133,7 +139,9 @@ def main() -> None:
             f"{args.recipe} {text or '(as resolved)'}: {m.name} {m.norm} levels "
             f"{m.fpn_levels or 'all'} {m.min_size}/{m.max_size} px, train sizes "
             f"{m.train_sizes or 'fixed'}, widths {m.fpn_channels}/{m.box_head_dim}, "
-            f"{config.optimizer}, batch {figures['batch_size']}: {figures['cpu_s_per_step']:.2f} "
+            f"{config.optimizer}, batch {figures['batch_size']}"
+            f"{', bf16 backbone' if figures['bf16_backbone'] else ''}: "
+            f"{figures['cpu_s_per_step']:.2f} "
             f"CPU-s per step, {figures['cpu_s_per_image']:.3f} per image "
             f"(forward {figures['forward']:.2f}, backward + optimizer "
             f"{figures['backward_and_optimizer']:.2f}), {figures['parameters_m']:.1f} M params",
