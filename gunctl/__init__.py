@@ -1,3 +1,3 @@
 """gunctl: from raw data to a validated firearm-detection checkpoint."""
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
