@@ -42,7 +42,7 @@ SCRATCH: dict[str, Any] = {
     "model.train_sizes": "multiscale",  # 0.75-1.25x --min-size (144-240 at 192); eval at 192
     "fit_anchors": True,
     "optimizer": "adamw",
-    "lr": 6e-4,
+    "lr": 3e-4,  # 6e-4 until 0.3.2: benchmarks/README.md table 10 and 14
     "weight_decay": 0.05,
     "warmup_steps": 100,
     "lr_schedule": "cosine",
