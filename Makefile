@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= artifacts
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,20 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
 	touch $@
 
+# Debian packages of the real components in tests (Chromium, FFmpeg, GStreamer RTSP), as root.
+system-deps:
+	bash .ci/system-deps.sh
+
 demo: $(VENV)/.installed
 	$(BIN)/gunctl ingest --source demo --force --out $(OUT)
 	$(BIN)/gunctl split --out $(OUT)
 	$(BIN)/gunctl train --epochs 1 --subset 5 --out $(OUT) --run-name demo-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/gunctl validate $(OUT)/models/fasterrcnn.pth --out $(OUT)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pytest
 
-test-fast: $(VENV)/.installed-test
+test-fast: $(VENV)/.installed-test system-deps
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.installed-test
