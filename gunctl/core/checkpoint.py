@@ -46,6 +46,7 @@ FIELDS = {
     "metrics": "dict?",
     "run_name": "name?",
     "run_id": "str?",
+    "mlflow_run_id": "str?",
     "weights_origin": "str?",
     "split_checksum": "str?",
     "manifest_checksum": "str?",
@@ -124,6 +125,7 @@ class Checkpoint(TypedDict, total=False):
     class_names: list[str]
     run_name: str
     run_id: str  # unique per run, kept across resumes: tells two runs of one name apart
+    mlflow_run_id: str | None  # the MLflow run it logs to (core.tracking), kept across resumes
     weights_origin: str
     split_checksum: str
     manifest_checksum: str
@@ -187,6 +189,7 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
         class_names=["background", *state.class_names],
         run_name=state.run_name,
         run_id=state.run_id,
+        mlflow_run_id=state.mlflow_run_id,
         weights_origin=state.weights_origin,
         split_checksum=state.split_checksum,
         manifest_checksum=state.manifest_checksum,
@@ -197,13 +200,54 @@ def checkpoint_payload(state: TrainState, interrupted: bool = False) -> Checkpoi
 
 
 FULL_ONLY = ("optimizer", "scheduler", "scaler", "rng", "partial_epoch", "ema")
+ENVELOPE = ("format", "schema", "kind", "created", "versions")  # written by save_checkpoint
+DEFAULT_THRESHOLD = 0.5  # where the checkpoint records no best-F1 threshold
+
+
+def slim_payload(checkpoint: Checkpoint) -> Checkpoint:
+    """A checkpoint without its resumable state (kind "weights"): the one slim key rule, for
+    ``best.pth`` and ``gunctl export --format pth``."""
+    dropped = (*FULL_ONLY, *ENVELOPE)  # save_checkpoint writes the envelope anew
+    return Checkpoint(**{k: v for k, v in checkpoint.items() if k not in dropped})
+
+
+# --- accessors: what a loaded checkpoint means, read the same way by every consumer ---------
+
+
+def class_names(checkpoint: Checkpoint, path: Path | str) -> list[str]:
+    """The label names, index = the model's label id, 0 = the background. A checkpoint without
+    a usable list is refused (CheckpointError), never guessed: the names decide what a
+    detection is called in every output."""
+    names = checkpoint.get("class_names")
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise CheckpointError(f"{path}: class_names must list the background and the classes")
+    return list(names)
+
+
+def default_score_threshold(checkpoint: Checkpoint) -> tuple[float, str]:
+    """The threshold that maximised F1 on the checkpoint's val split, else 0.5; and whence."""
+    metrics = checkpoint.get("metrics") or {}
+    for place in (metrics.get("val") or {}, metrics):
+        value = place.get("best_f1_threshold") if isinstance(place, dict) else None
+        if isinstance(value, (int, float)) and 0.0 <= value <= 1.0:
+            return float(value), "best F1 on the checkpoint's val split"
+    return DEFAULT_THRESHOLD, "default; the checkpoint records no best-F1 threshold"
+
+
+def input_size(checkpoint: Checkpoint, path: Path | str) -> tuple[int, int]:
+    """The (short side, long side limit) in pixels the model sees, as trained."""
+    model = stored_model_config(checkpoint, Path(path))
+    return int(model.get("min_size", 0)), int(model.get("max_size", 0))
 
 
 def weights_payload(state: TrainState) -> Checkpoint:
     """A weights-only checkpoint (kind "weights"): what scoring, fine-tuning and export need,
     a third of the size of a full one with Adam."""
-    full = checkpoint_payload(state)
-    return Checkpoint(**{k: v for k, v in full.items() if k not in FULL_ONLY})
+    return slim_payload(checkpoint_payload(state))
 
 
 def read_facts(checkpoint: Checkpoint, path: Path | None = None) -> CheckpointFacts:
@@ -272,6 +316,7 @@ def restore_training(state: TrainState, checkpoint: Checkpoint, path: Path) -> N
     state.history = list(checkpoint.get("history") or [])
     state.resumed_from = path
     state.run_id = checkpoint.get("run_id") or state.run_id
+    state.mlflow_run_id = checkpoint.get("mlflow_run_id")
     rng = checkpoint.get("rng") or {}
     if isinstance(rng.get("torch"), torch.Tensor):
         torch.set_rng_state(rng["torch"])

@@ -1,6 +1,6 @@
 """`gunctl export`: the detector as one file that runs without gunctl.
 
-- ``torchscript``: ``torch.jit.script`` of ``ExportedDetector`` (load with ``torch.jit.load``);
+- ``torchscript``: ``torch.jit.script`` of ``OneImageModule`` (load with ``torch.jit.load``);
 - ``onnx``: ``torch.onnx.export`` (TorchScript-based exporter, opset 17, dynamic height and
   width), checked in onnxruntime against the eager model before it is kept;
 - ``pth``: a slim, weights-only gunctl checkpoint (weights, config, class names, metrics; no
@@ -22,32 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from gunctl.config import ExportConfig
-from gunctl.core.checkpoint import load_checkpoint, save_checkpoint
+from gunctl.core.checkpoint import (
+    class_names,
+    default_score_threshold,
+    load_checkpoint,
+    read_facts,
+    save_checkpoint,
+    slim_payload,
+)
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.inference import Detect
+from gunctl.core.inference import OneImageModule, configure_heads
 from gunctl.core.model import model_from_checkpoint
-from gunctl.core.predict import configure_heads, default_score_threshold
 from gunctl.errors import OutputError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "pth": ".slim.pth"}
-_SLIM_KEYS = (
-    "model",
-    "config",
-    "class_names",
-    "epoch",
-    "metrics",
-    "best_metric",
-    "best_epoch",
-    "selection_metric",
-    "run_name",
-    "weights_origin",
-    "split_checksum",
-    "manifest_checksum",
-)
 # An exported model must match eager PyTorch within these (the issue's bar).
 BOX_TOLERANCE_PX = 1.0
 SCORE_TOLERANCE = 1e-3
@@ -65,22 +57,6 @@ class ExportResult:
     max_score_diff: float | None = None
 
 
-class ExportedDetector(nn.Module):
-    """The whole detector for one image: uint8 or float in, thresholded detections out."""
-
-    def __init__(self, model: nn.Module, threshold: float, class_names: list[str]):
-        super().__init__()
-        self.detect = Detect(model)
-        self.threshold = float(threshold)
-        self.class_names = list(class_names)
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        found = self.detect([image])
-        keep = found[0]["scores"] >= self.threshold
-        return found[0]["boxes"][keep], found[0]["scores"][keep], found[0]["labels"][keep]
-
-
 def export(config: ExportConfig) -> ExportResult:
     config.check()
     source = Path(config.checkpoint)
@@ -92,17 +68,21 @@ def export(config: ExportConfig) -> ExportResult:
         threshold, origin = default_score_threshold(checkpoint)
     else:
         threshold, origin = config.score_threshold, "--score-threshold"
-    names = [str(n) for n in checkpoint.get("class_names") or ("background", "gun")]
+    names = class_names(checkpoint, source)
     log.info("score threshold %.4f (%s)", threshold, origin)
     diffs: tuple[float | None, float | None] = (None, None)
     if config.format == "pth":
-        slim = {k: checkpoint[k] for k in _SLIM_KEYS if k in checkpoint}
-        save_checkpoint(out, {**slim, "exported_from": str(source)}, kind="weights")
+        save_checkpoint(out, {**slim_payload(checkpoint), "exported_from": str(source)}, "weights")
     else:
         model = model_from_checkpoint(checkpoint, source)
         configure_heads(model, threshold, None)
-        wrapper = ExportedDetector(model, threshold, names).eval()
-        metadata = {"class_names": names, "score_threshold": threshold, "source": str(source)}
+        wrapper = OneImageModule(model, threshold, names).eval()
+        metadata = {
+            "class_names": names,
+            "score_threshold": threshold,
+            "source": str(source),
+            "model": read_facts(checkpoint, source).model,
+        }
         if config.format == "torchscript":
             _torchscript(wrapper, out, metadata)
         else:
@@ -117,7 +97,7 @@ def _default_out(source: Path, fmt: str) -> Path:
     return source.with_name(stem + _SUFFIXES[fmt])
 
 
-def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
+def _torchscript(wrapper: OneImageModule, out: Path, metadata: dict) -> None:
     import warnings
 
     buffer = io.BytesIO()
@@ -133,7 +113,7 @@ def _torchscript(wrapper: ExportedDetector, out: Path, metadata: dict) -> None:
     write_bytes_atomic(out, buffer.getvalue())
 
 
-def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
+def _onnx(wrapper: OneImageModule, out: Path, metadata: dict, opset: int):
     import warnings
 
     onnx = _require("onnx")
@@ -169,7 +149,7 @@ def _onnx(wrapper: ExportedDetector, out: Path, metadata: dict, opset: int):
     return diffs
 
 
-def _check_onnx(wrapper: ExportedDetector, data: bytes, out: Path) -> tuple[float, float]:
+def _check_onnx(wrapper: OneImageModule, data: bytes, out: Path) -> tuple[float, float]:
     """Run the file in onnxruntime on an image of another size than the traced one; refuse
     to keep it when it differs from the eager model beyond the tolerances."""
     onnxruntime = _require("onnxruntime")

@@ -27,16 +27,13 @@ import numpy as np
 import torch
 
 from gunctl.config import PredictConfig
-from gunctl.core import distributed, sources
-from gunctl.core.checkpoint import load_checkpoint
-from gunctl.core.fileio import atomic_open, write_with
+from gunctl.core import sources
+from gunctl.core.fileio import atomic_open, make_dirs, remove_created, write_with
 from gunctl.core.images import ImageProblem, decode_rgb
-from gunctl.core.inference import Detect
-from gunctl.core.model import model_from_checkpoint, to_device_layout
-from gunctl.errors import DataError, UsageError
+from gunctl.core.inference import load_detector
+from gunctl.errors import DataError, UsageError, cannot_write
 
 log = logging.getLogger("gunctl")
-DEFAULT_THRESHOLD = 0.5  # where the checkpoint records no best-F1 threshold
 JSONL = "predictions.jsonl"
 
 
@@ -60,63 +57,6 @@ class PredictResult:
         return (self.images + self.frames) / self.seconds if self.seconds else 0.0
 
 
-def default_score_threshold(checkpoint: dict) -> tuple[float, str]:
-    """The threshold that maximised F1 on the checkpoint's val split, else 0.5; and whence."""
-    metrics = checkpoint.get("metrics") or {}
-    for place in (metrics.get("val") or {}, metrics):
-        value = place.get("best_f1_threshold") if isinstance(place, dict) else None
-        if isinstance(value, (int, float)) and 0.0 <= value <= 1.0:
-            return float(value), "best F1 on the checkpoint's val split"
-    return DEFAULT_THRESHOLD, "default; the checkpoint records no best-F1 threshold"
-
-
-def class_name(names: list[str], label: int) -> str:
-    return names[label] if 0 <= label < len(names) else str(label)
-
-
-class Detector:
-    """A checkpoint's model on a device, with the options of a predict call."""
-
-    def __init__(self, config: PredictConfig, checkpoint: dict):
-        self.device = distributed.resolve_device(config.device, distributed.DistInfo())
-        if config.half and self.device.type != "cuda":
-            raise UsageError(f"--half needs a CUDA device; this run is on {self.device.type}")
-        model = model_from_checkpoint(checkpoint, config.checkpoint)
-        if config.score_threshold is None:
-            self.threshold, self.threshold_origin = default_score_threshold(checkpoint)
-        else:
-            self.threshold, self.threshold_origin = config.score_threshold, "--score-threshold"
-        configure_heads(model, self.threshold, config.max_detections)
-        self.half = config.half
-        if self.half:
-            model = model.half()
-        self.model = Detect(to_device_layout(model, self.device, config.channels_last))
-        from gunctl.core.engine import amp_dtype
-
-        self.amp_dtype = None if self.half else amp_dtype(config.amp, self.device)
-        self.class_names = [str(n) for n in checkpoint.get("class_names") or ("background", "gun")]
-
-    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, list]]:
-        """uint8 CxHxW tensors -> per image: boxes (original pixels), scores, label indices."""
-        dtype = torch.float16 if self.half else torch.float32
-        batch = [image.to(self.device, non_blocking=True).to(dtype).div_(255) for image in images]
-        autocast = (
-            torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else _null()
-        )
-        with torch.inference_mode(), autocast:
-            outputs = self.model(batch)
-        return [_keep(out, self.threshold) for out in outputs]
-
-
-def configure_heads(model, threshold: float, max_detections: int | None) -> None:
-    """Drop boxes below ``threshold`` inside the model (less NMS work; a later ``>=`` filter
-    makes the cut exact) and cap the detections per image."""
-    heads = model.roi_heads
-    heads.score_thresh = min(float(heads.score_thresh), threshold)
-    if max_detections is not None:
-        heads.detections_per_img = max_detections
-
-
 def predict(
     config: PredictConfig,
     on_progress: Callable[[int, int], None] | None = None,
@@ -126,8 +66,15 @@ def predict(
     JSONL record as it is made (for ``--json``)."""
     config.check()
     out = _check_out(config)
-    checkpoint = load_checkpoint(config.checkpoint)
-    detector = Detector(config, checkpoint)
+    detector = load_detector(
+        config.checkpoint,
+        device=config.device,
+        score_threshold=config.score_threshold,
+        max_detections=config.max_detections,
+        half=config.half,
+        amp=config.amp,
+        channels_last=config.channels_last,
+    )
     log.info(
         "model: %s; score threshold %.4f (%s)",
         config.checkpoint,
@@ -172,22 +119,40 @@ class _Run:
         self.pending: list[Future] = []
 
     def go(self, images, videos) -> None:
-        created = self.out is not None and not self.out.exists()
+        if not images and not videos:
+            return  # nothing to read: nothing is created, no folder is left behind
+        made, claim = [], None
         if self.out is not None:
-            self.out.mkdir(parents=True, exist_ok=True)
+            self.out, made, claim = _claim_out(self.out, numbered=self.config.out is None)
+            self.result.out = self.out
         started = time.perf_counter()
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="gunctl-draw") as self.writer:
                 if self.config.save_json and self.out is not None:
-                    with atomic_open(self.out / JSONL) as self.jsonl:
-                        self._all(images, videos)
+                    self._with_jsonl(images, videos)
                 else:
                     self._all(images, videos)
                 self._drain(0)
         finally:
             self.result.seconds = time.perf_counter() - started
-            if created and self.result.images + self.result.frames == 0:
+            if made and self.result.images + self.result.frames == 0:
                 shutil.rmtree(self.out, ignore_errors=True)  # nothing read: leave nothing behind
+                remove_created(made)
+            if claim is not None:
+                os.close(claim)
+
+    def _with_jsonl(self, images, videos) -> None:
+        """predictions.jsonl is written whole (renamed into place at the end) or not at all;
+        a failed write of it (a full disk) is one line naming it."""
+        path = self.out / JSONL
+        try:
+            with atomic_open(path) as self.jsonl:
+                self._all(images, videos)
+                self._drain(0)  # an annotated image that failed fails the JSONL too
+        except OSError as exc:
+            raise cannot_write(path, exc) from None
+        finally:
+            self.jsonl = None
 
     def _all(self, images, videos) -> None:
         if images:
@@ -213,12 +178,12 @@ class _Run:
             for _, _, problem in batch:
                 if problem is not None:
                     _problem(self.result, problem)
-            outputs = self.detector([pixels for _, pixels in good]) if good else []
+            outputs = self.detector.detect([pixels for _, pixels in good]) if good else []
             for (index, pixels), found in zip(good, outputs, strict=True):
                 item = items[index]
                 self.result.files += 1
                 self.result.images += 1
-                record = self._record(item, pixels.shape[2], pixels.shape[1], found)
+                record = self._record(item, found)
                 if self.config.save_images and self.out is not None:
                     self._submit(_save_image, self.out / item.output, pixels, record, self)
             self._advance(len(batch))
@@ -256,33 +221,27 @@ class _Run:
 
     def _frames(self, item, batch, writer) -> None:
         tensors = [torch.from_numpy(f.pixels).permute(2, 0, 1) for f in batch]
-        for frame, found in zip(batch, self.detector(tensors), strict=True):
+        for frame, found in zip(batch, self.detector.detect(tensors), strict=True):
             self.result.frames += 1
-            height, width = frame.pixels.shape[:2]
-            record = self._record(item, width, height, found, frame)
+            record = self._record(item, found, frame)
             if writer is not None:
                 self._submit(_write_frame, writer, frame.pixels, record, self)
         self._advance(len(batch))
 
     # --- shared ------------------------------------------------------------------------------
 
-    def _record(self, item, width: int, height: int, found: dict, frame=None) -> dict:
-        names = [class_name(self.detector.class_names, label) for label in found["labels"]]
+    def _record(self, item, found: dict, frame=None) -> dict:
+        """The inference core's record, placed: where it came from and what was written."""
         record = {
             "source": str(item.path),
             "member": item.member,
             "frame": frame.index if frame is not None else None,
             "time": round(frame.time, 4) if frame is not None else None,
-            "width": width,
-            "height": height,
-            "boxes": found["boxes"],
-            "scores": found["scores"],
-            "labels": names,
+            **found,
             "output": item.output if self.config.save_images and self.out is not None else None,
         }
-        record["label_ids"] = found["labels"]
-        self.result.detections += len(names)
-        self.result.with_detection += bool(names)
+        self.result.detections += len(found["labels"])
+        self.result.with_detection += bool(found["labels"])
         line = {k: v for k, v in record.items() if k != "label_ids"}
         if self.jsonl is not None:
             self.jsonl.write((json.dumps(line) + "\n").encode())
@@ -331,9 +290,7 @@ def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: _Run) -> 
 
     image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     _draw(image, record, run)
-    fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"
-    if fmt == "JPEG" and target.suffix.lower() not in (".jpg", ".jpeg"):
-        target = target.with_name(target.name + ".jpg")
+    fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"  # sources named it (.jpg added)
     write_with(target, lambda handle: image.save(handle, format=fmt, quality=90))
 
 
@@ -400,26 +357,54 @@ def _check_out(config: PredictConfig) -> Path | None:
                 f"{config.out}: already exists; predict never overwrites, pick a new --out"
             )
         return config.out
-    base = config.layout.root / "predictions" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate, number = base, 1
-    while candidate.exists():
-        number += 1
-        candidate = base.with_name(f"{base.name}-{number}")
-    return candidate
+    return config.layout.root / "predictions" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _claim_out(out: Path, numbered: bool) -> tuple[Path, list[Path], int]:
+    """Create the output folder exclusively and lock it for the run: (folder, the folders
+    created, the locked descriptor). A second predict into the same --out is refused, even
+    at the same moment; the default timestamped folder takes -2, -3... when taken."""
+    import fcntl
+
+    made: list[Path] = []
+    candidate, number = out, 1
+    try:
+        made = make_dirs(out.parent)
+        while True:
+            try:
+                os.mkdir(candidate)
+                made.append(candidate)
+                break
+            except FileExistsError:
+                if not numbered:
+                    break
+                number += 1
+                candidate = out.with_name(f"{out.name}-{number}")
+        fd = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        remove_created(made)
+        if isinstance(exc, NotADirectoryError):
+            raise UsageError(
+                f"{out}: already exists; predict never overwrites, pick a new --out"
+            ) from None
+        raise cannot_write(out, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if made and made[-1] == candidate:
+            return candidate, made, fd
+        if next(os.scandir(candidate), None) is None:  # an empty folder that was there: ours
+            return candidate, [], fd
+        message = f"{out}: already exists; predict never overwrites, pick a new --out"
+    except BlockingIOError:
+        message = f"{out}: being written by another gunctl predict; pick a new --out"
+    os.close(fd)
+    remove_created([p for p in made if p != candidate])  # the folder may be another's now
+    raise UsageError(message)
 
 
 def _problem(result: PredictResult, line: str) -> None:
     result.problems.append(line)
     log.warning("%s", line)
-
-
-def _keep(output: dict[str, torch.Tensor], threshold: float) -> dict[str, list]:
-    keep = output["scores"] >= threshold
-    return {
-        "boxes": [[round(v, 2) for v in box] for box in output["boxes"][keep].float().tolist()],
-        "scores": [round(s, 5) for s in output["scores"][keep].float().tolist()],
-        "labels": [int(v) for v in output["labels"][keep].tolist()],
-    }
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -428,8 +413,3 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # decoding needs no intra-op threads; the model keeps the cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()

@@ -20,6 +20,7 @@ from gunctl.config import IngestConfig, Layout, ValidateConfig
 from gunctl.core import distributed
 from gunctl.core.checkpoint import (
     Checkpoint,
+    class_names,
     load_checkpoint,
     read_facts,
 )
@@ -28,7 +29,7 @@ from gunctl.core.engine import EvalResult, amp_dtype, evaluate
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.model import model_from_checkpoint, to_device_layout
 from gunctl.core.rawlock import RawLock
-from gunctl.errors import CheckpointError, DataError, UsageError
+from gunctl.errors import DataError, UsageError
 
 log = logging.getLogger("gunctl")
 
@@ -47,7 +48,7 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
     config.check()
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
-    names = class_names(checkpoint, config.checkpoint)
+    names = class_names(checkpoint, config.checkpoint)[1:]
     device = distributed.resolve_device(config.device, distributed.DistInfo())
     reading = config.layout if config.data is None else None  # --data: a private scratch copy
     with (
@@ -97,18 +98,6 @@ def _validate_tta(model, loader, device, config: ValidateConfig, names) -> dict:
     return result.metrics
 
 
-def class_names(checkpoint: dict, path: Path) -> list[str]:
-    """The checkpoint's classes without the background (["gun"] for one-class checkpoints)."""
-    names = checkpoint.get("class_names")
-    if (
-        not isinstance(names, list)
-        or len(names) < 2
-        or not all(isinstance(n, str) and n for n in names)
-    ):
-        raise CheckpointError(f"{path}: class_names must list the background and the classes")
-    return list(names[1:])
-
-
 def _model(checkpoint: Checkpoint, path: Path):
     return model_from_checkpoint(checkpoint, path)
 
@@ -120,7 +109,7 @@ def _dataset(
         from gunctl.core.ingest import ingest, read_manifest
 
         layout = Layout(scratch)
-        names = class_names(checkpoint, config.checkpoint)
+        names = class_names(checkpoint, config.checkpoint)[1:]
         classes = {"merge_classes": names[0]} if len(names) == 1 else {"classes": tuple(names)}
         try:
             report = ingest(IngestConfig(source=str(config.data), layout=layout, **classes))

@@ -12,9 +12,9 @@ from helpers import jpeg_bytes
 
 from gunctl.core import sources
 from gunctl.core.callbacks import _promotion
+from gunctl.core.checkpoint import default_score_threshold
 from gunctl.core.draw import style
 from gunctl.core.engine import best_f1_threshold, detection_counts
-from gunctl.core.predict import default_score_threshold
 
 
 def test_collect_walks_folders_globs_and_zips(tmp_path):
