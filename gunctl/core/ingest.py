@@ -22,7 +22,6 @@ import re
 import shutil
 import tempfile
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from gunctl.config import IngestConfig, Layout
 from gunctl.core import formats, tree
-from gunctl.core.archive import member_problem
+from gunctl.core.archive import READ_ERRORS, describe, member_problem, unreadable
 from gunctl.core.fileio import TooLarge, read_bounded
 from gunctl.core.formats import Record, Source, SourceFile
 from gunctl.core.images import ImageProblem, decode_rgb, format_matches
@@ -52,15 +51,6 @@ __all__ = ["ingest", "read_manifest", "data_checksum", "IngestReport"]
 MAX_IMAGE_BYTES = 64 * 1024 * 1024  # no single image of this data set comes near it
 MAX_ANNOTATION_BYTES = 256 * 1024 * 1024  # COCO JSON, VOC XML, YOLO YAML: whole-set files
 MAX_ZIP_MEMBERS = 500_000  # the Kaggle archive holds ~6,000
-_ZIP_READ_ERRORS = (
-    zipfile.BadZipFile,  # bad CRC, bad local header
-    RuntimeError,  # encrypted ("password required")
-    NotImplementedError,  # deflate64, implode and other compression methods
-    zlib.error,
-    EOFError,
-    OSError,
-    ValueError,
-)
 
 
 class UnreadableFile(Exception):
@@ -376,15 +366,15 @@ def _zip_prefix(path: Path, names: list[str]) -> str:
 def _zip_reader(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
     def read() -> bytes:
         name = member.filename
-        if member.flag_bits & 0x1:
-            raise UnreadableFile(name, "unreadable_member", "encrypted")
+        reason = unreadable(member)  # encrypted, deflate64...: the one rule (core.archive)
+        if reason:
+            raise UnreadableFile(name, "unreadable_member", reason)
         try:
             return read_bounded(archive.open(member), _limit(name))
         except TooLarge as exc:
             raise UnreadableFile(name, "file_too_large", str(exc)) from None
-        except _ZIP_READ_ERRORS as exc:
-            detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise UnreadableFile(name, "unreadable_member", detail) from None
+        except READ_ERRORS as exc:
+            raise UnreadableFile(name, "unreadable_member", describe(exc)) from None
 
     return read
 

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from gunctl.config import Layout
+from gunctl.core.fileio import NotRegularFile, open_lock, open_regular
 from gunctl.errors import OutputError, RunLockedError
 
 log = logging.getLogger("gunctl")
@@ -70,15 +71,19 @@ class RawLock:
             self._handle = None
 
     def _open(self):
+        """The lock file, held for the whole command; never through a symlink (a link planted
+        at its name is refused, its target untouched: ``fileio.open_lock``)."""
         try:
-            return open(self.path, "a+")  # noqa: SIM115 - held for the whole command
+            return open_lock(self.path)
+        except NotRegularFile as exc:
+            raise OutputError(f"{self.path}: {exc.strerror}; remove it") from None
         except OSError as exc:
             if self.exclusive:
                 raise OutputError(
                     f"{self.path.parent}: cannot write ({exc.strerror or exc})"
                 ) from None
         try:
-            return open(self.path)  # noqa: SIM115
+            return open_regular(self.path)  # a read-only root: a shared lock still works
         except OSError:
             return None
 

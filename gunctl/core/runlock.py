@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gunctl.errors import RunLockedError, cannot_write
+from gunctl.core.fileio import NotRegularFile, open_lock
+from gunctl.errors import OutputError, RunLockedError, cannot_write
 
 
 class RunLock:
@@ -17,9 +18,14 @@ class RunLock:
     def __enter__(self) -> RunLock:
         import fcntl
 
+        folder = self.path.parent
+        if folder.is_symlink():
+            raise OutputError(f"{folder}: a symlink; a run folder is never written through one")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held for the whole run
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open_lock(self.path)  # held for the whole run; never through a symlink
+        except NotRegularFile as exc:
+            raise OutputError(f"{self.path}: {exc.strerror}; remove it") from None
         except OSError as exc:
             raise cannot_write(self.path.parent, exc) from None
         try:
