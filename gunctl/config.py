@@ -17,12 +17,19 @@ from gunctl.errors import UsageError
 
 KAGGLE_HANDLE = "issaisasank/guns-object-detection"  # the data set the original pipeline used
 CLASS_NAMES = ("background", "gun")  # torchvision detectors reserve label 0 for background
-LOSS_KEYS = (
-    "loss_classifier",
-    "loss_box_reg",
-    "loss_objectness",
-    "loss_rpn_box_reg",
-)  # Faster R-CNN
+# Each family's losses (torchvision's names, "loss_" added to the single-stage ones), with the
+# short label the epoch table shows. LOSS_KEYS: Faster R-CNN's; ALL_LOSS_KEYS: every family's.
+FAMILY_LOSSES = {
+    "fasterrcnn": ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"),
+    "retinanet": ("loss_classification", "loss_bbox_regression"),
+    "fcos": ("loss_classification", "loss_bbox_regression", "loss_bbox_ctrness"),
+    "ssdlite": ("loss_classification", "loss_bbox_regression"),
+}
+LOSS_KEYS = FAMILY_LOSSES["fasterrcnn"]
+ALL_LOSS_KEYS = tuple(dict.fromkeys(k for keys in FAMILY_LOSSES.values() for k in keys))
+LOSS_LABELS = dict(
+    zip(ALL_LOSS_KEYS, ("cls", "box", "obj", "rpn", "cls", "box", "ctr"), strict=True)
+)
 MODEL_NAMES = (
     "fasterrcnn_resnet50_fpn",
     "fasterrcnn_resnet18_fpn",  # gunctl's: torchvision's ResNet-18 + FPN, for the CPU
@@ -30,7 +37,20 @@ MODEL_NAMES = (
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet18_fpn",  # gunctl's build, as torchvision's ResNet-50 one
+    "retinanet_resnet50_fpn",
+    "fcos_resnet18_fpn",  # gunctl's build, as torchvision's ResNet-50 one
+    "fcos_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
 )
+
+
+def model_family(name: str) -> str:
+    """fasterrcnn, retinanet, fcos or ssdlite: the part of a model name before its backbone."""
+    family = name.split("_", 1)[0]
+    return "ssdlite" if family.startswith("ssdlite") else family
+
+
 MAX_CLASSES = 1000  # object classes; the model adds one for the background
 SIDES = (32, 4096)  # px: --min-size, --max-size and --multiscale sizes
 RATIOS = (0.05, 20.0)  # anchors' height / width

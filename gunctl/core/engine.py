@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gunctl.config import LOSS_KEYS
+from gunctl.config import ALL_LOSS_KEYS
 from gunctl.core.distributed import all_reduce_mean, any_rank
 from gunctl.errors import DivergedError
 
@@ -33,7 +33,8 @@ class StepInfo:
 class LossMeter:
     """Running sums of the losses of one epoch; saved in interrupted checkpoints."""
 
-    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*LOSS_KEYS, "loss"), 0.0))
+    # the model's own losses join on the first step (each family has its own, ALL_LOSS_KEYS)
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0})
     steps: int = 0
     images: int = 0
     seconds: float = 0.0
@@ -124,7 +125,7 @@ def train_one_epoch(
 def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch: int):
     backbone = _bf16_backbone(model) if setup.cpu_bf16_backbone else contextlib.nullcontext()
     with _autocast(setup.device, setup.amp_dtype), backbone:
-        loss_dict = model(images, targets)
+        loss_dict = named_losses(model(images, targets))
     total = sum(loss_dict.values())
     values = host_losses(loss_dict, total)
     if not all(math.isfinite(v) for v in values.values()):
@@ -144,6 +145,16 @@ def _optimizer_step(model, images, targets, setup: TrainSetup, epoch: int, batch
     if setup.scheduler is not None:
         setup.scheduler.step()
     return values
+
+
+def named_losses(loss_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's losses under gunctl's names (ALL_LOSS_KEYS): the single-stage detectors'
+    ("classification", "bbox_regression", "bbox_ctrness") get Faster R-CNN's "loss_" prefix."""
+    named = {k if k.startswith("loss_") else f"loss_{k}": v for k, v in loss_dict.items()}
+    unknown = set(named) - set(ALL_LOSS_KEYS)
+    if unknown:  # a new torchvision loss: the displays would not show it
+        raise ValueError(f"unknown losses {sorted(unknown)}: add them to ALL_LOSS_KEYS")
+    return named
 
 
 def host_losses(loss_dict: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, float]:
@@ -219,7 +230,7 @@ def _evaluate(
         images, targets = to_device(images, targets, device)
         if compute_losses:
             with _loss_mode(model), torch.no_grad(), _autocast(device, amp_dtype):
-                loss_dict = model(images, targets)
+                loss_dict = named_losses(model(images, targets))
             stacked = torch.stack([v.float() for v in loss_dict.values()]).tolist()  # one sync
             losses = dict(zip(loss_dict, stacked, strict=True))
             losses["loss"] = sum(losses.values())

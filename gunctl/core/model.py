@@ -1,13 +1,19 @@
-"""build_model(ModelConfig): a torchvision Faster R-CNN with a 2-class head (background, gun).
+"""build_model(ModelConfig): a torchvision detector with a head for the data's classes.
 
-Models: torchvision's builders, plus ``fasterrcnn_resnet18_fpn`` and ``fasterrcnn_resnet34_fpn``
-(torchvision's ResNet + FPN, put together as torchvision's own ResNet-50 builder does), lighter
-for the CPU. The ResNet-FPN models also take a normalisation choice (``ModelConfig.norm``),
-anchor sizes and aspect ratios (``anchor_sizes``, ``aspect_ratios``), FPN levels and width; every
-model but the convolutional-head v2 takes the box head's width (``box_head_dim``).
+Families (``config.model_family``): Faster R-CNN (two-stage), RetinaNet and FCOS (single-stage,
+ResNet + FPN with P6/P7) and SSDlite (MobileNetV3, a fixed square input of ``min_size``). Models:
+torchvision's builders, plus ``fasterrcnn_resnet18_fpn``, ``fasterrcnn_resnet34_fpn``,
+``retinanet_resnet18_fpn`` and ``fcos_resnet18_fpn`` (torchvision's ResNet + FPN, put together
+as torchvision's own ResNet-50 builders do), lighter for the CPU. RetinaNet and FCOS take the
+normalisation choice and the FPN width; RetinaNet also anchors (one size per level, with
+torchvision's three octave scales); FCOS is anchor-free and SSDlite takes none of them. Faster
+R-CNN's ResNet-FPN models take a normalisation choice (``ModelConfig.norm``), anchor sizes and
+aspect ratios (``anchor_sizes``, ``aspect_ratios``), FPN levels and width; every Faster R-CNN
+but the convolutional-head v2 takes the box head's width (``box_head_dim``).
 
 Weights:
-- ``coco``: torchvision's COCO weights for the chosen model; the box predictor is replaced.
+- ``coco``: torchvision's COCO weights for the chosen model; the box predictor (single-stage:
+  the classification head) is replaced.
 - ``imagenet``: ImageNet weights for the backbone only.
 - ``none``: random initialisation (``weights_backbone=None``, so nothing is downloaded).
 - ``auto``: ``coco`` when the file is in the torch cache (``$TORCH_HOME/hub/checkpoints``),
@@ -30,7 +36,7 @@ from torch import nn
 from torchvision.models import get_model_weights
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-from gunctl.config import ModelConfig
+from gunctl.config import ModelConfig, model_family
 from gunctl.errors import CheckpointError, SourceError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
@@ -42,9 +48,25 @@ _BACKBONES = {  # the ImageNet weights each detector's backbone was trained from
     "fasterrcnn_resnet50_fpn_v2": ("resnet50", "IMAGENET1K_V1"),
     "fasterrcnn_mobilenet_v3_large_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("mobilenet_v3_large", "IMAGENET1K_V1"),
+    "retinanet_resnet18_fpn": ("resnet18", "IMAGENET1K_V1"),
+    "retinanet_resnet50_fpn": ("resnet50", "IMAGENET1K_V1"),
+    "fcos_resnet18_fpn": ("resnet18", "IMAGENET1K_V1"),
+    "fcos_resnet50_fpn": ("resnet50", "IMAGENET1K_V1"),
+    "ssdlite320_mobilenet_v3_large": ("mobilenet_v3_large", "IMAGENET1K_V1"),
 }
-OWN_BUILDS = {"fasterrcnn_resnet18_fpn": "resnet18", "fasterrcnn_resnet34_fpn": "resnet34"}
-_RESNET_FPN = {**OWN_BUILDS, "fasterrcnn_resnet50_fpn": "resnet50"}  # take norm and anchors
+OWN_BUILDS = {
+    "fasterrcnn_resnet18_fpn": "resnet18",
+    "fasterrcnn_resnet34_fpn": "resnet34",
+    "retinanet_resnet18_fpn": "resnet18",
+    "fcos_resnet18_fpn": "resnet18",
+}
+_RESNET_FPN = {  # take norm and the FPN's width
+    **OWN_BUILDS,
+    "fasterrcnn_resnet50_fpn": "resnet50",
+    "retinanet_resnet50_fpn": "resnet50",
+    "fcos_resnet50_fpn": "resnet50",
+}
+_SSD_NORM = {"eps": 0.001, "momentum": 0.03}  # torchvision's BatchNorm for SSDlite
 _CONV_BOX_HEADS = {"fasterrcnn_resnet50_fpn_v2"}  # no fully connected layers to size
 _GN_GROUPS = 32  # Wu & He's default; every ResNet and FPN width here divides by it
 _DOWNLOAD_TIMEOUT_S = 15  # per socket operation: an unreachable host fails fast
@@ -111,6 +133,7 @@ def _check_model_options(config: ModelConfig) -> None:
         )
     if _custom_head(config) and config.name in _CONV_BOX_HEADS:
         raise UsageError(f"--box-head-dim: {config.name}'s box head is convolutional")
+    _check_family_options(config)
     levels = _levels(config)
     if config.anchor_sizes and len(config.anchor_sizes) != levels:
         raise UsageError(
@@ -131,7 +154,124 @@ def _check_model_options(config: ModelConfig) -> None:
         )
 
 
+def _check_family_options(config: ModelConfig) -> None:
+    """What the single-stage families do not have: a box head, FPN level choice (RetinaNet and
+    FCOS use C3-C5 plus P6/P7), anchors (FCOS), a variable input size (SSDlite)."""
+    family = model_family(config.name)
+    if family == "fasterrcnn":
+        return
+    if _custom_head(config):
+        raise UsageError(f"--box-head-dim: {config.name} has no box head (Faster R-CNN's)")
+    if config.fpn_levels:
+        raise UsageError(f"--fpn-levels: {config.name} uses ResNet stages 2-4 plus P6 and P7")
+    anchors = config.anchor_sizes or config.aspect_ratios
+    if family == "fcos" and anchors:
+        raise UsageError(f"anchors: {config.name} is anchor-free")
+    if family == "retinanet" and anchors and config.weights == "coco":
+        raise UsageError("anchors do not fit COCO weights; use imagenet or none")
+    if family == "ssdlite" and config.train_sizes:
+        raise UsageError(f"--multiscale: {config.name} resizes every image to a fixed square")
+
+
 def _build(config: ModelConfig, weights, weights_backbone) -> nn.Module:
+    """The family's detector; ``weights``: torchvision's COCO weights or None."""
+    family = model_family(config.name)
+    if family == "fasterrcnn":
+        return _build_fasterrcnn(config, weights, weights_backbone)
+    try:
+        if family == "ssdlite":
+            return _build_ssdlite(config, weights, weights_backbone)
+        return _build_dense(config, weights, weights_backbone)
+    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+        if weights is None and weights_backbone is None:
+            raise
+        raise SourceError(
+            f"could not load pretrained weights for {config.name} ({first_line(exc)}); "
+            "put the file in $TORCH_HOME/hub/checkpoints or use --weights none"
+        ) from None
+
+
+def _build_dense(config: ModelConfig, weights, weights_backbone) -> nn.Module:
+    """RetinaNet or FCOS on a ResNet + FPN (C3-C5, P6 and P7 from P5), as torchvision's
+    ResNet-50 builders put them together (same module names: COCO checkpoints load); with
+    GroupNorm (--norm gn) in the backbone, the FPN and RetinaNet's head (FCOS's has it)."""
+    from functools import partial
+
+    from torchvision.models import resnet
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.retinanet import RetinaNetHead
+    from torchvision.ops import misc as misc_ops
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    kwargs = {
+        "min_size": config.min_size,
+        "max_size": config.max_size,
+        "detections_per_img": config.box_detections_per_img,
+    }
+    if config.train_sizes:  # drawn in training, the last in eval (torchvision's rule)
+        kwargs["min_size"] = (*config.train_sizes, config.min_size)
+    retina = model_family(config.name) == "retinanet"
+    if weights is not None:  # torchvision's builder with its COCO head, replaced below
+        builder = getattr(torchvision.models.detection, config.name)
+        return builder(weights=weights, **kwargs)
+    norm = config.norm
+    if norm == "default":  # torchvision's rule: frozen statistics for pretrained weights
+        norm = "frozen_bn" if weights_backbone is not None else "bn"
+    layer = {
+        "bn": nn.BatchNorm2d,
+        "frozen_bn": misc_ops.FrozenBatchNorm2d,
+        "gn": lambda channels: nn.GroupNorm(_GN_GROUPS, channels),
+    }[norm]
+    body = getattr(resnet, _RESNET_FPN[config.name])(weights=weights_backbone, norm_layer=layer)
+    channels = config.fpn_channels
+    backbone = _fpn_backbone(
+        body,
+        3 if weights_backbone is not None else 5,  # torchvision's trainable stages
+        [2, 3, 4],  # RetinaNet's paper: P2 gives too many anchors
+        channels,
+        norm_layer=layer if norm == "gn" else None,
+        extra_blocks=LastLevelP6P7(channels, channels),
+    )
+    if not retina:
+        return FCOS(backbone, config.num_classes, **kwargs)
+    generator = _retina_anchors(config)
+    head = RetinaNetHead(
+        channels,
+        generator.num_anchors_per_location()[0],
+        config.num_classes,
+        norm_layer=partial(nn.GroupNorm, _GN_GROUPS) if norm == "gn" else None,
+    )
+    return RetinaNet(backbone, None, anchor_generator=generator, head=head, **kwargs)
+
+
+def _retina_anchors(config: ModelConfig):
+    """torchvision's RetinaNet anchors (three octave scales of one size per level, three
+    aspect ratios) at the config's sizes and ratios when it has them."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(config.anchor_sizes) or (32, 64, 128, 256, 512)
+    ratios = tuple(float(r) for r in config.aspect_ratios) or (0.5, 1.0, 2.0)
+    scales = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in sizes)
+    return AnchorGenerator(scales, (ratios,) * len(scales))
+
+
+def _build_ssdlite(config: ModelConfig, weights, weights_backbone) -> nn.Module:
+    """torchvision's SSDlite320 MobileNetV3-Large, its fixed square input at ``min_size``."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    num_classes = None if weights is not None else config.num_classes
+    model = ssdlite320_mobilenet_v3_large(
+        weights=weights, weights_backbone=weights_backbone, num_classes=num_classes
+    )
+    size = config.min_size
+    model.transform.min_size = (size,)
+    model.transform.max_size = size
+    model.transform.fixed_size = (size, size)
+    model.detections_per_img = config.box_detections_per_img
+    return model
+
+
+def _build_fasterrcnn(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     builder = getattr(torchvision.models.detection, config.name, None)
     num_classes = None if weights is not None else config.num_classes
     kwargs = {**config.builder_kwargs(), **_anchor_kwargs(config)}
@@ -204,7 +344,9 @@ def _resnet_fpn_builder(config: ModelConfig):
     return build
 
 
-def _fpn_backbone(body: nn.Module, trainable: int, levels, channels: int, norm_layer):
+def _fpn_backbone(
+    body: nn.Module, trainable: int, levels, channels: int, norm_layer, extra_blocks=None
+):
     """torchvision's ``_resnet_fpn_extractor`` (which fixes the FPN's width at 256) with the
     width as a parameter: the same freezing rule and module names, so checkpoints of either
     load into the other."""
@@ -223,7 +365,7 @@ def _fpn_backbone(body: nn.Module, trainable: int, levels, channels: int, norm_l
         {f"layer{k}": str(v) for v, k in enumerate(levels)},
         [stage2 * 2 ** (level - 1) for level in levels],
         channels,
-        extra_blocks=LastLevelMaxPool(),
+        extra_blocks=extra_blocks or LastLevelMaxPool(),
         norm_layer=norm_layer,
     )
 
@@ -249,11 +391,15 @@ def _custom_widths(config: ModelConfig) -> bool:
 
 
 def _levels(config: ModelConfig) -> int:
-    """Feature maps the RPN sees: the FPN's levels plus its max-pooled top."""
+    """Feature maps the RPN sees: the FPN's levels plus its max-pooled top (RetinaNet: P3-P7)."""
+    if model_family(config.name) == "retinanet":
+        return 5
     return (len(config.fpn_levels) if config.fpn_levels else 4) + 1
 
 
 def _anchor_kwargs(config: ModelConfig) -> dict:
+    if model_family(config.name) != "fasterrcnn":
+        return {}
     if not (config.anchor_sizes or config.aspect_ratios or config.fpn_levels):
         return {}
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -275,9 +421,47 @@ def _build_coco(config: ModelConfig) -> nn.Module:
 
 
 def _new_predictor(model: nn.Module, num_classes: int) -> None:
-    """A fresh box predictor for ``num_classes`` (background included), the rest kept."""
+    """A fresh box predictor (classification head, single-stage families) for ``num_classes``
+    (background included), the rest kept."""
+    from functools import partial
+
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.ssd import SSD
+
+    head = getattr(model, "head", None)
+    if isinstance(model, RetinaNet):
+        from torchvision.models.detection.retinanet import RetinaNetClassificationHead
+
+        old = head.classification_head
+        norm = partial(nn.GroupNorm, _GN_GROUPS) if _has_gn(old) else None
+        channels = old.cls_logits.in_channels
+        head.classification_head = RetinaNetClassificationHead(
+            channels, old.num_anchors, num_classes, norm_layer=norm
+        )
+        return
+    if isinstance(model, FCOS):
+        from torchvision.models.detection.fcos import FCOSClassificationHead
+
+        old = head.classification_head
+        head.classification_head = FCOSClassificationHead(
+            old.cls_logits.in_channels, old.num_anchors, num_classes
+        )
+        return
+    if isinstance(model, SSD):
+        from torchvision.models.detection.ssdlite import SSDLiteClassificationHead
+
+        logits = head.classification_head.module_list
+        channels = [block[0][0].in_channels for block in logits]
+        anchors = model.anchor_generator.num_anchors_per_location()
+        norm = partial(nn.BatchNorm2d, **_SSD_NORM)
+        head.classification_head = SSDLiteClassificationHead(channels, anchors, num_classes, norm)
+        return
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)
+
+
+def _has_gn(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.GroupNorm) for m in module.modules())
 
 
 def _build_from_checkpoint(config: ModelConfig, path: Path) -> nn.Module:

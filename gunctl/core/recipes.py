@@ -11,6 +11,11 @@
   augmentation, AdamW at the original pipeline's learning rate, EMA.
 - ``plain``: gunctl's behaviour before recipes (the TrainConfig defaults): flip only, Adam 1e-4.
 
+Other families (``--model retinanet_*``, ``fcos_*``, ``ssdlite320_mobilenet_v3_large``) take
+the recipe's values that fit them (``FAMILY_OPTIONS``) and their own (``FAMILY_VALUES``): RetinaNet
+and FCOS on a ResNet keep the GroupNorm, the input size, the FPN width and (RetinaNet) fitted
+anchors; SSDlite keeps its own normalisation, its 320 px square input and no anchors to fit.
+
 A recipe fills only the options the user did not set (``TrainConfig.explicit``); the resolved
 values, and the recipe's name, are what the run's config, checkpoints and TensorBoard record.
 """
@@ -22,7 +27,14 @@ import logging
 import math
 from typing import Any
 
-from gunctl.config import RATIOS, RECIPES, WEIGHT_CHOICES, TrainConfig, check_choice
+from gunctl.config import (
+    RATIOS,
+    RECIPES,
+    WEIGHT_CHOICES,
+    TrainConfig,
+    check_choice,
+    model_family,
+)
 from gunctl.errors import UsageError
 
 log = logging.getLogger("gunctl")
@@ -72,6 +84,21 @@ _MODEL_ONLY_RESNET = (  # ResNet-FPN only
     "model.box_head_dim",
     "fit_anchors",
 )
+# Of the recipes' model-specific options, those each single-stage family takes.
+FAMILY_OPTIONS = {
+    "retinanet": ("model.norm", "model.fpn_channels", "fit_anchors", "model.train_sizes"),
+    "fcos": ("model.norm", "model.fpn_channels", "model.train_sizes"),
+    "ssdlite": (),
+}
+# A family's own values, over the recipe's (never over the user's). SSDlite: torchvision's
+# 320 px square (a fixed size: no multi-scale training). Not yet tuned by measurement
+# (benchmarks/README.md, bench_models.py): the learning rate is the scratch recipe's.
+FAMILY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "ssdlite": {
+        "scratch": {"model.min_size": 320, "model.max_size": 320},
+        "finetune": {"model.min_size": 320, "model.max_size": 320},
+    },
+}
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -80,7 +107,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if config.minutes is not None and "epochs" in config.explicit:
         raise UsageError("--minutes sets the number of epochs; it does not go with --epochs")
     config = _choose(config) if config.recipe == "auto" else config
-    config = apply(config, VALUES[config.recipe])
+    values = VALUES[config.recipe]
+    name = config.model.name if "model.name" in config.explicit else values.get("model.name")
+    family = model_family(name or config.model.name)
+    config = apply(config, {**values, **FAMILY_VALUES.get(family, {}).get(config.recipe, {})})
     if config.model.weights not in WEIGHT_CHOICES:  # a checkpoint: its architecture, to load
         config = apply(config, _architecture(config.model.weights))
     return config
@@ -123,10 +153,19 @@ def apply(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
         base = model.get("min_size", config.model.min_size)
         model["train_sizes"] = tuple(int(round(base * f / 16) * 16) for f in _MULTISCALE)
     name = model.get("name", config.model.name)
-    if name not in RESNET_FPN:
-        for key in _MODEL_ONLY_RESNET:
-            (model if key.startswith("model.") else top).pop(key.split(".")[-1], None)
+    for key in _not_taken(name):
+        (model if key.startswith("model.") else top).pop(key.split(".")[-1], None)
     return dataclasses.replace(config, **top, model=dataclasses.replace(config.model, **model))
+
+
+def _not_taken(name: str) -> tuple[str, ...]:
+    """The recipes' model-specific options that model ``name`` does not take."""
+    family = model_family(name)
+    if family in FAMILY_OPTIONS:
+        return tuple(
+            k for k in (*_MODEL_ONLY_RESNET, "model.train_sizes") if k not in FAMILY_OPTIONS[family]
+        )
+    return () if name in RESNET_FPN else _MODEL_ONLY_RESNET
 
 
 def _choose(config: TrainConfig) -> TrainConfig:
