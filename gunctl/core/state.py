@@ -60,6 +60,7 @@ class TrainState:
     ema: Any = None  # core.ema.ModelEma when the run averages its weights
     budget: Any = None  # core.budget.Budget while a --minutes run is still fitting its epochs
     precision: str = "fp32"  # of the training steps, in words (the run's header shows it)
+    mlflow_run_id: str | None = None  # core.tracking's run, kept across resumes
 
     @property
     def eval_model(self) -> nn.Module:
