@@ -56,7 +56,7 @@ class GuardedGroup(GunctlGroup):
     """Turns known errors into one line and an exit code, for the CLI and CliRunner alike."""
 
     def invoke(self, ctx):
-        from gunctl.cli.render import refresh_width
+        from gunctl.cli.console import refresh_width
 
         refresh_width()
         _route_core_logging()
@@ -174,7 +174,7 @@ class _RenderHandler(logging.Handler):
     """The core logs warnings (logging.getLogger("gunctl")); people see them on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from gunctl.cli.render import note, warn
+        from gunctl.cli.console import note, warn
 
         (warn if record.levelno >= logging.WARNING else note)(record.getMessage())
 
@@ -189,14 +189,14 @@ def _route_core_logging() -> None:
 
 
 def _report(message: str) -> None:
-    from gunctl.cli.render import error
+    from gunctl.cli.console import error
 
     error(message)  # escaped there: markup and control characters (names may hold both)
 
 
 def _message(exc: GunctlError) -> str:
     """A GunctlError's message, whole: it is one line by construction, so a line break in it
-    comes from a name and stays (render shows it as ``\\n``); DataLoader wrapping is removed."""
+    comes from a name and stays (shown as ``\\n``); DataLoader wrapping is removed."""
     text = str(exc).strip()
     return (
         first_line(exc, limit=10_000)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli import render
+from gunctl.cli.console import console, escape, note
 from gunctl.cli.options import ScoreThreshold, WeightsAlias, one_checkpoint
 from gunctl.config import EXPORT_FORMATS, ExportConfig, Layout
 
@@ -45,5 +45,22 @@ def export(
     path = one_checkpoint(checkpoint, weights) or Layout().best_model
     config = ExportConfig(checkpoint=path, format=fmt, out=out, score_threshold=score_threshold)
     result = run_export(config)
-    render.note(f"model: {path}")
-    render.show_export(result)
+    note(f"model: {path}")
+    show_export(result)
+
+
+def show_export(result) -> None:
+    """What was written, its size against the checkpoint's, and the parity check's figures."""
+    ratio = result.bytes / result.checkpoint_bytes if result.checkpoint_bytes else 0.0
+    console.print(
+        f"wrote {escape(str(result.path))} ({result.format}, {result.bytes / 2**20:.1f} MiB, "
+        f"{ratio:.0%} of the checkpoint; classes {escape(', '.join(result.class_names[1:]))}; "
+        f"score threshold {result.threshold:.3f})",
+        soft_wrap=True,
+    )
+    if result.max_box_diff is not None:
+        console.print(
+            f"checked in onnxruntime: boxes within {result.max_box_diff:.4f} px, scores within "
+            f"{result.max_score_diff:.1e} of PyTorch",
+            soft_wrap=True,
+        )

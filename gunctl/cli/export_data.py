@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli import render
+from gunctl.cli.console import console, escape, print_json
 from gunctl.cli.options import Json, Out, Quiet
 from gunctl.config import Layout
 
@@ -39,11 +39,11 @@ def export_data(
         "class_names": result.class_names,
     }
     if json_out:
-        render.print_json(payload)
+        print_json(payload)
     elif not quiet:
-        render.console.print(
+        console.print(
             f"Wrote {result.images} images and {result.boxes} boxes "
-            f"({render.escape(', '.join(result.class_names))}) as {result.format} to "
-            f"{render.escape(str(result.folder))}",
+            f"({escape(', '.join(result.class_names))}) as {result.format} to "
+            f"{escape(str(result.folder))}",
             soft_wrap=True,
         )

@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from gunctl.cli import render
+from gunctl.cli.console import (
+    console,
+    escape,
+    key_value_table,
+    print_json,
+    print_path,
+    task_progress,
+    warn,
+)
 from gunctl.cli.options import Json, Out, Quiet, Seed
 from gunctl.config import IngestConfig, Layout
 from gunctl.core.labels import PROBLEM_KINDS
@@ -71,20 +80,19 @@ def ingest(
         classes=_class_list(classes),
         merge_classes=merge_classes.strip() if merge_classes else None,
     )
-    with render.task_progress("checking files", enabled=not (quiet or json_out)) as progress:
+    with task_progress("checking files", enabled=not (quiet or json_out)) as progress:
         report = run_ingest(config, progress=progress)
     if json_out:
-        render.print_json(_payload(report))
+        print_json(report.as_dict())
         return
     for problem in report.problems:  # every one, with its file and line (on stderr)
-        render.warn(str(problem))
+        warn(str(problem))
     if not quiet:
-        render.console.print(render.ingest_table(report))
-        table = render.problems_table(report)
-        if table is not None:
-            render.console.print(table)
-        render.print_path("Wrote", report.raw_dir)
-        render.print_path("Manifest:", config.layout.manifest)
+        console.print(ingest_table(report))
+        if report.problems:
+            console.print(problems_table(report))
+        print_path("Wrote", report.raw_dir)
+        print_path("Manifest:", config.layout.manifest)
 
 
 ingest.__doc__ += (
@@ -109,24 +117,44 @@ def _class_list(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def _payload(report) -> dict:
-    return {
-        "source": report.source,
-        "format": report.source_format,
-        "class_names": report.class_names,
-        "boxes_per_class": report.boxes_per_class,
-        "classes_left_out": dict(report.classes_left_out),
-        "crowd_left_out": report.crowd_left_out,
-        "difficult": report.difficult,
-        "version": report.version,
-        "raw_dir": str(report.raw_dir),
-        "images": report.images,
-        "boxes": report.boxes,
-        "empty_images": report.empty_images,
-        "converted": report.converted,
-        "smallest": report.smallest,
-        "largest": report.largest,
-        **{f"{key}_range": span for key, span in render.size_ranges(report).items()},
-        "problem_counts": report.problem_counts(),
-        "problems": [str(p) for p in report.problems],
-    }
+def ingest_table(report) -> Table:
+    """What the ingest brought in: counts, classes, image sizes, problems."""
+    rows = [
+        *([("version", report.version)] if report.version is not None else []),
+        ("format", report.source_format),
+        ("images", report.images),
+        ("label files", report.images),
+        ("boxes", report.boxes),
+        ("classes", ", ".join(report.class_names)),
+        *(
+            [("boxes per class", ", ".join(f"{k} {v}" for k, v in report.boxes_per_class.items()))]
+            if len(report.class_names) > 1
+            else []
+        ),
+        ("images without boxes", report.empty_images),
+        ("images converted to RGB", report.converted),
+        *((f"image {key}s (px)", _span(span)) for key, span in report.size_ranges().items()),
+        ("problems", len(report.problems)),
+    ]
+    extra = (
+        ("boxes of classes left out (--classes)", sum(report.classes_left_out.values())),
+        ("crowd boxes left out (COCO iscrowd)", report.crowd_left_out),
+        ("difficult boxes kept (Pascal VOC)", report.difficult),
+    )
+    rows += [(name, value) for name, value in extra if value]
+    return key_value_table(f"Ingested {escape(report.source)}", rows)
+
+
+def _span(values) -> str:
+    return f"{values[0]} to {values[1]}" if values else "-"
+
+
+def problems_table(report) -> Table:
+    """Problems by kind, with what gunctl did about each kind."""
+    table = Table(title="Problems by kind", title_justify="left")
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    table.add_column("what gunctl did")
+    for kind, count in sorted(report.problem_counts().items()):
+        table.add_row(kind, str(count), PROBLEM_KINDS[kind])
+    return table

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli import render
+from gunctl.cli.console import console, escape, is_terminal, key_value_table, task_progress
 from gunctl.cli.options import BatchSize, Device, Quiet, ScoreThreshold, Weights, Workers
 from gunctl.config import Layout, PredictConfig
 from gunctl.errors import DetectionError
@@ -91,12 +91,12 @@ def predict(
         save_images=save_images,
         save_json=save_json,
     )
-    with render.task_progress("predicting", enabled=not (quiet or json_out)) as progress:
+    with task_progress("predicting", enabled=not (quiet or json_out)) as progress:
         result = run_predict(
             config, on_progress=progress, on_record=_print_line if json_out else None
         )
     if not (quiet or json_out):
-        render.show_predict_summary(result)
+        show_predict_summary(result)
     if fail_on_detection and result.detections:
         raise DetectionError(
             f"{result.detections} detection(s) in {result.with_detection} image(s) or frame(s) "
@@ -107,3 +107,22 @@ def predict(
 def _print_line(record: dict) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
+
+
+def show_predict_summary(result) -> None:
+    """A table on a terminal; ``what: value`` lines in logs and pipes."""
+    rows = [
+        ("files", str(result.files)),
+        ("video frames", str(result.frames)),
+        ("images or frames with a detection", str(result.with_detection)),
+        ("detections", str(result.detections)),
+        ("score threshold", f"{result.threshold:.3f}"),
+        ("images/s", f"{result.images_per_s:.2f}"),
+        ("problems", str(len(result.problems))),
+        ("output", str(result.out or "-")),
+    ]
+    if is_terminal():
+        console.print(key_value_table("Predictions", rows))
+        return
+    for name, value in rows:
+        console.print(f"{name}: {escape(value)}", soft_wrap=True)

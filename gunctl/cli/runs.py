@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli import render
+from gunctl.cli.console import print_path
 from gunctl.cli.options import Json, Out
 from gunctl.config import Layout
 
@@ -36,4 +36,4 @@ def remove(
     runs_dir = Layout(out).runs
     for name in names:
         path = runs.remove_run(runs_dir, name)
-        render.print_path("removed", path)
+        print_path("removed", path)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from gunctl.cli import render
+from gunctl.cli.console import console, print_json, print_path, warn
 from gunctl.cli.options import Json, Out, Quiet, Seed, Subset
 from gunctl.config import Layout, SplitConfig
 
@@ -42,9 +43,23 @@ def split(
     counts = part_counts(result.split)
     if result.capped:
         total = sum(c["images"] for c in counts.values())
-        render.warn(f"--subset {subset} is more than the {total} images ingested; using all")
+        warn(f"--subset {subset} is more than the {total} images ingested; using all")
     if json_out:
-        render.print_json({"path": str(result.path), "seed": seed, "subset": subset, **counts})
+        print_json({"path": str(result.path), "seed": seed, "subset": subset, **counts})
     elif not quiet:
-        render.console.print(render.split_table(counts))
-        render.print_path("Wrote", result.path)
+        console.print(split_table(counts))
+        print_path("Wrote", result.path)
+
+
+def split_table(counts: dict[str, dict[str, int]]) -> Table:
+    """Images and boxes per part, and in all."""
+    table = Table(title="Split", title_justify="left")
+    table.add_column("part")
+    table.add_column("images", justify="right")
+    table.add_column("boxes", justify="right")
+    for part, values in counts.items():
+        table.add_row(part, str(values["images"]), str(values["boxes"]))
+    total_images = sum(v["images"] for v in counts.values())
+    total_boxes = sum(v["boxes"] for v in counts.values())
+    table.add_row("all", str(total_images), str(total_boxes), style="bold")
+    return table

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli import render
+from gunctl.cli.console import console, note, warn
 from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers
 from gunctl.config import (
     CACHE_MODES,
@@ -391,16 +391,18 @@ def train(
         raise typer.Exit(_run_torchrun(nproc))
     if resume and os.environ.get("RANK", "0") == "0":
         _warn_ignored_on_resume(ctx)
+    from gunctl.cli.train_display import TrainDisplay, fit_summary
+    from gunctl.cli.validate import class_table
     from gunctl.core.trainer import fit
 
-    callbacks = [] if quiet else [render.TrainDisplay()]
+    callbacks = [] if quiet else [TrainDisplay()]
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
-        render.console.print(render.fit_summary(result))
+        console.print(fit_summary(result))
         last = result.history[-1]["val"] if result.history else {}
-        per_class = render.class_table(last.get("per_class"), "Per class (last epoch, val)")
+        per_class = class_table(last.get("per_class"), "Per class (last epoch, val)")
         if per_class is not None:
-            render.console.print(per_class)
+            console.print(per_class)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -444,7 +446,7 @@ def _run_torchrun(nproc: int) -> int:
         "gunctl",
         *args,
     ]
-    render.note("running: " + " ".join(command[1:]))
+    note("running: " + " ".join(command[1:]))
     return subprocess.call(command)
 
 
@@ -457,4 +459,4 @@ def _warn_ignored_on_resume(ctx: typer.Context) -> None:
     ]
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
-        render.warn(f"{flags}: ignored with --resume (the checkpoint's settings are kept)")
+        warn(f"{flags}: ignored with --resume (the checkpoint's settings are kept)")

@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from gunctl.cli import render
+from gunctl.cli.console import (
+    console,
+    escape,
+    key_value_table,
+    note,
+    number,
+    print_json,
+    task_progress,
+    warn,
+)
 from gunctl.cli.options import (
     BatchSize,
     ConfigFile,
@@ -120,7 +130,7 @@ def validate(
 
     checkpoint = one_checkpoint(checkpoint, weights)
     if artifacts is not None:
-        render.warn("--artifacts is deprecated: the output root is --out, as in the other commands")
+        warn("--artifacts is deprecated: the output root is --out, as in the other commands")
         out = artifacts
     config = ValidateConfig(
         checkpoint=checkpoint or Layout(out).best_model,
@@ -134,10 +144,10 @@ def validate(
         workers=workers,
         tta=tta,
     )
-    with render.task_progress("scoring", enabled=not (quiet or json_out)) as progress:
+    with task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
         result = validate_checkpoint(config, on_batch=counter)
-    render.note(f"model: {config.checkpoint}")
+    note(f"model: {config.checkpoint}")
     failures = _failures(result.metrics, min_map50, min_map)
     report = _report(result, config, min_map50, min_map, failures)
     if report_file is not None:
@@ -147,14 +157,14 @@ def validate(
 
         write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
     if json_out:
-        render.print_json(report)
+        print_json(report)
     elif not quiet:
-        render.console.print(render.validation_table(result, score_threshold))
-        per_class = render.class_table(result.metrics.get("per_class"))
+        console.print(validation_table(result, score_threshold))
+        per_class = class_table(result.metrics.get("per_class"))
         if per_class is not None:
-            render.console.print(per_class)
+            console.print(per_class)
         if result.tta is not None:
-            render.console.print(render.tta_table(result))
+            console.print(tta_table(result))
     if failures:
         raise ThresholdError("; ".join(failures))
 
@@ -194,3 +204,65 @@ def _report(result, config, min_map50, min_map, failures) -> dict:
         "min_map": min_map,
         "passed": not failures,
     }
+
+
+def validation_table(result, score_threshold: float) -> Table:
+    """The checkpoint's facts and its scores: mAP, precision/recall/F1, losses, speed."""
+    from gunctl.config import LOSS_KEYS
+
+    m, facts = result.metrics, result.facts
+    at = f"@ score {score_threshold}, IoU 0.5"
+    rows = [
+        ("model", facts["model"]),
+        ("epoch", str(facts["epoch"]) + (" (interrupted)" if facts.get("interrupted") else "")),
+        ("run", facts.get("run") or "-"),
+        ("weights origin", facts.get("weights_origin") or "-"),
+        ("classes", ", ".join(facts.get("class_names") or ["gun"])),
+        ("data", result.data),
+        ("mAP@0.5:0.95", number(m.get("map"), 4)),
+        ("mAP@0.5", number(m.get("map_50"), 4)),
+        ("mAP@0.75", number(m.get("map_75"), 4)),
+        ("mAR@100", number(m.get("mar_100"), 4)),
+        (f"precision {at}", number(m.get("precision"), 4)),
+        (f"recall {at}", number(m.get("recall"), 4)),
+        (f"F1 {at}", number(m.get("f1"), 4)),
+        *((f"val {key}", number(m.get(key), 4)) for key in LOSS_KEYS),
+        ("val loss (total)", number(m.get("loss"), 4)),
+        ("images", str(m.get("images"))),
+        ("boxes", str(m.get("boxes"))),
+        ("images/s (detection)", f"{m.get('images_per_s', 0):.2f}"),
+        ("time (s), of which mAP", f"{m.get('seconds', 0):.2f}, {m.get('map_seconds', 0):.2f}"),
+    ]
+    return key_value_table(f"Validation of {escape(result.checkpoint)}", rows)
+
+
+def tta_table(result) -> Table:
+    """Plain against flip-TTA detection scores (validation_table holds the rest)."""
+    table = Table(title="With flip TTA (box fusion)", title_justify="left")
+    for name in ("", "plain", "flip TTA"):
+        table.add_column(name, justify="right" if name else "left")
+    for key, label in (("map", "mAP@0.5:0.95"), ("map_50", "mAP@0.5"), ("map_75", "mAP@0.75")):
+        table.add_row(label, number(result.metrics.get(key), 4), number(result.tta.get(key), 4))
+    for key in ("precision", "recall", "f1"):
+        table.add_row(key, number(result.metrics.get(key), 4), number(result.tta.get(key), 4))
+    return table
+
+
+def class_table(per_class: dict | None, title: str = "Per class") -> Table | None:
+    """mAP@0.5 and mAP@0.5:0.95 per class (None when there are no per-class figures, or one
+    class only: its figures are the overall ones, already shown). Train shows it too."""
+    if not per_class or len(per_class) < 2:
+        return None
+    table = Table(title=title, title_justify="left")
+    table.add_column("class")
+    table.add_column("boxes", justify="right")
+    table.add_column("mAP@0.5", justify="right")
+    table.add_column("mAP@0.5:0.95", justify="right")
+    for name, values in per_class.items():
+        table.add_row(
+            escape(name),
+            str(values.get("boxes", "-")),
+            number(values.get("map_50"), 4),
+            number(values.get("map"), 4),
+        )
+    return table

@@ -90,6 +90,37 @@ class IngestReport:
     def problem_counts(self) -> dict[str, int]:
         return dict(Counter(p.kind for p in self.problems))
 
+    def size_ranges(self) -> dict[str, list[int] | None]:
+        """The range of image widths and of heights (the largest by area hides both)."""
+        sized = [e for e in self.entries if "width" in e and "height" in e]
+        return {
+            key: [min(e[key] for e in sized), max(e[key] for e in sized)] if sized else None
+            for key in ("width", "height")
+        }
+
+    def as_dict(self) -> dict:
+        """The report as ``gunctl ingest --json`` prints it (JSON types only)."""
+        return {
+            "source": self.source,
+            "format": self.source_format,
+            "class_names": self.class_names,
+            "boxes_per_class": self.boxes_per_class,
+            "classes_left_out": dict(self.classes_left_out),
+            "crowd_left_out": self.crowd_left_out,
+            "difficult": self.difficult,
+            "version": self.version,
+            "raw_dir": str(self.raw_dir),
+            "images": self.images,
+            "boxes": self.boxes,
+            "empty_images": self.empty_images,
+            "converted": self.converted,
+            "smallest": self.smallest,
+            "largest": self.largest,
+            **{f"{key}_range": span for key, span in self.size_ranges().items()},
+            "problem_counts": self.problem_counts(),
+            "problems": [str(p) for p in self.problems],
+        }
+
 
 def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
     """Check the source, stage the raw tree, and move it into place. Returns the report."""

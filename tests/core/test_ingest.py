@@ -134,3 +134,17 @@ def test_kaggle_offline_without_cache_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(SourceError, match="--source PATH"):
         ingest(IngestConfig(source="kaggle", version=1, layout=Layout(tmp_path / "a")))
+
+
+def test_the_reports_dict_gives_the_size_ranges_and_survives_json(tmp_path):
+    # Sizes chosen so that the widest image is not the tallest (the largest by area hides both).
+    src = write_tree(
+        tmp_path / "src",
+        {"1.jpeg": jpeg_bytes(80, 20), "2.jpeg": jpeg_bytes(30, 70)},
+        {"1.txt": "1\n1 1 9 9\n", "2.txt": "0\n"},
+    )
+    report, _ = run(src, tmp_path)
+    shown = json.loads(json.dumps(report.as_dict()))
+    assert shown["width_range"] == [30, 80] and shown["height_range"] == [20, 70]
+    assert (shown["images"], shown["boxes"], shown["empty_images"]) == (2, 1, 1)
+    assert shown["problem_counts"] == {} and shown["format"] == "kaggle"
