@@ -444,6 +444,79 @@ class ExportConfig:
         check_choice("--format", self.format, EXPORT_FORMATS)
 
 
+WATCH_EVENTS = ("new", "update", "end", "stream_down", "stream_up", "stream_end")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """`gunctl watch`: streams, files and devices in, tracked detections and alerts out.
+    The alert defaults were chosen with benchmarks/bench_watch.py (benchmarks/README.md)."""
+
+    sources: tuple[str, ...] = ()  # rtsp/rtmp/http(s) URLs, video files, /dev/videoN
+    names: tuple[str, ...] = ()  # --name per source, in order; the rest named from the URL/file
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
+    out: Path = Path("artifacts/watch")  # events.jsonl (appended) and snapshots/<run>/
+    device: str = "auto"
+    score_threshold: float | None = None  # detections the tracker sees; None: the model's
+    detect_fps: float = 5.0  # frames detected per second and source: a gun is held for seconds
+    min_hits: int = 3  # 0.6 s at 5 fps: one-frame false positives never alert
+    alert_threshold: float = 0.5  # median score of a track's hits to alert
+    cooldown: float = 10.0  # s between two alerts of one source
+    track_timeout: float = 2.0  # s without a detection before a track ends
+    stationary_px: float = 0.1  # of the box's size: a track moving less is stationary
+    zones: tuple[str, ...] = ()  # NAME[@SOURCE]:x1,y1,x2,y2,... (pixels, or fractions <= 1)
+    realtime: bool = False  # files at their own frame rate (newest frame only, as a camera)
+    open_timeout: float = 10.0  # s to open a stream
+    read_timeout: float = 5.0  # s without data before a stream is down
+    reconnect_min: float = 1.0  # s: first reconnect delay, doubled per failure, with jitter
+    reconnect_max: float = 30.0  # s: the cap of that delay
+    webhook: str | None = None  # URL: JSON POST per event
+    webhook_secret: str | None = None  # HMAC-SHA256 of the body in X-Gunctl-Signature
+    webhook_timeout: float = 5.0  # s per request
+    webhook_retries: int = 6  # retries per event (backoff 0.5 s doubling, cap 30 s)
+    outbox: int = 1000  # events waiting per sink; beyond it the oldest is dropped (counted)
+    exec_cmd: str | None = None  # --exec: run per event, event JSON on stdin (no shell)
+    notify: tuple[str, ...] = ("new", "end", "stream_down", "stream_up")  # what sinks receive
+    duration: float | None = None  # s: stop after this long (None: until Ctrl-C/SIGTERM)
+    max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest and predict
+
+    def check(self) -> None:
+        check_device(self.device)
+        if not self.sources:
+            raise UsageError("no sources: name rtsp/rtmp/http(s) URLs, video files or devices")
+        if len(self.names) > len(self.sources):
+            raise UsageError(f"{len(self.names)} --name for {len(self.sources)} source(s)")
+        for name in self.names:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+                raise UsageError(f"--name {name!r}: letters, digits, '_', '.', '-' (64 at most)")
+        if self.score_threshold is not None:
+            check_number("--score-threshold", self.score_threshold, 0, 1)
+        check_number("--detect-fps", self.detect_fps, 0, 120, low_open=True)
+        check_ints("--min-hits", (self.min_hits,), 1, 1000)
+        check_number("--alert-threshold", self.alert_threshold, 0, 1)
+        check_number("--cooldown", self.cooldown, 0, 86400)
+        check_number("--track-timeout", self.track_timeout, 0, 3600, low_open=True)
+        check_number("--stationary", self.stationary_px, 0, 10)
+        for flag, value in (
+            ("--open-timeout", self.open_timeout),
+            ("--read-timeout", self.read_timeout),
+            ("--webhook-timeout", self.webhook_timeout),
+        ):
+            check_number(flag, value, 0.1, 3600)
+        check_number("--reconnect-min", self.reconnect_min, 0.01, 3600)
+        check_number("--reconnect-max", self.reconnect_max, self.reconnect_min, 86400)
+        check_ints("--webhook-retries", (self.webhook_retries,), 0, 100)
+        check_ints("--outbox", (self.outbox,), 1, 10**6)
+        for kind in self.notify:
+            check_choice("--notify", kind, WATCH_EVENTS)
+        if self.duration is not None:
+            check_number("--duration", self.duration, 0, math.inf, low_open=True)
+        if self.webhook_secret is not None and self.webhook is None:
+            raise UsageError("--webhook-secret needs --webhook")
+        if self.webhook is not None and not re.match(r"https?://", self.webhook):
+            raise UsageError(f"--webhook {self.webhook}: an http:// or https:// URL")
+
+
 # TrainConfig fields that `gunctl train` takes as options of the same name; the model's are
 # --model (ModelConfig.name), --weights, --min-size, --max-size, --norm, --multiscale
 # (train_sizes), --fpn-levels, --fpn-channels and --box-head-dim.

@@ -25,6 +25,7 @@ from pathlib import Path
 from gunctl.config import Layout
 from gunctl.core import tree
 from gunctl.core.labels import read_targets
+from gunctl.core.manifest import class_names_of, read_manifest
 from gunctl.errors import DataError, OutputError, UsageError
 
 EXPORT_FORMATS = ("yolo", "coco")
@@ -40,9 +41,6 @@ class ExportResult:
 
 
 def export_data(layout: Layout, folder: Path, format_name: str, force: bool) -> ExportResult:
-    from gunctl.core.ingest import read_manifest
-    from gunctl.core.split import class_names_of
-
     if format_name not in EXPORT_FORMATS:
         raise UsageError(f"--format {format_name}: choose one of {', '.join(EXPORT_FORMATS)}")
     manifest = read_manifest(layout)
