@@ -1,0 +1,92 @@
+"""The service's Prometheus metrics (prometheus_client), one registry per app.
+
+A registry per app (not the library's global one) so that several apps in one process (tests)
+count apart. With ``--workers N`` each process counts its own requests: a scrape of the shared
+port reaches one of them (run one process per port, or per container, to scrape each; see the
+README).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Routes with their own label; anything else (404s, scans) is "other", so that a client cannot
+# grow the label set.
+ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/model", "/v1/detect", "/v1/detect/batch")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def route_label(path: str) -> str:
+    return path if path in ROUTES else "other"
+
+
+class Metrics:
+    def __init__(self, class_names: list[str] | None = None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+        registry = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gunctl_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gunctl_http_request_duration_seconds",
+            "Time from a request's arrival to its response's end, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gunctl_http_requests_in_flight",
+            "Requests being read, queued or answered now.",
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "gunctl_inference_seconds",
+            "One forward pass of the model (a micro-batch).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gunctl_batch_size",
+            "Images per forward pass.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "gunctl_queue_depth", "Images waiting for the inference thread.", registry=registry
+        )
+        self.images = Counter("gunctl_images", "Images detected.", registry=registry)
+        self.detections = Counter(
+            "gunctl_detections",
+            "Detections returned, by class.",
+            ["class_name"],
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "gunctl_ready", "1 once the model is loaded and warmed up.", registry=registry
+        )
+        self.model = Info("gunctl_model", "The model this process serves.", registry=registry)
+        for name in class_names or ():  # every class shows up at 0 before its first detection
+            self.detections.labels(class_name=name)
+
+    def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
+        route = route_label(path)
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float, records: list[dict[str, Any]]) -> None:
+        self.inference.observe(seconds)
+        self.batch_size.observe(size)
+        self.images.inc(size)
+        for record in records:
+            for name in record["labels"]:
+                self.detections.labels(class_name=name).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
