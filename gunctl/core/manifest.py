@@ -52,6 +52,15 @@ def read_manifest(layout: Layout) -> dict:
     return manifest
 
 
+def class_names_of(document: dict) -> list[str]:
+    """The class names of a manifest or split (label k+1 of the model is name k); ``["gun"]``
+    for those written before gunctl knew several classes."""
+    names = document.get("class_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    return ["gun"]
+
+
 def data_checksum(entries: list[dict]) -> str:
     """The data's identity: a hash of the file list with its checksums (not of timestamps)."""
     canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from gunctl.config import Layout, SplitConfig, check_fraction
 from gunctl.core import tree
 from gunctl.core.fileio import read_document, write_bytes_atomic
-from gunctl.core.manifest import read_manifest, verify_files
+from gunctl.core.manifest import class_names_of, read_manifest, verify_files
 from gunctl.core.rawlock import RawLock
 from gunctl.core.schema import check_fields
 from gunctl.errors import DataError, UsageError
@@ -228,15 +228,6 @@ def open_split(layout: Layout, stale: str) -> tuple[dict, dict]:
         log.warning("%s", message)
     verify_files(layout, manifest, split["train"] + split["val"], path)
     return split, manifest
-
-
-def class_names_of(document: dict) -> list[str]:
-    """The class names of a manifest or split (label k+1 of the model is name k); ``["gun"]``
-    for those written before gunctl knew several classes."""
-    names = document.get("class_names")
-    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        return names
-    return ["gun"]
 
 
 def part_counts(split: dict) -> dict[str, dict[str, int]]:

@@ -49,13 +49,13 @@ from gunctl.core.engine import (
     evaluate,
     train_one_epoch,
 )
+from gunctl.core.manifest import class_names_of
 from gunctl.core.model import build_model, to_device_layout
 from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
 from gunctl.core.paths import name_problem, safe_name
 from gunctl.core.rawlock import RawLock
 from gunctl.core.runlock import RunLock
 from gunctl.core.split import (
-    class_names_of,
     create_split,
     open_split,
     split_checksum,
