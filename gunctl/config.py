@@ -1,7 +1,11 @@
-"""Typed configuration that the CLI fills and the core reads.
+"""Typed configuration that the CLI fills and the core reads: every option declared once.
 
-Every default carries the reason it was chosen. The resolved configuration is
-stored in every checkpoint and in the TensorBoard run (see ``to_dict``).
+Each option is a field made with ``opt(default, flag, rule)`` (``gunctl/rules.py``): its
+default with the reason it was chosen, its flag and its rule (kind, range or choices). The
+configs' ``check()`` methods, the checks of a checkpoint's stored config and the command
+line's value display all derive from that one declaration; ``check()`` adds the relations
+between fields. The resolved configuration is stored in every checkpoint and in the
+TensorBoard run (see ``to_dict``), with the field names that ``config.yaml`` uses.
 """
 
 from __future__ import annotations
@@ -14,6 +18,23 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gunctl.errors import UsageError
+from gunctl.rules import (
+    DEVICE,
+    FLAG,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    TEXT,
+    UNIT,
+    check_declared,
+    choice,
+    number,
+    numbers,
+    opt,
+    whole,
+    wholes,
+)
 
 KAGGLE_HANDLE = "issaisasank/guns-object-detection"  # the data set the original pipeline used
 CLASS_NAMES = ("background", "gun")  # torchvision detectors reserve label 0 for background
@@ -52,6 +73,13 @@ def model_family(name: str) -> str:
 
 
 MAX_CLASSES = 1000  # object classes; the model adds one for the background
+DATA_FORMATS = ("kaggle", "yolo", "coco", "voc")  # layouts that ingest reads (core/formats)
+# Rules shared by several options (gunctl/rules.py)
+COUNT = whole(1, 10**6)  # epochs, strides, periods
+BATCH = whole(1, 4096)  # images per step or per forward pass
+WORKERS = whole(0, 64)  # DataLoader worker processes
+PROPOSALS = whole(1, 100_000)  # RPN proposals and sampled RoIs: they size memory
+DETECTIONS = whole(1, 10_000)  # boxes kept per image
 SIDES = (32, 4096)  # px: --min-size, --max-size and --multiscale sizes
 RATIOS = (0.05, 20.0)  # anchors' height / width
 WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")  # or a path to a gunctl checkpoint
@@ -63,7 +91,16 @@ NORMS = ("default", "bn", "frozen_bn", "gn")  # default: torchvision's choice fo
 VALIDATE_PARTS = ("train", "val", "all")  # what `validate --split` may score
 RUN_SORT_KEYS = ("name", "start", "map50", "loss", "epochs")  # `tb --list --sort`
 # TrainConfig fields that --resume takes from the command line; the rest come from the checkpoint.
-RESUMABLE_OPTIONS = ("epochs", "device", "workers", "cache", "resume", "promote")
+RESUMABLE_OPTIONS = (
+    "epochs",
+    "device",
+    "workers",
+    "cache",
+    "resume",
+    "promote",
+    "mlflow",  # tracking is not part of what was trained (core/tracking.py)
+    "register",
+)
 
 
 @dataclass(frozen=True)
@@ -119,104 +156,98 @@ class Layout:
 @dataclass(frozen=True)
 class IngestConfig:
     source: str = "kaggle"  # the real data set; "demo" or a path work offline
-    version: int | None = None  # None: kagglehub's latest version
+    # None: kagglehub's latest version
+    version: int | None = opt(None, "--version", whole(1, 10**6))
     layout: Layout = field(default_factory=Layout)
-    force: bool = False  # never replace an existing raw tree unless asked
-    strict: bool = False  # repairs (clipping, dropping bad boxes) are warnings by default
-    seed: int = 0  # demo data only: same seed, same images
-    count: int = 40  # demo data only: small enough to train on in a minute on a laptop CPU
+    force: bool = opt(False, "--force", FLAG)  # never replace an existing raw tree unless asked
+    # repairs (clipping, dropping bad boxes) are warnings by default
+    strict: bool = opt(False, "--strict", FLAG)
+    seed: int = opt(0, "--seed", SEED)  # demo data only: same seed, same images
+    # demo data only: small enough to train on in a minute on a laptop CPU
+    count: int = opt(40, "--count", whole(1, 100_000))
     handle: str = KAGGLE_HANDLE
-    max_pixels: int = 50_000_000  # refuse decompression bombs; real images are ~0.05 MP
-    format: str = "auto"  # kaggle, yolo, coco or voc; auto detects it from the files
+    # refuse decompression bombs; real images are ~0.05 MP
+    max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
+    # kaggle, yolo, coco or voc; auto detects it from the files
+    format: str = opt("auto", "--format", choice("auto", *DATA_FORMATS))
     classes: tuple[str, ...] | None = None  # keep (and order) these classes; None: all
     merge_classes: str | None = None  # map every kept class to this one name
 
 
+    def check(self) -> None:
+        check_declared(self)
+
 @dataclass(frozen=True)
 class SplitConfig:
-    seed: int = 0  # fixed, so that two users get the same split
-    val_fraction: float = 0.2  # the usual 80/20 hold-out
-    subset: int | None = None  # None: all images; N: a seeded sample of N images first
+    seed: int = opt(0, "--seed", SEED)  # fixed, so that two users get the same split
+    val_fraction: float = opt(0.2, "--val-fraction", FRACTION)  # the usual 80/20 hold-out
+    # None: all images; N: a seeded sample of N images first
+    subset: int | None = opt(None, "--subset", whole(2, 10**9))
     layout: Layout = field(default_factory=Layout)
-    keep_source_split: bool = False  # the source's own train/val (YOLO, Roboflow) when asked
+    # the source's own train/val (YOLO, Roboflow) when asked
+    keep_source_split: bool = opt(False, "--keep-source-split", FLAG)
 
     def check(self) -> None:
-        check_fraction("--val-fraction", self.val_fraction)
+        check_declared(self)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "fasterrcnn_resnet50_fpn"  # the original pipeline's model
+    # the original pipeline's model
+    name: str = opt("fasterrcnn_resnet50_fpn", "--model", choice(*MODEL_NAMES))
     weights: str = "auto"  # COCO when cached or downloadable, else from scratch (with a warning)
-    num_classes: int = len(CLASS_NAMES)
+    num_classes: int = opt(
+        len(CLASS_NAMES), "classes (with the background)", whole(2, MAX_CLASSES + 1)
+    )
     # The data set's images are ~180x280 px: torchvision's 800 px up-samples them 4.5x for ~10x
     # the compute. Same budget from scratch on the real sample (benchmarks/README.md): val
     # mAP@0.5 0.43 at 256 px, 0.39 at 320, 0.36 at 224, 0.35 at 800.
-    min_size: int = 256
-    max_size: int = 448  # 1.75:1, above the typical 1.6:1 of the data set's images
+    min_size: int = opt(256, "--min-size", whole(*SIDES))
+    # 1.75:1, above the typical 1.6:1 of the data set's images
+    max_size: int = opt(448, "--max-size", whole(*SIDES))
     # Proposal and RoI counts: torchvision's (2000/2000/512) are sized for COCO's up to
     # ~100 objects per image; this data set has 1-12. RoIAlign backward runs on one CPU core.
     # Same budget at 320 px: val mAP@0.5 0.39 with these counts, 0.40 with torchvision's.
-    rpn_pre_nms_top_n_train: int = 600
-    rpn_post_nms_top_n_train: int = 300
-    rpn_pre_nms_top_n_test: int = 300
-    rpn_post_nms_top_n_test: int = 150
-    box_batch_size_per_image: int = 128
-    box_detections_per_img: int = 50  # far above the data set's maximum of 12 guns per image
+    rpn_pre_nms_top_n_train: int = opt(600, "rpn_pre_nms_top_n_train", PROPOSALS)
+    rpn_post_nms_top_n_train: int = opt(300, "rpn_post_nms_top_n_train", PROPOSALS)
+    rpn_pre_nms_top_n_test: int = opt(300, "rpn_pre_nms_top_n_test", PROPOSALS)
+    rpn_post_nms_top_n_test: int = opt(150, "rpn_post_nms_top_n_test", PROPOSALS)
+    box_batch_size_per_image: int = opt(128, "box_batch_size_per_image", PROPOSALS)
+    # far above the data set's maximum of 12 guns per image
+    box_detections_per_img: int = opt(50, "box_detections_per_img", DETECTIONS)
     # The fields below default to torchvision's own behaviour (the plain recipe); the scratch
     # recipe (core/recipes.py) sets them. Old checkpoints, which lack them, rebuild as before.
     # Normalisation of ResNet backbones (and the FPN with gn): torchvision uses BatchNorm from
     # scratch and frozen BatchNorm with pretrained weights; at batch 2 BatchNorm's statistics
     # are noise, GroupNorm has none (He et al., "Rethinking ImageNet Pre-training").
-    norm: str = "default"
-    anchor_sizes: tuple[int, ...] = ()  # one per FPN level; (): the model's own (32 ... 512)
-    aspect_ratios: tuple[float, ...] = ()  # height / width; (): (0.5, 1.0, 2.0)
-    train_sizes: tuple[int, ...] = ()  # multi-scale training: a shorter side drawn per batch
+    norm: str = opt("default", "--norm", choice(*NORMS))
+    # one per FPN level; (): the model's own (32 ... 512)
+    anchor_sizes: tuple[int, ...] = opt((), "anchor sizes", wholes(1, SIDES[1]))
+    # height / width; (): (0.5, 1.0, 2.0)
+    aspect_ratios: tuple[float, ...] = opt((), "aspect ratios", numbers(*RATIOS))
+    # multi-scale training: a shorter side drawn per batch
+    train_sizes: tuple[int, ...] = opt((), "--multiscale", wholes(*SIDES))
     # ResNet stages feeding the FPN; (): all four. (2, 3, 4) drops the stride-4 level, which
     # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
-    fpn_levels: tuple[int, ...] = ()
+    fpn_levels: tuple[int, ...] = opt((), "--fpn-levels", wholes(1, 4))
     # Widths: the FPN's channels (so also the RPN head's and the pooled RoI features'; ResNet-FPN
     # models) and the box head's two fully connected layers (all models but the v2).
     # torchvision's 256 and 1024 are sized for COCO's 80 classes; for one class on the CPU the
     # box head's 12544x1024 layer and RoIAlign's single-threaded backward are a third of a
     # ResNet-18 step (benchmarks/README.md).
-    fpn_channels: int = 256
-    box_head_dim: int = 1024
+    fpn_channels: int = opt(256, "--fpn-channels", whole(32, 1024, step=32))
+    box_head_dim: int = opt(1024, "--box-head-dim", whole(16, 4096))
 
     def check(self, relations: bool = True) -> None:
-        """Every value's rule, for the command line, config files and checkpoints alike (the
-        last two are untrusted: a value here sizes memory). ``relations=False``: each value
-        alone, before a recipe fills in the rest (its --max-size follows a user's --min-size)."""
-        check_choice("--model", self.name, MODEL_NAMES)
-        check_choice("--norm", self.norm, NORMS)
-        check_ints("--min-size", (self.min_size,), *SIDES)
-        check_ints("--max-size", (self.max_size,), *SIDES)
-        if relations and self.min_size > self.max_size:
-            raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
-        classes = self.num_classes
-        if isinstance(classes, bool) or not isinstance(classes, int):
-            raise UsageError(f"classes: a whole number, got {classes!r}")
-        if not 2 <= classes <= MAX_CLASSES + 1:
-            raise UsageError(f"{classes - 1} classes: gunctl trains 1 to {MAX_CLASSES} classes")
-        check_ints("--multiscale", self.train_sizes, *SIDES)
-        check_ints("--fpn-levels", self.fpn_levels, 1, 4)
+        """Every value's rule (declared with its field), for the command line, config files and
+        checkpoints alike (the last two are untrusted: a value here sizes memory), then the
+        relations. ``relations=False``: each value alone, before a recipe fills in the rest
+        (its --max-size follows a user's --min-size)."""
+        check_declared(self)
         if list(self.fpn_levels) != sorted(set(self.fpn_levels)):
             raise UsageError(f"--fpn-levels: ResNet stages in rising order, got {self.fpn_levels}")
-        check_ints("anchor sizes", self.anchor_sizes, 1, SIDES[1])
-        low, high = RATIOS
-        ratios = self.aspect_ratios
-        if not isinstance(ratios, tuple) or not all(
-            isinstance(r, (int, float)) and not isinstance(r, bool) and low <= r <= high
-            for r in ratios
-        ):
-            raise UsageError(f"aspect ratios: numbers from {low} to {high}, got {ratios!r}")
-        if not (32 <= self.fpn_channels <= 1024 and self.fpn_channels % 32 == 0):
-            raise UsageError(
-                f"--fpn-channels must be a multiple of 32 from 32 to 1024, got {self.fpn_channels}"
-            )
-        if not 16 <= self.box_head_dim <= 4096:
-            raise UsageError(f"--box-head-dim must be from 16 to 4096, got {self.box_head_dim}")
-
+        if relations and self.min_size > self.max_size:
+            raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
         fields = dataclasses.asdict(self)
@@ -242,111 +273,184 @@ class ModelConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     layout: Layout = field(default_factory=Layout)
-    epochs: int = 10  # enough for COCO-initialised weights to converge on ~3000 images
-    subset: int | None = None  # None: the whole split; N: a fresh seeded split of N images
+    # enough for COCO-initialised weights to converge on ~3000 images
+    epochs: int = opt(10, "--epochs", COUNT)
+    # None: the whole split; N: a fresh seeded split of N images
+    subset: int | None = opt(None, "--subset", whole(2, 10**9))
     # Per process. None: 8 on CUDA (bf16 img/s 43 at 8 vs 14 at 2 on an H100, memory 16 GiB
     # at 800 px), 2 on the CPU (peak RSS 2.6 GiB vs 3.4 GiB at 4, and no slower per image).
-    batch_size: int | None = None
-    lr: float = 1e-4  # the original pipeline's Adam learning rate
-    optimizer: str = "adam"  # as in the original pipeline
-    weight_decay: float = 0.0  # the original pipeline used none; try 1e-4 with adamw/sgd
-    momentum: float = 0.9  # sgd only; the usual value
-    lr_schedule: str = "cosine"  # decays to ~0 at the last step: no tuning of decay epochs
-    warmup_steps: int = 50  # linear warm-up, capped at one epoch for short runs
-    grad_clip: float | None = 10.0  # keeps from-scratch runs from diverging on a bad batch
-    device: str = "auto"  # cuda when available, else cpu
-    amp: bool = True  # bf16/fp16 autocast on CUDA; a CPU with native bf16: the backbone in bf16
-    channels_last: bool = True  # CUDA only: +13 % (batch 8) to +24 % (16) train img/s with bf16
-    workers: int = 2  # decoding is cheap (~1 ms per image); 2 hides it behind the model
-    cache: str = "none"  # "ram" keeps decoded images in memory (small data sets)
-    group_aspect_ratios: bool = True  # batch landscape with landscape: less padding per batch
-    seed: int = 0  # same seed, same losses on the CPU
-    hflip: bool = True  # guns point both ways: a free doubling of the data
+    batch_size: int | None = opt(None, "--batch-size", BATCH)
+    lr: float = opt(1e-4, "--lr", POSITIVE)  # the original pipeline's Adam learning rate
+    optimizer: str = opt("adam", "--optimizer", choice(*OPTIMIZERS))  # as in the original pipeline
+    # the original pipeline used none; try 1e-4 with adamw/sgd
+    weight_decay: float = opt(0.0, "--weight-decay", NON_NEGATIVE)
+    momentum: float = opt(0.9, "momentum", NON_NEGATIVE)  # sgd only; the usual value
+    # decays to ~0 at the last step: no tuning of decay epochs
+    lr_schedule: str = opt("cosine", "--lr-schedule", choice(*LR_SCHEDULES))
+    # linear warm-up, capped at one epoch for short runs
+    warmup_steps: int = opt(50, "--warmup-steps", whole(0, 10**9))
+    # keeps from-scratch runs from diverging on a bad batch
+    grad_clip: float | None = opt(10.0, "grad_clip", POSITIVE)
+    device: str = opt("auto", "--device", DEVICE)  # cuda when available, else cpu
+    # bf16/fp16 autocast on CUDA; a CPU with native bf16: the backbone in bf16
+    amp: bool = opt(True, "--amp", FLAG)
+    # CUDA only: +13 % (batch 8) to +24 % (16) train img/s with bf16
+    channels_last: bool = opt(True, "channels_last", FLAG)
+    # decoding is cheap (~1 ms per image); 2 hides it behind the model
+    workers: int = opt(2, "--workers", WORKERS)
+    # "ram" keeps decoded images in memory (small data sets)
+    cache: str = opt("none", "--cache", choice(*CACHE_MODES))
+    # batch landscape with landscape: less padding per batch
+    group_aspect_ratios: bool = opt(True, "group_aspect_ratios", FLAG)
+    seed: int = opt(0, "--seed", SEED)  # same seed, same losses on the CPU
+    hflip: bool = opt(True, "--hflip", FLAG)  # guns point both ways: a free doubling of the data
     run_name: str | None = None  # None: a timestamp
     resume: str | None = None  # a run name or a checkpoint path
-    val_fraction: float = 0.2  # used only when train has to make a split itself
-    log_images: int = 4  # val images drawn into TensorBoard each epoch
-    score_threshold: float = 0.5  # for precision/recall in the epoch table
-    promote: bool = False  # replace models/fasterrcnn.pth even when the run is not as good
-    patience: int | None = None  # None: all epochs; N: stop after N epochs without a better mAP
-    save_period: int | None = None  # None: last.pth only; N: also keep epoch_<E>.pth every N
+    # used only when train has to make a split itself
+    val_fraction: float = opt(0.2, "val_fraction", FRACTION)
+    # val images drawn into TensorBoard each epoch
+    log_images: int = opt(4, "log_images", whole(0, 64))
+    # for precision/recall in the epoch table
+    score_threshold: float = opt(0.5, "score_threshold", UNIT)
+    # replace models/fasterrcnn.pth even when the run is not as good
+    promote: bool = opt(False, "--promote", FLAG)
+    # None: all epochs; N: stop after N epochs without a better mAP
+    patience: int | None = opt(None, "--patience", COUNT)
+    # None: last.pth only; N: also keep epoch_<E>.pth every N
+    save_period: int | None = opt(None, "--save-period", COUNT)
 
     # The recipe fills the options below that the user did not set (``explicit``); the
     # defaults here are the plain recipe: gunctl's behaviour before recipes existed.
-    recipe: str = "auto"  # scratch without pretrained weights, finetune with them
+    # scratch without pretrained weights, finetune with them
+    recipe: str = opt("auto", "--recipe", choice(*RECIPES))
     explicit: tuple[str, ...] = ()  # options the user set ("lr", "model.name"): kept as given
-    photometric: float = 0.0  # probability of brightness/contrast/saturation/hue distortion
-    zoom_out: float = 0.0  # probability of placing the image on a canvas up to 2x larger
-    crop: float = 0.0  # probability of an IoU-aware random crop (SSD's)
-    mosaic: float = 0.0  # probability of a 2x2 mosaic of 4 training images
-    ema: bool = False  # evaluate and save an exponential moving average of the weights
-    ema_decay: float | None = None  # None: fitted to the run's length (window ~ steps / 10)
-    fit_anchors: bool = False  # anchor sizes and ratios from the training boxes' quantiles
-    minutes: float | None = None  # a wall-time budget: epochs and schedule fitted to it
-    val_every: int = 1  # validate every k epochs (and always after the last)
+    # probability of brightness/contrast/saturation/hue distortion
+    photometric: float = opt(0.0, "--photometric", UNIT)
+    # probability of placing the image on a canvas up to 2x larger
+    zoom_out: float = opt(0.0, "--zoom-out", UNIT)
+    crop: float = opt(0.0, "--crop", UNIT)  # probability of an IoU-aware random crop (SSD's)
+    mosaic: float = opt(0.0, "--mosaic", UNIT)  # probability of a 2x2 mosaic of 4 training images
+    # evaluate and save an exponential moving average of the weights
+    ema: bool = opt(False, "--ema", FLAG)
+    # None: fitted to the run's length (window ~ steps / 10)
+    ema_decay: float | None = opt(None, "--ema-decay", number(0, 1, open_high=True))
+    # anchor sizes and ratios from the training boxes' quantiles
+    fit_anchors: bool = opt(False, "--fit-anchors", FLAG)
+    # a wall-time budget: epochs and schedule fitted to it
+    minutes: float | None = opt(None, "--minutes", POSITIVE)
+    # validate every k epochs (and always after the last)
+    val_every: int = opt(1, "--val-every", COUNT)
+    # Experiment tracking (core/tracking.py): off unless asked (--mlflow, or
+    # MLFLOW_TRACKING_URI set), since MLflow is an optional extra; not in config.yaml.
+    mlflow: bool = opt(False, "--mlflow", FLAG)
+    register: str | None = None  # --register NAME: the model into MLflow's registry
 
     def check(self, relations: bool = True) -> None:
-        """Every option's rule (the command line's options carry none of their own): a
-        resumed run's stored values pass here too, and a checkpoint is untrusted.
-        ``relations=False``: each value alone (ModelConfig.check)."""
+        """Every option's rule, declared with its field (the command line's options carry
+        none of their own): a resumed run's stored values pass here too, and a checkpoint is
+        untrusted. ``relations=False``: each value alone (ModelConfig.check)."""
+        check_declared(self)
         self.model.check(relations)
-        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULES)
-        check_choice("--cache", self.cache, CACHE_MODES)
-        check_choice("--recipe", self.recipe, RECIPES)
-        if self.minutes is not None:
-            check_number("--minutes", self.minutes, 0, math.inf, low_open=True)
-        check_device(self.device)
-        check_number("--lr", self.lr, 0, math.inf, low_open=True)
-        check_fraction("--val-fraction", self.val_fraction)
-        check_ints("--epochs", (self.epochs,), 1, 10**6)
-        if self.batch_size is not None:
-            check_ints("--batch-size", (self.batch_size,), 1, 4096)
-        check_ints("--warmup-steps", (self.warmup_steps,), 0, 10**9)
-        check_ints("--val-every", (self.val_every,), 1, 10**6)
-        for flag, value in (("--patience", self.patience), ("--save-period", self.save_period)):
-            if value is not None:
-                check_ints(flag, (value,), 1, 10**6)
-        check_number("--weight-decay", self.weight_decay, 0, math.inf)
-        check_number("--momentum", self.momentum, 0, math.inf)
-        if self.grad_clip is not None:
-            check_number("--grad-clip", self.grad_clip, 0, math.inf, low_open=True)
-        for flag, value in (
-            ("--photometric", self.photometric),
-            ("--zoom-out", self.zoom_out),
-            ("--crop", self.crop),
-            ("--mosaic", self.mosaic),
-        ):
-            check_number(flag, value, 0, 1)
-        if self.ema_decay is not None:
-            check_number("--ema-decay", self.ema_decay, 0, 1, high_open=True)
-        for name in ("hflip", "ema", "fit_anchors", "amp", "channels_last", "promote"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"{name}: true or false, got {getattr(self, name)!r}")
+        if self.register is not None:
+            check_model_name("--register", self.register)
+            if not self.mlflow:
+                raise UsageError("--register needs --mlflow (or MLFLOW_TRACKING_URI set)")
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     checkpoint: Path = field(default_factory=lambda: Layout().best_model)
     layout: Layout = field(default_factory=Layout)
-    part: str | None = None  # None: the images the run validated on (else the split's val part)
+    # None: the images the run validated on (else the split's val part)
+    part: str | None = opt(None, "--split", choice(*VALIDATE_PARTS))
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
-    batch_size: int = 4
-    workers: int = 2
-    channels_last: bool = True  # CUDA only: +7 % eval img/s with bf16 at batch 16
-    device: str = "auto"
-    score_threshold: float = 0.5  # detections below it do not count for precision/recall/F1
-    iou_threshold: float = 0.5  # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
-    amp: bool = True  # autocast on CUDA, as in training; ignored on the CPU
+    batch_size: int = opt(4, "--batch-size", BATCH)
+    workers: int = opt(2, "--workers", WORKERS)
+    # CUDA only: +7 % eval img/s with bf16 at batch 16
+    channels_last: bool = opt(True, "channels_last", FLAG)
+    device: str = opt("auto", "--device", DEVICE)
+    # detections below it do not count for precision/recall/F1
+    score_threshold: float = opt(0.5, "--score-threshold", UNIT)
+    # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
+    iou_threshold: float = opt(0.5, "iou_threshold", UNIT)
+    amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
-    tta: bool = False  # also score with horizontal-flip test-time augmentation (box fusion)
+    # also score with horizontal-flip test-time augmentation (box fusion)
+    tta: bool = opt(False, "--tta", FLAG)
+    min_map50: float | None = opt(None, "--min-map50", UNIT)  # the bar of a CI gate; None: none
+    min_map: float | None = opt(None, "--min-map", UNIT)
+    # log the figures to the checkpoint's MLflow run (core/tracking.py)
+    mlflow: bool = opt(False, "--mlflow", FLAG)
 
     def check(self) -> None:
-        if self.part is not None:
-            check_choice("--split", self.part, VALIDATE_PARTS)
-        check_device(self.device)
+        check_declared(self)
         if self.data is not None and self.part is not None:
             raise UsageError("--data scores a whole folder; it does not go with --split")
+
+
+SWEEP_PRUNERS = ("median", "none")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`gunctl sweep`: an Optuna study whose trials are ordinary training runs (core/sweep.py)."""
+
+    space: Path | None = None  # the YAML file of options to search (and fixed ones)
+    layout: Layout = field(default_factory=Layout)
+    trials: int = 20  # in the study as a whole, however many processes share it
+    minutes: float | None = None  # each trial's --minutes budget; None: the space's epochs
+    storage: str | None = None  # an Optuna RDB URL or journal:<file>; None: <out>/sweeps/
+    study: str | None = None  # None: the space file's name without its suffix
+    resume: bool = False  # go on with a study that has trials (those of a killed run again)
+    show: bool = False  # print the best trial and importances, write best.yaml; no training
+    mlflow: bool = False  # each trial an MLflow child run of the study's run
+    pruner: str = "median"  # stop a trial whose mAP@0.5 is below the median at that epoch
+    warmup_epochs: int = 1  # epochs a trial trains before it may be pruned
+    startup_trials: int = 2  # trials that finish before any is pruned (the median needs some)
+    seed: int | None = None  # the sampler's seed; None: a fresh draw
+
+    def check(self) -> None:
+        if not self.show and self.space is None:
+            raise UsageError("--space FILE is needed (the options to search), or --show")
+        check_ints("--trials", (self.trials,), 1, 100_000)
+        if self.minutes is not None:
+            check_number("--minutes", self.minutes, 0, math.inf, low_open=True)
+        check_choice("--pruner", self.pruner, SWEEP_PRUNERS)
+        check_ints("--warmup-epochs", (self.warmup_epochs,), 0, 10**6)
+        check_ints("--startup-trials", (self.startup_trials,), 0, 10**6)
+        if self.seed is not None:
+            check_ints("--seed", (self.seed,), 0, 2**32 - 1)
+        if self.study is not None:
+            check_model_name("--study", self.study)
+        if self.storage is not None and not self.storage.strip():
+            raise UsageError("--storage: an Optuna storage URL (sqlite:///file.db) or journal:FILE")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """`train --nproc N`: how many processes torchrun starts on this machine."""
+
+    nproc: int | None = opt(None, "--nproc", whole(1, 1024))  # None: one process, no torchrun
+
+    def check(self) -> None:
+        check_declared(self)
+
+
+@dataclass(frozen=True)
+class TensorBoardConfig:
+    """`gunctl tb`: where TensorBoard serves (loopback unless --host says otherwise)."""
+
+    host: str = opt("127.0.0.1", "--host", TEXT)
+    port: int = opt(6006, "--port", whole(0, 65535))  # TensorBoard's own; 0: any free port
+
+    def check(self) -> None:
+        check_declared(self)
+
+
+def check_model_name(flag: str, value: str) -> None:
+    """A registry or study name: letters, digits, ``_ . -``, 1 to 200 characters."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}", value):
+        raise UsageError(f"{flag} {value!r}: use letters, digits, _ . and -, up to 200 characters")
 
 
 def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
@@ -409,25 +513,30 @@ class PredictConfig:
     checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
     out: Path | None = None  # None: <layout.root>/predictions/<timestamp>, never an existing one
     layout: Layout = field(default_factory=Layout)
-    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
-    max_detections: int | None = None  # None: the checkpoint's box_detections_per_img
-    batch_size: int = 4  # as validate; on CUDA 16 is faster per image (benchmarks/README.md)
-    workers: int = 2  # decoding in worker processes, hidden behind the model
-    device: str = "auto"
-    amp: bool = True  # autocast on CUDA (bf16 where supported); ignored on the CPU
-    half: bool = False  # fp16 weights and inputs; CUDA only
-    channels_last: bool = True  # CUDA only, as in training and validation
-    vid_stride: int = 1  # every Nth video frame
-    save_images: bool = True  # annotated images and videos under out/
-    save_json: bool = True  # out/predictions.jsonl
-    max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest
+    # None: the checkpoint's best-F1 threshold, else 0.5
+    score_threshold: float | None = opt(None, "--score-threshold", UNIT)
+    # None: the checkpoint's box_detections_per_img
+    max_detections: int | None = opt(None, "--max-detections", DETECTIONS)
+    # as validate; on CUDA 16 is faster per image (benchmarks/README.md)
+    batch_size: int = opt(4, "--batch-size", BATCH)
+    # decoding in worker processes, hidden behind the model
+    workers: int = opt(2, "--workers", WORKERS)
+    device: str = opt("auto", "--device", DEVICE)
+    # autocast on CUDA (bf16 where supported); ignored on the CPU
+    amp: bool = opt(True, "amp", FLAG)
+    half: bool = opt(False, "--half", FLAG)  # fp16 weights and inputs; CUDA only
+    # CUDA only, as in training and validation
+    channels_last: bool = opt(True, "channels_last", FLAG)
+    vid_stride: int = opt(1, "--vid-stride", COUNT)  # every Nth video frame
+    save_images: bool = opt(True, "--save-images", FLAG)  # annotated images and videos under out/
+    save_json: bool = opt(True, "--save-json", FLAG)  # out/predictions.jsonl
+    # the same decompression-bomb limit as ingest
+    max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
 
     def check(self) -> None:
-        check_device(self.device)
+        check_declared(self)
         if not self.sources:
             raise UsageError("no sources: name images, folders, globs, .zip archives or videos")
-        if self.vid_stride < 1:
-            raise UsageError(f"--vid-stride must be 1 or more, got {self.vid_stride}")
         if self.half and not self.device.startswith(("cuda", "auto")):
             raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
 
@@ -435,13 +544,92 @@ class PredictConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
-    format: str = "torchscript"  # one of EXPORT_FORMATS
+    format: str = opt("torchscript", "--format", choice(*EXPORT_FORMATS))  # one of EXPORT_FORMATS
     out: Path | None = None  # None: beside the checkpoint, <stem>.<ext>
-    score_threshold: float | None = None  # None: the checkpoint's best-F1 threshold, else 0.5
-    opset: int = 17  # ONNX: the lowest opset the issue asks for; onnxruntime >= 1.14 runs it
+    # None: the checkpoint's best-F1 threshold, else 0.5
+    score_threshold: float | None = opt(None, "--score-threshold", UNIT)
+    # ONNX: the lowest opset the issue asks for; onnxruntime >= 1.14 runs it
+    opset: int = opt(17, "--opset", whole(14, 20))
 
     def check(self) -> None:
-        check_choice("--format", self.format, EXPORT_FORMATS)
+        check_declared(self)
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MIN_API_KEY = 16  # characters: `openssl rand -hex 16` gives 32; shorter keys are guessable
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server reachable from this machine only."""
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`gunctl serve`: the model as an HTTP service (gunctl/core/serve)."""
+
+    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")  # as predict resolves it
+    # loopback: safe by default; any other address needs an API key
+    host: str = opt("127.0.0.1", "--host", TEXT)
+    port: int = opt(8000, "--port", whole(0, 65535))  # FastAPI's usual port; 0: any free one
+    api_key: str | None = opt(None, "--api-key", TEXT)  # or GUNCTL_API_KEY; see check()
+    # processes (uvicorn's workers), each with its own model and inference thread
+    workers: int = opt(1, "--workers", whole(1, 64))
+    device: str = opt("auto", "--device", DEVICE)
+    amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA, as predict
+    half: bool = opt(False, "--half", FLAG)  # fp16 weights and inputs; CUDA only
+    # None: the checkpoint's best-F1 threshold, else 0.5; a request may ask for another
+    score_threshold: float | None = opt(None, "--score-threshold", UNIT)
+    max_detections: int | None = opt(None, "--max-detections", DETECTIONS)  # None: the model's
+    # Micro-batching: images waiting together go through one forward pass. A GPU runs 8 of
+    # the data set's ~0.05 MP images in about the time of one; on the CPU batching gains
+    # little (benchmarks/README.md, bench_serve.py), and the wait costs a request <= 5 ms.
+    max_batch_size: int = opt(8, "--max-batch-size", whole(1, 256))
+    # how long the first image of a batch waits for company
+    batch_timeout_ms: float = opt(5.0, "--batch-timeout-ms", number(0, 10_000))
+    # images waiting; more get 503 + Retry-After (bounded memory)
+    max_queue: int = opt(64, "--max-queue", whole(1, 100_000))
+    # request body; 413 as soon as it passes (the data set's images are ~30 KB)
+    max_upload_mb: float = opt(10.0, "--max-upload-mb", number(0, 1024, open_low=True))
+    max_images: int = opt(16, "--max-images", whole(1, 1024))  # per /v1/detect/batch request
+    # the same decompression-bomb limit as ingest and predict
+    max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
+    # s: reading the body, waiting and inference; then 408 or 504
+    request_timeout: float = opt(30.0, "--request-timeout", number(0, 3600, open_low=True))
+    # s after SIGTERM: /readyz and new requests get 503, so a load balancer moves on
+    drain_seconds: float = opt(1.0, "--drain-seconds", number(0, 600))
+    # s: requests in flight at SIGTERM may take this long to finish
+    graceful_timeout: float = opt(30.0, "graceful_timeout", number(0, 3600))
+    json_logs: bool = opt(False, "--json-logs", FLAG)  # one JSON object a line (collectors)
+    access_log: bool = opt(True, "access_log", FLAG)  # one line per request
+
+    def check(self) -> None:
+        check_declared(self)
+        if self.half and not self.device.startswith(("cuda", "auto")):
+            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
+        if self.api_key is not None:
+            key = self.api_key
+            if len(key) < MIN_API_KEY or not key.isascii() or not key.isprintable() or " " in key:
+                raise UsageError(
+                    f"--api-key: at least {MIN_API_KEY} printable ASCII characters without "
+                    "spaces (e.g. `openssl rand -hex 16`)"
+                )
+        elif not is_loopback(self.host):
+            raise UsageError(
+                f"--host {self.host} exposes the model to the network: give --api-key "
+                "(or GUNCTL_API_KEY), or bind 127.0.0.1"
+            )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
 
 WATCH_EVENTS = ("new", "update", "end", "stream_down", "stream_up", "stream_end")

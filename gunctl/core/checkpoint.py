@@ -4,8 +4,9 @@
 A checkpoint never runs code when it is loaded: ``torch.load(weights_only=True)`` accepts
 tensors and plain data only, and refuses anything else before it is built. It is still
 untrusted data: every field is checked here (``FIELDS``, the stored config against the config
-dataclasses' types and ``CONFIG_RANGES``), and the run name, which becomes a folder on resume,
-must be one plain name (``paths.safe_name``). Any mismatch is one CheckpointError line.
+dataclasses' types and the rules declared with each option in config.py), and the run name,
+which becomes a folder on resume, must be one plain name (``paths.safe_name``). Any mismatch
+is one CheckpointError line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
 from gunctl.core.schema import check_fields, dataclass_spec, kind_problem
 from gunctl.errors import CheckpointError, first_line
+from gunctl.rules import check_stored
 
 if TYPE_CHECKING:
     from torch import nn
@@ -57,38 +59,6 @@ FIELDS = {
     "partial_epoch": "dict?",
     "rng": "dict?",
     "created": "str?",
-}
-CONFIG_RANGES = {
-    "epochs": "int>=1",
-    "subset": "int>=2?",
-    "batch_size": "int>=1?",
-    "lr": "number>0",
-    "weight_decay": "number>=0",
-    "momentum": "number>=0",
-    "warmup_steps": "int>=0",
-    "grad_clip": "number>0?",
-    "workers": "int>=0",
-    "seed": "seed",
-    "run_name": "name?",
-    "val_fraction": "fraction",
-    "log_images": "int>=0",
-    "score_threshold": "unit",
-}
-MODEL_RANGES = {
-    key: "int>=1"
-    for key in (
-        "num_classes",
-        "min_size",
-        "max_size",
-        "rpn_pre_nms_top_n_train",
-        "rpn_post_nms_top_n_train",
-        "rpn_pre_nms_top_n_test",
-        "rpn_post_nms_top_n_test",
-        "box_batch_size_per_image",
-        "box_detections_per_img",
-        "fpn_channels",
-        "box_head_dim",
-    )
 }
 _SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
 HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
@@ -421,12 +391,17 @@ def _check(path: Path, data: Any) -> Checkpoint:
 
 
 def _check_config(path: Path, config: dict) -> None:
+    """The stored options: their types, then the rules declared with them in config.py (the
+    command line's own), so a crafted value is one line naming the file and the option."""
     where = f"{path}: config"
-    check_fields(config, dataclass_spec(TrainConfig, CONFIG_RANGES), where, CheckpointError, True)
+    check_fields(config, dataclass_spec(TrainConfig), where, CheckpointError, True)
+    check_fields(config, {"run_name": "name?"}, where, CheckpointError, True)  # a folder name
+    check_stored(TrainConfig, config, where, CheckpointError)
     model = check_fields(config, {"model": "dict"}, where, CheckpointError)["model"]
-    spec = dataclass_spec(ModelConfig, MODEL_RANGES)
+    spec = dataclass_spec(ModelConfig)
     check_fields(model, spec, f"{where}.model", CheckpointError, allow_missing=True)
     check_fields(model, {"name": "str"}, f"{where}.model", CheckpointError)
+    check_stored(ModelConfig, model, f"{where}.model", CheckpointError)
 
 
 def _check_contents(path: Path, data: dict) -> None:

@@ -124,6 +124,7 @@ class IngestReport:
 
 def ingest(config: IngestConfig, progress: Progress | None = None) -> IngestReport:
     """Check the source, stage the raw tree, and move it into place. Returns the report."""
+    config.check()
     layout = config.layout
     created = not layout.root.exists()
     _make_dirs(layout.root)
@@ -198,8 +199,6 @@ def _open_source(config: IngestConfig, scratch: Path, stack: contextlib.ExitStac
         return f"kaggle:{config.handle}", version, files, problems, "kaggle"
     if config.version is not None:
         raise UsageError("--version applies to --source kaggle only")
-    if config.format != "auto" and config.format not in formats.FORMATS:
-        raise UsageError(f"--format {config.format}: choose auto, {', '.join(formats.FORMATS)}")
     path = Path(config.source).expanduser()
     if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
         listing, problems = _list_folder(path) if path.is_dir() else _list_zip(path, stack)

@@ -102,6 +102,7 @@ class TrainingParts:
 
 def fit(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train per ``config``; under torchrun every rank calls this, rank 0 reports."""
+    config.check(relations=False)  # each value alone; relations once the recipe filled it in
     dist = distributed.from_env()
     device = distributed.resolve_device(config.device, dist)
     distributed.init_process_group(dist, device)
@@ -125,17 +126,21 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         config = dataclasses.replace(config, batch_size=default_batch_size(device))
     config.check()
     stored_name = read_facts(resumed.checkpoint).run_name if resumed else None
-    run_name = distributed.broadcast_object(config.run_name or stored_name or _timestamp())
+    run_name, made = config.run_name or stored_name, []
+    if run_name is None and dist.is_main:  # the default name: a folder of its own, made here
+        run_name, made = _claim_timestamped_run(config.layout)
+    run_name = distributed.broadcast_object(run_name)
     safe_name(run_name, "run name", UsageError)  # it becomes a folder under runs/
     config = dataclasses.replace(config, run_name=run_name)
     run_dir = config.layout.run_dir(run_name)
-    lock = RunLock(run_dir) if dist.is_main else contextlib.nullcontext()
+    lock = RunLock(run_dir, made) if dist.is_main else contextlib.nullcontext()
     with lock, RawLock(config.layout, exclusive=False, command="gunctl train"):
         if dist.is_main and resumed is None and config.layout.last_checkpoint(run_name).exists():
             raise UsageError(
                 f"{run_dir} already holds a run; pass --resume {run_name} or another --run-name"
             )
-        if dist.is_main and resumed is not None:
+        if dist.is_main and resumed is not None:  # before anything is written to the run
+            _check_run_identity(run_dir, resumed)
             check_same_run(
                 config.layout.last_checkpoint(run_name), resumed.checkpoint, resumed.path
             )
@@ -627,3 +632,45 @@ def _saved(state: TrainState) -> str:
 
 def _timestamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _claim_timestamped_run(layout) -> tuple[str, list[Path]]:
+    """The default run name (the time, to the second), its folder made exclusively here: a
+    second run started in the same second takes ``-2``, ``-3``... (never the same folder).
+    Returns the name and the folders made (removed again if the run writes nothing)."""
+    import os
+
+    from gunctl.core.fileio import make_dirs
+    from gunctl.errors import cannot_write
+
+    base = _timestamp()
+    try:
+        made = make_dirs(layout.runs)
+        for number in range(1, 1000):
+            name = base if number == 1 else f"{base}-{number}"
+            try:
+                os.mkdir(layout.run_dir(name))
+            except FileExistsError:
+                continue
+            return name, [*made, layout.run_dir(name)]
+    except OSError as exc:
+        raise cannot_write(layout.runs, exc) from None
+    raise UsageError(f"{layout.runs}: no free run name for {base}; pass --run-name")
+
+
+def _check_run_identity(run_dir: Path, resumed: Resumed) -> None:
+    """A resume writes into ``run_dir`` only when it is the checkpoint's own run: its folder,
+    or one holding the same run (``check_same_run`` compares the run ids of their last.pth).
+    A folder of files of a run without a last.pth to compare (a run killed in its first
+    epoch, or one whose last.pth was removed) is refused, never mixed with another run."""
+    if not run_dir.is_dir() or resumed.path.resolve().parent == run_dir.resolve():
+        return
+    if (run_dir / "last.pth").exists():
+        return  # compared by check_same_run
+    files = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if files:
+        raise CheckpointError(
+            f"{run_dir} holds files of another run ({', '.join(files[:3])}) and no last.pth "
+            f"to compare with {resumed.path}; resuming would mix them: rename that folder, or "
+            "resume under another --out"
+        )

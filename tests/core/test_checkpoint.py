@@ -18,7 +18,7 @@ class Evil:
 def minimal():
     return {
         "model": {"w": torch.ones(2)},
-        "config": {"model": {"name": "x"}},
+        "config": {"model": {"name": "fasterrcnn_resnet18_fpn"}},
         "epoch": 1,
         "class_names": ["background", "gun"],
     }
