@@ -122,6 +122,21 @@ def open_client(layout: Layout):
         return client, experiment.experiment_id
 
 
+def ui_command(layout: Layout, host: str, port: int) -> list[str]:
+    """MLflow's own UI server on the store `gunctl train --mlflow` writes to."""
+    import sys
+
+    from gunctl.config import check_ints
+
+    check_ints("--port", (port,), 1, 65535)
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port)]
+    command += ["--backend-store-uri", tracking_uri(layout)]
+    if _embedded(layout):
+        artifacts = (Path(layout.root) / ARTIFACTS_NAME).resolve().as_uri()
+        command += ["--default-artifact-root", artifacts]
+    return command
+
+
 def run_params(config) -> dict[str, str]:
     """Every resolved option under its config.yaml name, as MLflow params (strings)."""
     from gunctl.config import train_options
@@ -189,7 +204,8 @@ def epoch_metrics(record: dict) -> dict[str, float]:
 
 class MlflowTracker(Callback):
     """Logs a training run to MLflow (see the module's docstring). ``parent_run_id``: a
-    sweep's run, of which this one is a child; ``extra_tags``: e.g. the sweep's trial."""
+    sweep's run, of which this one is a child; ``extra_tags``: e.g. the sweep's trial;
+    ``log_model=False``: no MLflow model (a sweep's trials: best.pth is logged all the same)."""
 
     def __init__(
         self,
@@ -197,8 +213,9 @@ class MlflowTracker(Callback):
         register: str | None = None,
         parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None,
+        log_model: bool = True,
     ):
-        self.layout, self.register = layout, register
+        self.layout, self.register, self.log_model = layout, register, log_model
         self.parent_run_id, self.extra_tags = parent_run_id, dict(extra_tags or {})
         self.client = None
         self.run_id: str | None = None
@@ -213,7 +230,8 @@ class MlflowTracker(Callback):
         self._safe("logging an epoch", self._log_epoch, record)
 
     def on_fit_end(self, state) -> None:
-        if self._safe("logging the artifacts", self._log_artifacts, state) is not False:
+        logged = self._safe("logging the artifacts", self._log_artifacts, state) is not False
+        if logged and self.log_model:
             self._safe("logging the model", self._log_model, state)
         self._safe("ending the run", self._end, "FINISHED")
 
