@@ -3,7 +3,8 @@
 Requests put jobs (one decoded image each, with the request's threshold and cap) on the queue
 and wait on their futures; the thread takes the oldest job, waits up to ``batch_timeout`` from
 that job's arrival for more (never past ``max_batch_size``), and runs the jobs that share a
-threshold and a cap through one ``Detector.detect`` call. A full queue refuses new jobs at
+threshold, a cap and an image size through one ``Detector.detect`` call (``Job.key``: the
+result of an image never depends on the others in its batch). A full queue refuses new jobs at
 once (``QueueFull``: the service answers 503 with Retry-After) instead of growing.
 
 The thread also loads the model (when given a loader rather than a detector) and runs one
@@ -47,7 +48,11 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return self.score_threshold, self.max_detections
+        """Jobs that may share a forward pass: one threshold, one cap and one image size.
+        torchvision pads a batch's images to a common size, which moves scores (by more than
+        1e-3 on some images); images of one size (a camera's frames) need no padding, so a
+        response never depends on what else was queued."""
+        return self.score_threshold, self.max_detections, tuple(self.image.shape[-2:])
 
 
 class Batcher:
@@ -157,11 +162,11 @@ class Batcher:
         return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
     def _run(self, batch: list[Job]) -> None:
-        """One ``detect`` call per (threshold, cap) group, in arrival order."""
+        """One ``detect`` call per group of jobs with one key, in arrival order."""
         groups: dict[tuple, list[Job]] = {}
         for job in batch:
             groups.setdefault(job.key, []).append(job)
-        for (threshold, cap), jobs in groups.items():
+        for (threshold, cap, _), jobs in groups.items():
             started = time.perf_counter()
             try:
                 records = self.detector.detect([j.image for j in jobs], threshold, cap)
