@@ -34,6 +34,5 @@ def remove(
     from gunctl.core import runs
 
     runs_dir = Layout(out).runs
-    for name in names:
-        path = runs.remove_run(runs_dir, name)
+    for path in runs.remove_runs(runs_dir, names):  # all or none: each checked first
         print_path("removed", path)

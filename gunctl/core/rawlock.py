@@ -38,6 +38,7 @@ class RawLock:
         self.command = command
         self.path = Path(layout.root) / LOCK_NAME
         self._handle = None
+        self._created = False
 
     def __enter__(self) -> RawLock:
         import fcntl
@@ -67,12 +68,15 @@ class RawLock:
 
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
+            if self._created and not _exists(self.layout.raw):  # e.g. train with no data yet
+                self.path.unlink(missing_ok=True)  # while held: leaves nothing behind
             self._handle.close()
             self._handle = None
 
     def _open(self):
         """The lock file, held for the whole command; never through a symlink (a link planted
         at its name is refused, its target untouched: ``fileio.open_lock``)."""
+        self._created = not os.path.lexists(self.path)
         try:
             return open_lock(self.path)
         except NotRegularFile as exc:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gunctl.core.fileio import NotRegularFile, open_lock
+from gunctl.core.fileio import NotRegularFile, make_dirs, open_lock, remove_created
 from gunctl.errors import OutputError, RunLockedError, cannot_write
 
 
 class RunLock:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, made: list[Path] | None = None):
+        """``made``: folders the caller created for this run (removed with it when empty)."""
         self.path = Path(run_dir) / ".lock"
         self._handle = None
+        self._made: list[Path] = list(made or [])
 
     def __enter__(self) -> RunLock:
         import fcntl
@@ -22,7 +24,7 @@ class RunLock:
         if folder.is_symlink():
             raise OutputError(f"{folder}: a symlink; a run folder is never written through one")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            self._made += make_dirs(folder)  # removed again when the run writes nothing
             handle = open_lock(self.path)  # held for the whole run; never through a symlink
         except NotRegularFile as exc:
             raise OutputError(f"{self.path}: {exc.strerror}; remove it") from None
@@ -58,5 +60,6 @@ class RunLock:
             if [p.name for p in folder.iterdir()] == [self.path.name]:
                 self.path.unlink()
                 folder.rmdir()
+                remove_created(self._made)  # runs/ and --out too, when this made them
         except OSError:
             pass

@@ -106,18 +106,33 @@ def _quiet_tensorboard():
 
 def remove_run(runs_dir: Path, name: str) -> Path:
     """Delete the run ``name`` under ``runs_dir``; refused while a process holds its lock."""
+    return remove_runs(runs_dir, [name])[0]
+
+
+def remove_runs(runs_dir: Path, names: list[str] | tuple[str, ...]) -> list[Path]:
+    """Delete the runs ``names`` under ``runs_dir``, all or none: every name is checked (a
+    plain name, an existing run folder that is not a link) and every run locked (none is
+    training) before the first is removed. Returns their paths."""
     import shutil
 
     from gunctl.core.runlock import RunLock
 
-    path = runs_dir / name
+    paths = [_run_path(runs_dir, name) for name in dict.fromkeys(names)]
+    missing = [str(p) for p in paths if not p.is_dir() or p.is_symlink()]
+    if missing:
+        raise UsageError(f"no such run: {', '.join(missing)}; nothing was removed")
+    with contextlib.ExitStack() as locks:
+        for path in paths:  # RunLockedError while a `gunctl train` writes to one of them
+            locks.enter_context(RunLock(path))
+        for path in paths:
+            shutil.rmtree(path)
+    return paths
+
+
+def _run_path(runs_dir: Path, name: str) -> Path:
     if Path(name).name != name or name in ("", ".", ".."):
-        raise UsageError(f"{name!r}: a run name, not a path")
-    if not path.is_dir() or path.is_symlink():
-        raise UsageError(f"{path}: no such run")
-    with RunLock(path):  # RunLockedError while a `gunctl train` writes to it
-        shutil.rmtree(path)
-    return path
+        raise UsageError(f"{name!r}: a run name, not a path; nothing was removed")
+    return runs_dir / name
 
 
 def _read_checkpoint(path: Path) -> tuple[str | None, int | None]:

@@ -7,18 +7,25 @@ that ingest reports them. Readers never open a path: file names found in annotat
 looked up in the listing, so nothing outside the source can be read.
 
 Boxes stay unchecked here (pixels, ``x1 y1 x2 y2``, as the source gives them after conversion);
-ingest runs the same checks (``labels.check_boxes``) on every format.
+ingest runs the same checks (``labels.check_boxes``) on every format. The limits of the common
+record are applied here, once, to what every reader returns (``read``): an image with more
+than ``labels.MAX_BOXES`` boxes is left out and reported (``too_many_boxes``) in COCO, VOC and
+YOLO as in the Kaggle layout, so ``raw/`` never holds a label file that its own readers
+(``export-data``, training) would refuse. Image size (``--max-pixels``) and file names
+(``paths.name_problem``) are checked by ingest on each record, whatever its format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gunctl.core.labels import Box, Problem
+from gunctl.config import DATA_FORMATS
+from gunctl.core.labels import MAX_BOXES, Box, Problem
 from gunctl.errors import UsageError
 
-FORMATS = ("kaggle", "yolo", "coco", "voc")
+FORMATS = DATA_FORMATS  # declared with --format in gunctl/config.py
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -79,7 +86,29 @@ def read(format_name: str, files: dict[str, SourceFile], where: str) -> Source:
     readers = {m.NAME: m.read for m in (kaggle, yolo, coco, voc)}
     if format_name not in readers:
         raise UsageError(f"--format {format_name}: choose one of auto, {', '.join(FORMATS)}")
-    return readers[format_name](files, where)
+    source = readers[format_name](files, where)
+    source.items = [
+        dataclasses.replace(item, labels=_limited(item.labels))
+        if isinstance(item, Record)
+        else item
+        for item in source.items
+    ]
+    return source
+
+
+def _limited(labels: Callable[[int, int], Labels]) -> Callable[[int, int], Labels]:
+    """``labels`` with the common record's box limit: more than MAX_BOXES boxes on one image
+    leaves the image out, with one problem line (as a Kaggle label file of that many lines)."""
+
+    def read(width: int, height: int) -> Labels:
+        found = labels(width, height)
+        count = len(found.annotations) + found.crowd
+        if not found.usable or count <= MAX_BOXES:
+            return found
+        problem = Problem(found.file, "too_many_boxes", f"{count:,} boxes, limit {MAX_BOXES:,}")
+        return Labels(found.file, [], [*found.problems, problem], usable=False)
+
+    return read
 
 
 def split_of(parts: list[str]) -> str | None:

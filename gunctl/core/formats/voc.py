@@ -2,8 +2,9 @@
 per box with ``<name>`` and ``<bndbox>`` (``xmin ymin xmax ymax`` in pixels). ``difficult``
 objects are kept and counted. Classes are the object names found, in alphabetical order.
 
-XML is parsed with defusedxml: a document that declares entities (a "billion laughs" bomb)
-or refers to external entities or DTDs is refused, and the whole source with it; nothing is
+XML is parsed with defusedxml: a document that declares entities (a "billion laughs" bomb),
+refers to external entities or has a DTD at all (``<!DOCTYPE ...>``, internal or external) is
+refused, and the whole source with it; nothing is
 fetched or read from disk on its behalf.
 """
 
@@ -76,7 +77,7 @@ def _parse(file: SourceFile, where: str) -> _Parsed:
     from defusedxml import DefusedXmlException
 
     try:
-        root = ElementTree.fromstring(file.read())
+        root = ElementTree.fromstring(file.read(), forbid_dtd=True)  # any DOCTYPE, as said
     except DefusedXmlException as exc:
         raise SourceError(
             f"{where}/{file.name}: refused: {type(exc).__name__} (XML entity declarations and "

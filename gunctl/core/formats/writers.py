@@ -3,8 +3,10 @@
 Everything is written under the chosen folder and nowhere else: file names come from the
 manifest and must be plain names (no folders, no ``..``); the files are staged in a hidden
 folder inside it and moved into place at the end, so a failure leaves no half-written set
-(only the hidden folder, removed on the way out). A non-empty folder is refused unless
-``force`` (then files of the same name are replaced; nothing else there is touched).
+(only the hidden folder, removed on the way out; a folder the export made is removed too).
+A non-empty folder is refused unless ``force`` (then files of the same name are replaced;
+nothing else there is touched); a sub-folder there that is a symlink is refused, never
+written through.
 
 - YOLO: ``images/<image>``, ``labels/<stem>.txt`` (``class cx cy w h``, normalised),
   ``data.yaml`` (``names`` by id; ``train`` and ``val`` both name ``images``).
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from gunctl.config import Layout
 from gunctl.core import tree
+from gunctl.core.fileio import make_dirs, make_dirs_under, remove_created
 from gunctl.core.labels import read_targets
 from gunctl.core.manifest import class_names_of, read_manifest
 from gunctl.errors import DataError, OutputError, UsageError
@@ -46,21 +49,27 @@ def export_data(layout: Layout, folder: Path, format_name: str, force: bool) -> 
     manifest = read_manifest(layout)
     names = class_names_of(manifest)
     folder = Path(folder)
-    _check_target(folder, layout, force)
-    items = [_item(layout, entry, len(names)) for entry in manifest.get("files", [])]
-    stage = Path(tempfile.mkdtemp(prefix=".gunctl-export-", dir=folder))
+    made = _check_target(folder, layout, force)
     try:
-        (_write_yolo if format_name == "yolo" else _write_coco)(stage, items, names)
-        _move_into(stage, folder)
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        items = [_item(layout, entry, len(names)) for entry in manifest.get("files", [])]
+        stage = Path(tempfile.mkdtemp(prefix=".gunctl-export-", dir=folder))
+        try:
+            (_write_yolo if format_name == "yolo" else _write_coco)(stage, items, names)
+            _move_into(stage, folder)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        remove_created(made)  # a failed export leaves no empty folder behind
+        raise
     boxes = sum(len(item["boxes"]) for item in items)
     return ExportResult(folder, format_name, len(items), boxes, names)
 
 
-def _check_target(folder: Path, layout: Layout, force: bool) -> None:
+def _check_target(folder: Path, layout: Layout, force: bool) -> list[Path]:
+    """Refuse a target that is not a folder, lies in raw/, or is not empty without --force;
+    make it. Returns the folders made (removed again when the export fails)."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: exists and is not a folder")
     resolved = folder.resolve()
@@ -69,7 +78,7 @@ def _check_target(folder: Path, layout: Layout, force: bool) -> None:
     if folder.exists() and any(folder.iterdir()) and not force:
         raise UsageError(f"{folder}: not empty; pass --force to write into it anyway")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        return make_dirs(folder)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
 
@@ -157,9 +166,15 @@ def _write_coco(stage: Path, items: list[dict], names: list[str]) -> None:
 
 
 def _move_into(stage: Path, folder: Path) -> None:
-    for path in sorted(stage.rglob("*")):
-        target = folder / path.relative_to(stage)
+    """Rename the staged files into ``folder``. Folders are made one component at a time and
+    one that is a symlink (``images/`` pointing elsewhere) is refused (``make_dirs_under``):
+    nothing is written through a link; a file of the same name that is a link is replaced by
+    the file, its target untouched (a rename replaces the link itself)."""
+    staged = sorted(stage.rglob("*"))
+    for path in staged:  # every folder checked (and made) before the first file moves
         if path.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            os.replace(path, target)
+            make_dirs_under(folder, path.relative_to(stage))
+    for path in staged:
+        if not path.is_dir():
+            relative = path.relative_to(stage)
+            os.replace(path, make_dirs_under(folder, relative.parent) / relative.name)
