@@ -73,31 +73,108 @@ def _resize_traced(image: Tensor, min_size: int, max_size: int) -> Tensor:
     )[0]
 
 
+def resize_fixed(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """SSD's resize: to a fixed ``size`` (width, height as torchvision stores it), whatever the
+    image's aspect ratio (torchvision's ``fixed_size`` rule)."""
+    return torch.nn.functional.interpolate(
+        image[None], size=(size[1], size[0]), mode="bilinear", align_corners=False
+    )[0]
+
+
 class DetectionModule(nn.Module):
     """Eval-mode detections for float CxHxW images in [0, 1]; boxes in their own pixels.
 
-    A module (not a function) so that TorchScript can compile it with the model inside.
+    A module (not a function) so that TorchScript can compile it with the model inside. The
+    resize, normalisation, batching and box rescaling are shared; what runs between them is the
+    family's (``family_heads``).
     """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.transform = model.transform
+        self.heads = family_heads(model)
+
+    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        transform = self.transform
+        min_size, max_size = int(transform.min_size[-1]), int(transform.max_size)
+        fixed = transform.fixed_size
+        original: list[tuple[int, int]] = []
+        resized: list[Tensor] = []
+        for image in images:
+            original.append((image.shape[-2], image.shape[-1]))
+            image = transform.normalize(image)
+            if fixed is not None:
+                resized.append(resize_fixed(image, fixed))
+            else:
+                resized.append(resize_for_model(image, min_size, max_size))
+        sizes: list[tuple[int, int]] = [(im.shape[-2], im.shape[-1]) for im in resized]
+        batch = ImageList(transform.batch_images(resized, transform.size_divisible), sizes)
+        found = self.heads(batch)
+        return transform.postprocess(found, batch.image_sizes, original)
+
+
+def family_heads(model: nn.Module) -> nn.Module:
+    """The family's part of the forward: a batch of resized images to detections in their
+    pixels (Faster R-CNN: backbone, RPN, RoI heads; RetinaNet and FCOS: backbone, dense head,
+    anchors, postprocess; SSDlite: the same without splitting per level)."""
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.ssd import SSD
+
+    if isinstance(model, (RetinaNet, FCOS)):
+        return _DenseHeads(model)
+    if isinstance(model, SSD):
+        return _SSDHeads(model)
+    return _TwoStageHeads(model)
+
+
+class _TwoStageHeads(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone, self.rpn, self.roi_heads = model.backbone, model.rpn, model.roi_heads
+
+    def forward(self, batch: ImageList) -> list[dict[str, Tensor]]:
+        features = self.backbone(batch.tensors)
+        proposals, _ = self.rpn(batch, features, None)
+        found, _ = self.roi_heads(features, proposals, batch.image_sizes, None)
+        return found
+
+
+class _DenseHeads(nn.Module):
+    """RetinaNet's and FCOS's eval forward (torchvision's, from the backbone on): the head's
+    outputs and the anchors split per FPN level, then the model's own postprocess."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+    def forward(self, batch: ImageList) -> list[dict[str, Tensor]]:
         model = self.model
-        transform = model.transform
-        min_size, max_size = int(transform.min_size[-1]), int(transform.max_size)
-        original: list[tuple[int, int]] = []
-        resized: list[Tensor] = []
-        for image in images:
-            original.append((image.shape[-2], image.shape[-1]))
-            resized.append(resize_for_model(transform.normalize(image), min_size, max_size))
-        sizes: list[tuple[int, int]] = [(im.shape[-2], im.shape[-1]) for im in resized]
-        batch = ImageList(transform.batch_images(resized, transform.size_divisible), sizes)
-        features = model.backbone(batch.tensors)
-        proposals, _ = model.rpn(batch, features, None)
-        found, _ = model.roi_heads(features, proposals, batch.image_sizes, None)
-        return transform.postprocess(found, batch.image_sizes, original)
+        features = list(model.backbone(batch.tensors).values())
+        outputs = model.head(features)
+        anchors = model.anchor_generator(batch, features)
+        locations = [x.size(2) * x.size(3) for x in features]
+        per_location = outputs["cls_logits"].size(1) // sum(locations)  # RetinaNet's anchors
+        counts = [n * per_location for n in locations]
+        split: dict[str, list[Tensor]] = {}
+        for key in outputs:
+            split[key] = list(outputs[key].split(counts, dim=1))
+        per_level = [list(a.split(counts)) for a in anchors]
+        return model.postprocess_detections(split, per_level, batch.image_sizes)
+
+
+class _SSDHeads(nn.Module):
+    """SSD's eval forward from the backbone on: head, default boxes, postprocess."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: ImageList) -> list[dict[str, Tensor]]:
+        model = self.model
+        features = list(model.backbone(batch.tensors).values())
+        outputs = model.head(features)
+        anchors = model.anchor_generator(batch, features)
+        return model.postprocess_detections(outputs, anchors, batch.image_sizes)
 
 
 class OneImageModule(nn.Module):
