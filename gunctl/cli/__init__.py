@@ -18,38 +18,52 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from gunctl import __version__
-from gunctl.cli import export, export_data, ingest, predict, runs, split, tb, train, validate
+from gunctl.cli import (
+    export,
+    export_data,
+    helptext,
+    ingest,
+    predict,
+    runs,
+    split,
+    tb,
+    train,
+    validate,
+)
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
 _DEBUG_KEY = "gunctl.debug"  # in ctx.meta, which every sub-context shares with its parent
 
 
-def _flags_without_metavar(params) -> None:
-    """Flags take no value: show ``--force``, not ``--force <bool>`` (Typer's default)."""
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
+_HELP_KEY = "gunctl.help"  # set while --help is written: its parameters are display copies
 
 
-class GunctlCommand(TyperCommand):
-    """A sub-command: its flags render as flags."""
+class _ReadableHelp:
+    """``--help`` at 100 columns: what a value is, once (``N``, ``PATH``, ``0-1``), and each
+    option's names in one column (``--[no-]amp``, ``--quiet, -q``); see ``cli/helptext.py``."""
 
     def get_params(self, ctx):
         params = super().get_params(ctx)
-        _flags_without_metavar(params)
-        return params
+        helptext.set_metavars(params)
+        return helptext.for_help(params) if ctx.meta.get(_HELP_KEY) else params
+
+    def format_help(self, ctx, formatter):
+        ctx.meta[_HELP_KEY] = True
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            ctx.meta.pop(_HELP_KEY, None)
 
 
-class GunctlGroup(TyperGroup):
-    """A group of commands: listed in the order of registration, its flags render as flags."""
+class GunctlCommand(_ReadableHelp, TyperCommand):
+    """A sub-command: its help shows values and flags as they are typed."""
+
+
+class GunctlGroup(_ReadableHelp, TyperGroup):
+    """A group of commands: listed in the order of registration, its help as a command's."""
 
     def list_commands(self, ctx):  # the order of registration follows the workflow
         return list(self.commands)
-
-    def get_params(self, ctx):
-        params = super().get_params(ctx)
-        _flags_without_metavar(params)
-        return params
 
 
 class GuardedGroup(GunctlGroup):
@@ -83,7 +97,10 @@ class GuardedGroup(GunctlGroup):
 app = typer.Typer(
     cls=GuardedGroup,
     name="gunctl",
-    help="Train and validate a firearm detector, from raw data to a checkpoint.",
+    help="Detect firearms in images, videos and camera streams with a detector you train."
+    "\n\nIngest and split a data set; train and validate a detector (Faster R-CNN, RetinaNet, "
+    "FCOS, SSDlite); predict on files and videos; export it; serve it over HTTP; watch streams "
+    "and raise alerts. tb, sweep and mlflow-ui compare runs.",
     no_args_is_help=True,
     add_completion=True,  # gunctl --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
@@ -138,7 +155,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    """Train and validate a firearm detector, from raw data to a checkpoint."""
+    """The options before the command: --debug and --version (the help is the app's)."""
 
 
 # The sub-commands, in the order of the workflow.
