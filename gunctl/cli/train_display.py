@@ -6,38 +6,52 @@ from __future__ import annotations
 from rich.table import Table
 
 from gunctl.cli.console import console, escape, key_value_table, number, plural, progress_bar
-from gunctl.config import LOSS_KEYS
+from gunctl.config import ALL_LOSS_KEYS, FAMILY_LOSSES, LOSS_KEYS, LOSS_LABELS, model_family
 from gunctl.core.callbacks import Callback
 
 _PARTS_MIN_WIDTH = 130  # below it the four losses per part would wrap into a column each
 
 
-def _parts(metrics: dict) -> str:
-    return " ".join(number(metrics.get(k)) for k in LOSS_KEYS)
+def loss_keys(*metrics: dict) -> tuple[str, ...]:
+    """The model's own losses that the records hold (each family has its own: FAMILY_LOSSES);
+    Faster R-CNN's when they hold none."""
+    found = tuple(k for k in ALL_LOSS_KEYS if any(m.get(k) is not None for m in metrics))
+    return found or LOSS_KEYS
+
+
+def _parts(metrics: dict, keys: tuple[str, ...]) -> str:
+    return " ".join(number(metrics.get(k)) for k in keys)
+
+
+def _labels(keys: tuple[str, ...], separator: str = "/") -> str:
+    return separator.join(LOSS_LABELS[k] for k in keys)
 
 
 def epoch_line(record: dict, epochs: int) -> str:
     """One plain line per epoch, for logs and pipes."""
     train, val = record["train"], record["val"]
+    keys = loss_keys(train, val)
     return (
         f"epoch {record['epoch']}/{epochs}  train loss {number(train.get('loss'))} "
-        f"(cls/box/obj/rpn {_parts(train)})  val loss {number(val.get('loss'))} "
-        f"(cls/box/obj/rpn {_parts(val)})  mAP@0.5 {number(val.get('map_50'))}  "
+        f"({_labels(keys)} {_parts(train, keys)})  val loss {number(val.get('loss'))} "
+        f"({_labels(keys)} {_parts(val, keys)})  mAP@0.5 {number(val.get('map_50'))}  "
         f"mAP {number(val.get('map'))}  lr {record['lr']:.2e}  {record['seconds']:.1f}s  "
         f"{train.get('images_per_s', 0):.1f} img/s"
     )
 
 
-def epoch_table(width: int | None = None) -> Table:
-    """The per-epoch table; the cls/box/obj/rpn columns only where they fit on one line."""
+def epoch_table(width: int | None = None, model: str | None = None) -> Table:
+    """The per-epoch table; the model's loss columns (Faster R-CNN: cls / box / obj / rpn)
+    only where they fit on one line."""
     parts = (width or console.width) >= _PARTS_MIN_WIDTH
+    label = _labels(FAMILY_LOSSES[model_family(model)] if model else LOSS_KEYS, " / ")
     table = Table(title="Training", title_justify="left")
     for name, justify in (
         ("epoch", "right"),
         ("train loss", "right"),
-        *([("cls / box / obj / rpn", "left")] if parts else []),
+        *([(label, "left")] if parts else []),
         ("val loss", "right"),
-        *([("cls / box / obj / rpn", "left")] if parts else []),
+        *([(label, "left")] if parts else []),
         ("mAP@.5", "right"),
         ("mAP", "right"),
         ("lr", "right"),
@@ -50,12 +64,13 @@ def epoch_table(width: int | None = None) -> Table:
 def add_epoch_row(table: Table, record: dict, epochs: int) -> None:
     train, val = record["train"], record["val"]
     parts = len(table.columns) > 7
+    keys = loss_keys(train, val)
     table.add_row(
         f"{record['epoch']}/{epochs}",
         number(train.get("loss")),
-        *([_parts(train)] if parts else []),
+        *([_parts(train, keys)] if parts else []),
         number(val.get("loss")),
-        *([_parts(val)] if parts else []),
+        *([_parts(val, keys)] if parts else []),
         number(val.get("map_50")),
         number(val.get("map")),
         f"{record['lr']:.1e}",
@@ -116,7 +131,7 @@ class TrainDisplay(Callback):
     def on_fit_start(self, state) -> None:
         for line in run_header(state):
             console.print(line, soft_wrap=True)
-        self.table = epoch_table()
+        self.table = epoch_table(model=state.config.model.name)
         self.table.title = f"Training (recipe {state.config.recipe})"
         if not self.live_mode:
             return

@@ -208,9 +208,10 @@ def _report(result, config, min_map50, min_map, failures) -> dict:
 
 def validation_table(result, score_threshold: float) -> Table:
     """The checkpoint's facts and its scores: mAP, precision/recall/F1, losses, speed."""
-    from gunctl.config import LOSS_KEYS
+    from gunctl.config import FAMILY_LOSSES, model_family
 
     m, facts = result.metrics, result.facts
+    losses = FAMILY_LOSSES.get(model_family(str(facts["model"])), FAMILY_LOSSES["fasterrcnn"])
     at = f"@ score {score_threshold}, IoU 0.5"
     rows = [
         ("model", facts["model"]),
@@ -226,7 +227,7 @@ def validation_table(result, score_threshold: float) -> Table:
         (f"precision {at}", number(m.get("precision"), 4)),
         (f"recall {at}", number(m.get("recall"), 4)),
         (f"F1 {at}", number(m.get("f1"), 4)),
-        *((f"val {key}", number(m.get(key), 4)) for key in LOSS_KEYS),
+        *((f"val {key}", number(m.get(key), 4)) for key in losses),
         ("val loss (total)", number(m.get("loss"), 4)),
         ("images", str(m.get("images"))),
         ("boxes", str(m.get("boxes"))),
