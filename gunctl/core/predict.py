@@ -191,7 +191,7 @@ class _Run:
     # --- videos ------------------------------------------------------------------------------
 
     def _video(self, item: sources.Item, info) -> None:
-        from gunctl.core.video import VideoProblem, VideoWriter, frames
+        from gunctl.core.video import FrameSource, VideoProblem, VideoWriter
 
         writer, target, partial = None, None, None
         if self.config.save_images and self.out is not None:
@@ -199,11 +199,18 @@ class _Run:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             rate = info.rate / self.config.vid_stride
-            writer = VideoWriter(partial, info.width, info.height, rate, target.suffix.lower())
+            try:
+                writer = VideoWriter(partial, info.width, info.height, rate, target.suffix.lower())
+            except VideoProblem as problem:
+                _problem(self.result, f"{item.path}: {problem}")
+                return
         self.result.files += 1
-        batch = []
+        before, batch = self.result.frames, []
+        source = FrameSource(
+            item.path, stride=self.config.vid_stride, max_pixels=self.config.max_pixels
+        )
         try:
-            for frame in frames(item.path, self.config.vid_stride, self.config.max_pixels):
+            for frame in source.frames():
                 batch.append(frame)
                 if len(batch) == self.config.batch_size:
                     self._frames(item, batch, writer)
@@ -216,7 +223,11 @@ class _Run:
             raise
         if batch:
             self._frames(item, batch, writer)
-        if writer is not None:
+        if self.result.frames == before:  # no frame at all (a truncated container): no output
+            self.result.files -= 1
+            if writer is not None:
+                self._submit(_discard_video, writer, partial)
+        elif writer is not None:
             self._submit(_close_video, writer, partial, target)
 
     def _frames(self, item, batch, writer) -> None:

@@ -60,9 +60,13 @@ def is_device(location: str | Path) -> bool:
 
 
 def stream_options(location: str | Path, read_timeout: float) -> dict[str, str]:
-    """FFmpeg options for ``location``: low latency everywhere; for network URLs, TCP for RTSP
-    and a socket timeout under the name each protocol takes (FFmpeg >= 5 renamed RTSP's
-    ``stimeout`` to ``timeout``; RTMP's ``timeout`` means "listen", so it gets ``rw_timeout``)."""
+    """FFmpeg options for ``location``. Files: none (``nobuffer`` would drop the packets read
+    while probing: a short file decodes to nothing). Streams and devices: no input buffering,
+    low delay; for URLs also TCP for RTSP and a socket timeout under the name each protocol
+    takes (FFmpeg >= 5 renamed RTSP's ``stimeout`` to ``timeout``; RTMP's ``timeout`` means
+    "listen", so it gets ``rw_timeout``)."""
+    if not (is_stream(location) or is_device(location)):
+        return {}
     options = {"fflags": "nobuffer", "flags": "low_delay"}
     if not is_stream(location):
         return options
