@@ -516,3 +516,63 @@ def test_metrics_count_the_requests(model, detector, images):
     assert value("gunctl_queue_depth") == 0
     assert value("gunctl_ready") == 1
     assert value("gunctl_inference_seconds_count") == 3
+
+
+# --- the page in a real browser ----------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BOX_COLOUR = (255, 45, 85)  # the page's #ff2d55
+
+
+@pytest.fixture
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(
+            "headless Chromium is not installed (Debian: chromium chromium-driver; "
+            "`make system-deps` or .ci/system-deps.sh installs them)"
+        )
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+def test_page_draws_the_boxes_of_an_uploaded_image(served, images, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = images[0]
+    expected = httpx.post(f"{served}/v1/detect", content=path.read_bytes(), timeout=60).json()
+    assert expected["boxes"]
+    browser.get(f"{served}/")
+    WebDriverWait(browser, 30).until(lambda d: "tiny.pth" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.ID, "canvas").get_attribute("data-boxes") != "0"
+    )
+    canvas = browser.find_element(By.ID, "canvas")
+    assert canvas.get_attribute("data-boxes") == str(len(expected["boxes"]))
+    status = browser.find_element(By.ID, "status").text
+    assert f"{len(expected['boxes'])} detection" in status
+    shown = json.loads(browser.find_element(By.ID, "json").text)
+    assert shown["boxes"] == expected["boxes"]
+    coloured = browser.execute_script(
+        """const c = document.getElementById("canvas");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4)
+          if (d[i] === arguments[0] && d[i + 1] === arguments[1] && d[i + 2] === arguments[2]) n++;
+        return [n, c.width, c.height];""",
+        *BOX_COLOUR,
+    )
+    assert coloured[1:] == [expected["width"], expected["height"]]
+    assert coloured[0] > 100  # box outlines and label backgrounds drawn over the image

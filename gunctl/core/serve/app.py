@@ -99,10 +99,12 @@ class ServeState:
         )
 
 
-def create_app(config: ServeConfig, detector=None, load=None):
+def create_app(config: ServeConfig, detector=None, load=None, ready_to_start: bool = False):
     """The ASGI app. ``detector``: one loaded already (the CLI loads it first, to report a bad
     model before binding); else ``load()`` (default: ``load_detector`` on the config) runs on
-    the inference thread while /healthz answers and /readyz says 503."""
+    the inference thread while /healthz answers and /readyz says 503. ``ready_to_start``: the
+    app's start-up waits for the model and its warm-up (``--workers``: processes share one
+    port, so a worker takes connections only once it can answer them)."""
     from fastapi import FastAPI
 
     config.check()
@@ -121,7 +123,7 @@ def create_app(config: ServeConfig, detector=None, load=None):
     state = ServeState(config, batcher, metrics)
     app = FastAPI(
         title="gunctl serve",
-        lifespan=_lifespan(state),
+        lifespan=_lifespan(state, ready_to_start),
         docs_url=None,  # the docs pages load scripts from a CDN; /openapi.json stays
         redoc_url=None,
     )
@@ -146,7 +148,7 @@ def app_from_environment():
         import torch
 
         torch.set_num_threads(threads)  # the machine's cores shared among the workers
-    return create_app(_known_fields(ServeConfig, data))
+    return create_app(_known_fields(ServeConfig, data), ready_to_start=True)
 
 
 def _given(detector):
@@ -169,12 +171,14 @@ def _loader(config: ServeConfig):
     return load
 
 
-def _lifespan(state: ServeState):
+def _lifespan(state: ServeState, ready_to_start: bool):
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app):
         state.batcher.start()
+        if ready_to_start:
+            await asyncio.get_running_loop().run_in_executor(None, _wait_loaded, state.batcher)
         restore = _drain_on_sigterm(state, asyncio.get_running_loop())
         try:
             yield
@@ -185,6 +189,12 @@ def _lifespan(state: ServeState):
                 restore()
 
     return lifespan
+
+
+def _wait_loaded(batcher: Batcher) -> None:
+    while not batcher.ready.wait(0.1):
+        if batcher.failure:
+            raise RuntimeError(batcher.state())
 
 
 def _drain_on_sigterm(state: ServeState, loop):

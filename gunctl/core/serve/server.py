@@ -33,13 +33,13 @@ class ServeInfo:
 
 def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM (drained, then stopped gracefully)."""
+    config.check()  # before the heavy imports: a bad option is an instant error
     import uvicorn
 
     from gunctl.core.inference import load_detector
     from gunctl.core.serve.app import CONFIG_ENV, create_app
     from gunctl.core.serve.logs import log_config
 
-    config.check()
     detector = load_detector(
         config.checkpoint,
         device=config.device,
