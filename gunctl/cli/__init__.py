@@ -25,6 +25,7 @@ from gunctl.cli import (
     ingest,
     predict,
     runs,
+    serve,
     split,
     tb,
     train,
@@ -166,6 +167,7 @@ for _name, _function in (
     ("validate", validate.validate),
     ("predict", predict.predict),
     ("export", export.export),
+    ("serve", serve.serve),
     ("tb", tb.tb),
     ("export-data", export_data.export_data),
 ):
