@@ -21,7 +21,7 @@ def serve(
         Path | None,
         typer.Argument(
             help="A gunctl checkpoint (.pth, full or slim) or an exported .onnx file "
-            f"[default: {Layout().best_model}].",
+            f"(default: {Layout().best_model}, as predict).",
             show_default=False,
         ),
     ] = None,

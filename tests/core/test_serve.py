@@ -515,6 +515,8 @@ def test_metrics_count_the_requests(model, detector, images):
     assert value("gunctl_detections_total", class_name="gun") == boxes
     assert value("gunctl_queue_depth") == 0
     assert value("gunctl_ready") == 1
+    info = [k for k in samples if k[0] == "gunctl_model_info"]
+    assert len(info) == 1 and ("name", "tiny.pth") in info[0][1]
     assert value("gunctl_inference_seconds_count") == 3
 
 

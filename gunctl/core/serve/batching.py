@@ -128,7 +128,7 @@ class Batcher:
             return
         self.ready.set()
         if self.metrics is not None:
-            self.metrics.ready.set(1)
+            self.metrics.loaded(self.detector.identity)
         while True:
             batch = self._take()
             if batch is None:

@@ -73,6 +73,12 @@ class Metrics:
         for name in class_names or ():  # every class shows up at 0 before its first detection
             self.detections.labels(class_name=name)
 
+    def loaded(self, identity: dict[str, Any]) -> None:
+        """The model is loaded and warmed up: its identity, and readiness."""
+        keys = ("name", "sha256", "format", "model")
+        self.model.info({key: str(identity.get(key, "")) for key in keys})
+        self.ready.set(1)
+
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
         route = route_label(path)
         self.requests.labels(route=route, method=method, status=str(status)).inc()
