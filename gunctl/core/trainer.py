@@ -51,7 +51,12 @@ from gunctl.core.engine import (
 )
 from gunctl.core.manifest import class_names_of
 from gunctl.core.model import build_model, to_device_layout
-from gunctl.core.optim import default_batch_size, make_optimizer, make_scheduler
+from gunctl.core.optim import (
+    default_batch_size,
+    make_optimizer,
+    make_scheduler,
+    schedule_progress,
+)
 from gunctl.core.paths import name_problem, safe_name
 from gunctl.core.rawlock import RawLock
 from gunctl.core.runlock import RunLock
@@ -164,6 +169,8 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         )
         _run(parts, main_callbacks, dist)
     state = parts.state
+    if config.minutes is not None and dist.is_main:
+        _report_budget(config.minutes, time.perf_counter() - started)
     best = state.best_path if state.best_epoch is not None else None
     return FitResult(
         is_main=dist.is_main,
@@ -268,19 +275,28 @@ def _train_epoch(parts: TrainingParts, fire: CallbackList, setup: TrainSetup, st
             )
             _replan(state, setup, distributed.broadcast_object(plan))
         fire("on_step_end", step)
+        if state.budget is not None and state.budget.planned:
+            state.budget.record_step(step.seconds)
+            if epoch + 1 >= state.config.epochs:  # the final epoch: end it in time
+                _hold_budget(state, setup)
 
-    state.step = train_one_epoch(
-        parts.ddp_model,
-        parts.train_loader,
-        setup,
-        epoch=epoch,
-        step=state.step,
-        first_batch=state.batches_done,
-        total_batches=state.batches_per_epoch,
-        meter=state.meter,
-        on_step=on_step,
-        should_stop=lambda: stop.requested,
-    )
+    try:
+        state.step = train_one_epoch(
+            parts.ddp_model,
+            parts.train_loader,
+            setup,
+            epoch=epoch,
+            step=state.step,
+            first_batch=state.batches_done,
+            total_batches=state.batches_per_epoch,
+            meter=state.meter,
+            on_step=on_step,
+            should_stop=lambda: stop.requested,
+        )
+    except _BudgetSpent:
+        log.info(
+            "budget of %s min: the final epoch ends at step %d", state.config.minutes, state.step
+        )
     state.train_summary = state.meter.summary()
     state.epoch, state.batches_done, state.meter = epoch + 1, 0, None
 
@@ -345,15 +361,66 @@ def _fit_budget(state: TrainState, setup: TrainSetup, dist: DistInfo, epoch_wall
     state.budget.planned = True  # on every rank: they loop and validate alike
     if plan is not None:
         _replan(state, setup, plan)
-    if not state.budget.refitting(state.epoch, state.config.epochs):
-        state.budget = None  # the count stands from here (and resume goes on to it)
+
+
+def _report_budget(minutes: float, seconds: float) -> None:
+    """The wall time against a --minutes budget, at the end of the run."""
+    from gunctl.core.budget import MARGIN_SECONDS, MARGIN_SHARE
+
+    budget = 60.0 * minutes
+    margin = max(MARGIN_SHARE * budget, MARGIN_SECONDS)
+    log.info(
+        "budget of %s min: %.1f s of wall time for %.0f s (%+.1f %%; the margin is %.0f s)",
+        minutes,
+        seconds,
+        budget,
+        100.0 * (seconds - budget) / budget,
+        margin,
+    )
+
+
+class _BudgetSpent(Exception):
+    """The final epoch of a --minutes run stops here: its schedule ends at this step."""
+
+
+def _hold_budget(state: TrainState, setup: TrainSetup) -> None:
+    """After a step of a --minutes run's final epoch: when the planned end would overrun the
+    budget (the machine slowed down, or the plan's last epoch is a part one), rebuild the
+    schedule to end at the step that fits, and stop the epoch there (core.budget)."""
+    budget = state.budget
+    planned = budget.end_step or state.config.epochs * state.batches_per_epoch
+    end = distributed.broadcast_object(  # rank 0's decision: every rank stops at one step
+        budget.final_step(time.perf_counter(), state.step, planned)
+    )
+    if end is None:
+        return
+    end = max(end, state.step)
+    if end != budget.end_step:
+        budget.end_step = end
+        state.scheduler = make_scheduler(
+            state.optimizer,
+            state.config,
+            state.batches_per_epoch,
+            last_step=state.step,
+            total_steps=end,
+            progress=schedule_progress(state.scheduler, state.step),
+        )
+        setup.scheduler = state.scheduler
+    if state.step >= end:
+        raise _BudgetSpent
 
 
 def _replan(state: TrainState, setup: TrainSetup, plan) -> None:
     """Size the run to a --minutes plan: epochs, validation interval, schedule, EMA window."""
     state.config = dataclasses.replace(state.config, epochs=plan.epochs, val_every=plan.val_every)
-    state.scheduler = make_scheduler(
-        state.optimizer, state.config, state.batches_per_epoch, last_step=state.step
+    if state.budget is not None:
+        state.budget.end_step = None  # a new count: the final epoch is planned afresh
+    state.scheduler = make_scheduler(  # on from where the schedule stands: no jump
+        state.optimizer,
+        state.config,
+        state.batches_per_epoch,
+        last_step=state.step,
+        progress=schedule_progress(state.scheduler, state.step),
     )
     setup.scheduler = state.scheduler
     if state.ema is not None and state.config.ema_decay is None:

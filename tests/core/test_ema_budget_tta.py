@@ -33,8 +33,10 @@ def test_fitted_decay_windows():
 
 
 def test_plan_fits_epochs_and_validation_to_the_budget():
-    # 100 s left after epoch 1; epochs of 20 s, validation 2 s: 4 more (4*20 + 4*2 <= 95)
-    assert plan(100.0, 20.0, 2.0, done=1) == Plan(epochs=5, val_every=1)
+    # 100 s left after epoch 1; epochs of 20 s, validation 2 s: 4 more (4*20 + 4*2 <= 95),
+    # 7 s over (more than a quarter epoch): one more, cut short at the budget's end
+    assert plan(100.0, 20.0, 2.0, done=1) == Plan(epochs=6, val_every=1)
+    assert plan(92.0, 20.0, 2.0, done=1) == Plan(epochs=5, val_every=1)  # 3 s over: no part
     # validation as long as training: validate every 7th epoch (at most 15 % of the time)
     assert plan(1000.0, 10.0, 10.0, done=0).val_every == 7
     assert plan(1.0, 20.0, 2.0, done=1) == Plan(epochs=1, val_every=1)  # none more fits
@@ -93,8 +95,9 @@ def test_flip_tta_maps_the_mirrored_boxes_back():
 def test_final_plan_from_the_first_epochs_wall_time():
     budget = Budget(minutes=10, started=0.0)
     budget.epoch_started = 0.0
-    # epoch 1: 60 s of which 6 validating; 540 s left, 60 s per epoch -> 8 more
-    assert budget.final(now=60.0, val=6.0) == Plan(epochs=9, val_every=1)
+    # epoch 1: 60 s of which 6 validating; 535 s left (less the end's 5), 60 s per epoch -> 8
+    # more, and 55 s over (more than a quarter epoch): one more, cut short at the budget's end
+    assert budget.final(now=60.0, val=6.0) == Plan(epochs=10, val_every=1)
     late = Budget(minutes=0.01, started=0.0)
     late.epoch_started = 0.0
     assert late.final(now=100.0, val=1.0).epochs == 1  # none more fits
@@ -104,14 +107,74 @@ def test_final_plan_from_the_first_epochs_wall_time():
 def test_refits_follow_the_epochs_after_the_first():
     budget = Budget(minutes=10, started=0.0)
     budget.epoch_started = 0.0
-    # a slow first epoch (start-up, a busy machine): 90 s, 6 validating -> 5 more of 90 s
-    assert budget.final(now=90.0, val=6.0) == Plan(epochs=6, val_every=1)
-    # epoch 2 took 60 s: 445 s left (less the end's 5) at 60 s an epoch -> 7 more, 9 in all
-    assert budget.refit(now=150.0, epoch_wall=60.0, val=6.0, done=2, epochs=6) == Plan(9, 1)
+    # a slow first epoch (start-up, a busy machine): 90 s, 6 validating -> 5 more of 90 s,
+    # 55 s over: one more (cut short)
+    assert budget.final(now=90.0, val=6.0) == Plan(epochs=7, val_every=1)
+    # epoch 2 took 60 s: 445 s left (less the end's 5) at 60 s an epoch -> 7 more and a part
+    assert budget.refit(now=150.0, epoch_wall=60.0, val=6.0, done=2, epochs=7) == Plan(10, 1)
     # the same pace again: the count stands
-    assert budget.refit(now=210.0, epoch_wall=60.0, val=6.0, done=3, epochs=9) is None
-    # out of time: still one epoch more, so that the schedule's decay runs
-    assert budget.refit(now=599.0, epoch_wall=60.0, val=0.0, done=4, epochs=9).epochs == 5
-    # refits stop once a third of the epochs are done
-    assert budget.refitting(2, 9) and not budget.refitting(3, 9)
+    assert budget.refit(now=210.0, epoch_wall=60.0, val=6.0, done=3, epochs=10) is None
+    # out of time: still one epoch more (cut to the step that fits by final_step)
+    assert budget.refit(now=599.0, epoch_wall=60.0, val=0.0, done=4, epochs=10).epochs == 5
+    # refits go on to the end of the run (in either direction; optim re-plans the schedule
+    # from where it stands, see test_optim)
+    faster = Budget(minutes=10, started=0.0)
+    faster.epoch_started = 0.0
+    assert faster.final(now=60.0, val=6.0).epochs == 10
+    assert faster.refit(now=300.0, epoch_wall=30.0, val=3.0, done=5, epochs=10).epochs == 15
     assert not budget.probe(1.0)  # no provisional plan once the count is in force
+
+
+def _simulate(minutes: float, step_seconds, steps: int = 20, val_steps: int = 4) -> float:
+    """A --minutes run as the trainer drives Budget: ``step_seconds(t)`` is a step's time at
+    wall time t; validation costs ``val_steps`` steps, the end 2 s. Returns the wall time."""
+    budget, now, epochs, done, step = Budget(minutes, started=0.0), 0.0, 100, 0, 0
+    budget.epoch_started = 0.0
+    while done < epochs:
+        began, final = now, done + 1 >= epochs
+        for _ in range(steps):
+            now += step_seconds(now)
+            step += 1
+            if budget.planned:
+                budget.record_step(step_seconds(now))
+            if budget.planned and final:
+                end = budget.final_step(now, step, (done + 1) * steps)
+                if end is not None and step >= end:
+                    break
+        val = val_steps * step_seconds(now)
+        now += val
+        done += 1
+        if done == 1:
+            epochs = budget.final(now, val).epochs
+        elif done < epochs:
+            fitted = budget.refit(now, now - began, val, done, epochs)
+            epochs = fitted.epochs if fitted else epochs
+    return now + 2.0
+
+
+@pytest.mark.parametrize("minutes", [2, 10, 60])
+def test_a_machine_that_slows_part_way_still_ends_within_the_margin(minutes):
+    budget = 60.0 * minutes
+    steady = _simulate(minutes, lambda t: 0.25)
+    # a CPU hog from 40 % of the budget on: every step twice as slow
+    hogged = _simulate(minutes, lambda t: 0.25 if t < 0.4 * budget else 0.5)
+    # a machine that speeds up late (the hog ends at 60 %): the count never rises late
+    freed = _simulate(minutes, lambda t: 0.5 if t < 0.6 * budget else 0.25)
+    margin = max(0.02 * budget, 5.0)
+    for wall in (steady, hogged, freed):
+        assert abs(wall - budget) <= margin, (wall, budget)
+
+
+def test_the_final_epoch_ends_at_the_step_that_fits():
+    budget = Budget(minutes=1, started=0.0)
+    budget.planned, budget.val_seconds, budget.step_at_val = True, 5.0, 1.0
+    for _ in range(8):
+        budget.record_step(1.0)
+    # 60 s budget at 40 s: 60 - 40 - 5 (end) - 5 (validation) = 10 s: 10 steps more
+    assert budget.final_step(now=40.0, step=100, planned_end=130) == 110
+    assert budget.final_step(now=40.0, step=100, planned_end=105) is None  # the plan fits
+    for _ in range(8):  # twice as slow now: the validation too (10 s), 5 s left: 2 steps
+        budget.record_step(2.0)
+    assert budget.final_step(now=40.0, step=100, planned_end=130) == 102
+    assert budget.final_step(now=59.0, step=100, planned_end=130) == 100  # spent: stop now
+    assert budget.margin() == 5.0 and Budget(minutes=60, started=0.0).margin() == 72.0

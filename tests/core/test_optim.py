@@ -59,3 +59,16 @@ def test_scheduler_and_optimizers_follow_the_config():
     scheduler.step()
     assert sgd.param_groups[0]["lr"] == pytest.approx(0.1)
     assert default_batch_size(torch.device("cpu")) == 2
+
+
+def test_a_replanned_schedule_goes_on_from_where_it_stood():
+    """A --minutes budget that lengthens or shortens the run mid-way: the cosine carries on
+    from its current value to its floor over the remaining steps, with no jump."""
+    config = tiny_config(Layout("unused"), epochs=10, lr_schedule="cosine", warmup_steps=1)
+    first = lr_factor(config, steps_per_epoch=10)  # 100 steps
+    where = first.progress(40)
+    for total in (60, 200):  # shortened, lengthened
+        again = lr_factor(config, 10, total_steps=total, start=(40, where))
+        assert again(40) == pytest.approx(first(40))
+        assert again(total) == pytest.approx(0.01)  # the floor, at the new end
+        assert abs(again(41) - again(40)) < 0.05

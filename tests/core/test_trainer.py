@@ -234,7 +234,7 @@ def test_minutes_budget_takes_a_refit_count_and_finishes_its_schedule(layout, mo
     explicit = tuple(name for name in _EXPLICIT if name != "epochs")
     config = _scratch(layout, minutes=5, ema=False, run_name="refit", explicit=explicit)
     result = fit(config)
-    assert refits == [(2, 6)]  # refits stop at a third of the (refitted) 4 epochs: after epoch 2
+    assert refits == [(2, 6), (3, 4)]  # after every epoch but the last
     assert result.epochs == len(result.history) == 4
     assert load_checkpoint(result.last_checkpoint)["config"]["epochs"] == 4
     assert result.history[-1]["lr"] == pytest.approx(0.01 * config.lr, rel=1e-3)  # decayed
