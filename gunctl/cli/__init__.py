@@ -23,10 +23,12 @@ from gunctl.cli import (
     export_data,
     helptext,
     ingest,
+    mlflow_ui,
     predict,
     runs,
     serve,
     split,
+    sweep,
     tb,
     train,
     validate,
@@ -169,6 +171,8 @@ for _name, _function in (
     ("export", export.export),
     ("serve", serve.serve),
     ("tb", tb.tb),
+    ("sweep", sweep.sweep),
+    ("mlflow-ui", mlflow_ui.mlflow_ui),
     ("export-data", export_data.export_data),
 ):
     app.command(_name, cls=GunctlCommand)(_with_debug(_function))

@@ -319,6 +319,23 @@ def train(
             help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
         ),
     ] = None,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            show_default="on when MLFLOW_TRACKING_URI is set",
+            help="Track the run with MLflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db): "
+            "options, per-epoch metrics, artifacts and the model. Needs the mlflow extra.",
+        ),
+    ] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            "--register",
+            show_default="not registered",
+            help="With --mlflow: register the model in MLflow's registry under NAME.",
+        ),
+    ] = None,
     config_file: ConfigFile = None,
     quiet: Quiet = False,
     nproc: Annotated[
@@ -341,6 +358,8 @@ def train(
         for name in ctx.params
         if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "DEFAULT_MAP")
     )  # given on the command line or in --config: the recipe keeps them
+    from gunctl.core import tracking
+
     config = TrainConfig(
         model=ModelConfig(
             name=model,
@@ -385,6 +404,8 @@ def train(
         fit_anchors=fit_anchors,
         minutes=minutes,
         val_every=val_every,
+        mlflow=tracking.resolve_flag(mlflow),
+        register=register,
     )
     config.check(relations=False)  # a bad value fails here, not in each --nproc process
     if nproc is not None and "WORLD_SIZE" not in os.environ:
@@ -396,6 +417,10 @@ def train(
     from gunctl.core.trainer import fit
 
     callbacks = [] if quiet else [TrainDisplay()]
+    if config.mlflow:
+        from gunctl.core.tracking import MlflowTracker
+
+        callbacks.insert(0, MlflowTracker(config.layout, register=config.register))
     result = fit(config, callbacks if os.environ.get("RANK", "0") == "0" else [])
     if not quiet and result.is_main:
         console.print(fit_summary(result))

@@ -118,6 +118,15 @@ def validate(
     device: Device = _DEFAULTS.device,
     batch_size: BatchSize = _DEFAULTS.batch_size,
     workers: Workers = _DEFAULTS.workers,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            "--mlflow/--no-mlflow",
+            show_default="on when MLFLOW_TRACKING_URI is set",
+            help="Log the figures to the MLflow run that trained the checkpoint (else a new "
+            "run). Needs the mlflow extra.",
+        ),
+    ] = None,
     config_file: ConfigFile = None,
     quiet: Quiet = False,
 ) -> None:
@@ -126,6 +135,7 @@ def validate(
     Exit codes: 0 scored (and above the bars), 1 a score below --min-map50 or --min-map,
     2 bad usage or unreadable input (missing, corrupt, unsafe or foreign checkpoint).
     """
+    from gunctl.core import tracking
     from gunctl.core.validate import validate_checkpoint
 
     checkpoint = one_checkpoint(checkpoint, weights)
@@ -143,6 +153,7 @@ def validate(
         batch_size=batch_size,
         workers=workers,
         tta=tta,
+        mlflow=tracking.resolve_flag(mlflow),
     )
     with task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
@@ -156,6 +167,8 @@ def validate(
         from gunctl.core.fileio import write_bytes_atomic
 
         write_bytes_atomic(report_file, (json.dumps(report, indent=2) + "\n").encode())
+    if config.mlflow:
+        _log_to_mlflow(config, report)
     if json_out:
         print_json(report)
     elif not quiet:
@@ -167,6 +180,20 @@ def validate(
             console.print(tta_table(result))
     if failures:
         raise ThresholdError("; ".join(failures))
+
+
+def _log_to_mlflow(config: ValidateConfig, report: dict) -> None:
+    """The figures to MLflow; a tracking failure is a warning (the scores stand)."""
+    from gunctl.core.tracking import log_validation
+
+    try:
+        run_id = log_validation(config.layout, config.checkpoint, report)
+    except Exception as exc:
+        from gunctl.errors import first_line
+
+        warn(f"MLflow: logging the figures failed ({first_line(exc)})")
+        return
+    note(f"MLflow run: {run_id}")
 
 
 class _Counter:
