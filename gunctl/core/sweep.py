@@ -253,12 +253,13 @@ def open_storage(url: str):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         # The heartbeat marks the trials of a machine that died as failed (after the grace
-        # period), so that the others' --resume, or their next trial, runs them again.
+        # period) and enqueues each once again, for whichever process asks next.
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             heartbeat_interval=60,
             grace_period=300,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
         )
     except Exception as exc:  # a bad URL, a missing driver, a server that refuses
         from gunctl.errors import first_line
@@ -341,7 +342,7 @@ def run_sweep(
     space = load_space(config.space)
     name, url = study_name(config), storage_url(config)
     _check_options(space, config)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by us
     storage = open_storage(url)
     study = _open_study(config, name, storage, space)
     if config.resume:
@@ -494,7 +495,8 @@ def _objective(trial, config, space, name, parent, make_callbacks, ran) -> float
         callbacks.append(
             MlflowTracker(config.layout, parent_run_id=parent, extra_tags=tags, log_model=False)
         )
-    callbacks += [PruningReporter(trial), *make_callbacks()]
+    # the display before the reporter: a pruned trial's last epoch is shown, then it stops
+    callbacks += [*make_callbacks(), PruningReporter(trial)]
     ran.append(trial.number)
     log.info("trial %d: %s", trial.number, _shown(params))
     try:
@@ -609,7 +611,7 @@ def show(config: SweepConfig) -> ShowResult:
 
     config.check()
     name, url = study_name(config), storage_url(config)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by us
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise UsageError(f"no study storage at {url.removeprefix('sqlite:///')}: run a sweep first")
     try:
