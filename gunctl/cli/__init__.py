@@ -32,6 +32,7 @@ from gunctl.cli import (
     tb,
     train,
     validate,
+    watch,
 )
 from gunctl.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, GunctlError, first_line
 
@@ -174,6 +175,7 @@ for _name, _function in (
     ("sweep", sweep.sweep),
     ("mlflow-ui", mlflow_ui.mlflow_ui),
     ("export-data", export_data.export_data),
+    ("watch", watch.watch),
 ):
     app.command(_name, cls=GunctlCommand)(_with_debug(_function))
 
