@@ -81,7 +81,7 @@ def sweep(
         typer.Option(
             "--mlflow/--no-mlflow",
             show_default="on when MLFLOW_TRACKING_URI is set",
-            help='Each trial an MLflow child run of the study\'s run. Needs the mlflow extra.',
+            help="Each trial an MLflow child run of the study's run. Needs the mlflow extra.",
         ),
     ] = None,
     out: Out = Layout().root,
@@ -170,7 +170,7 @@ def _show(shown, quiet: bool) -> None:
     if shown.importances:
         from rich.table import Table
 
-        table = Table(title="Parameter importances (fANOVA)", title_justify="left")
+        table = Table(title="Parameter importances (Optuna)", title_justify="left")
         table.add_column("option")
         table.add_column("importance", justify="right")
         for name, value in shown.importances.items():

@@ -251,6 +251,9 @@ def open_storage(url: str):
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         # The heartbeat marks the trials of a machine that died as failed (after the grace
         # period) and enqueues each once again, for whichever process asks next.

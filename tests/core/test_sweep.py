@@ -3,8 +3,6 @@ training runs on the demo data (pruning, --show, best.yaml trained again)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 from helpers import TINY_HEAD, TINY_MODEL, share_data
@@ -157,4 +155,4 @@ def test_four_trials_poor_ones_pruned_and_best_yaml_trains_again(tmp_path, demo_
     rerun = load_checkpoint(layout.last_checkpoint("rerun"))
     assert rerun["config"]["lr"] == 1e-3 and rerun["config"]["model"]["min_size"] == 64
     assert rerun["history"][0]["val"]["map_50"] == pytest.approx(first.intermediate_values[1])
-    assert json.loads(json.dumps(shown.importances)) == {}  # one complete trial: none yet
+    assert set(shown.importances) <= {"lr"}  # what Optuna can tell from one complete trial

@@ -172,6 +172,31 @@ def test_embedded_store_logs_resumes_registers_and_validate_logs_to_the_run(
     assert len(_runs(client)) == 1
 
 
+class _StopAtEpochStart(Callback):
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def on_epoch_start(self, state) -> None:
+        raise self.exc
+
+
+@pytest.mark.slow
+def test_the_run_is_marked_failed_or_killed_with_training(tmp_path, demo_layout, monkeypatch):
+    from gunctl.core.trainer import fit
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    layout = Layout(share_data(tmp_path / "out", demo_layout.root))
+    for name, exc in (("failed", RuntimeError("boom")), ("killed", KeyboardInterrupt())):
+        with pytest.raises(type(exc)):
+            fit(
+                _config(layout, run_name=name),
+                [tracking.MlflowTracker(layout), _StopAtEpochStart(exc)],
+            )
+    client = _client(f"sqlite:///{layout.root / 'mlflow.db'}")
+    status = {run.info.run_name: run.info.status for run in _runs(client)}
+    assert status == {"failed": "FAILED", "killed": "KILLED"}
+
+
 # --- a tracking server -----------------------------------------------------------------------
 
 
