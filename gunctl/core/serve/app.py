@@ -159,14 +159,7 @@ def _loader(config: ServeConfig):
     def load():
         from gunctl.core.inference import load_detector
 
-        return load_detector(
-            config.checkpoint,
-            device=config.device,
-            score_threshold=config.score_threshold,
-            max_detections=config.max_detections,
-            half=config.half,
-            amp=config.amp,
-        )
+        return load_detector(**config.detector_kwargs())
 
     return load
 
@@ -324,13 +317,13 @@ async def _handle(request, state: ServeState, threshold, cap, max_images: int):
 
 
 def _check_parameters(threshold, cap) -> None:
-    """The query's values pass the same checks as the command line's (422 otherwise)."""
-    from gunctl.config import check_ints, check_number
+    """The query's values pass the rules declared for --score-threshold and
+    --max-detections (gunctl/config.py), as the command line's do (422 otherwise)."""
+    from gunctl.rules import declared
 
-    if threshold is not None:
-        check_number("score_threshold", threshold, 0.0, 1.0)
-    if cap is not None:
-        check_ints("max_detections", (cap,), 1, 10_000)
+    for name, value in (("score_threshold", threshold), ("max_detections", cap)):
+        if value is not None:
+            declared(ServeConfig, name).rule.check(name, value)
 
 
 def _require_ready(state: ServeState) -> None:
