@@ -29,6 +29,7 @@ from gunctl.rules import (
     UNIT,
     check_declared,
     choice,
+    choices,
     number,
     numbers,
     opt,
@@ -80,6 +81,7 @@ BATCH = whole(1, 4096)  # images per step or per forward pass
 WORKERS = whole(0, 64)  # DataLoader worker processes
 PROPOSALS = whole(1, 100_000)  # RPN proposals and sampled RoIs: they size memory
 DETECTIONS = whole(1, 10_000)  # boxes kept per image
+TIMEOUT = number(0.1, 3600)  # s: opening, reading, sending
 SIDES = (32, 4096)  # px: --min-size, --max-size and --multiscale sizes
 RATIOS = (0.05, 20.0)  # anchors' height / width
 WEIGHT_CHOICES = ("auto", "coco", "imagenet", "none")  # or a path to a gunctl checkpoint
@@ -173,9 +175,9 @@ class IngestConfig:
     classes: tuple[str, ...] | None = None  # keep (and order) these classes; None: all
     merge_classes: str | None = None  # map every kept class to this one name
 
-
     def check(self) -> None:
         check_declared(self)
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -248,6 +250,7 @@ class ModelConfig:
             raise UsageError(f"--fpn-levels: ResNet stages in rising order, got {self.fpn_levels}")
         if relations and self.min_size > self.max_size:
             raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
+
     def builder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the torchvision builder (besides weights)."""
         fields = dataclasses.asdict(self)
@@ -508,25 +511,54 @@ EXPORT_FORMATS = ("torchscript", "onnx", "pth")
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class DetectorOptions:
+    """How a model is loaded for inference, declared once for predict, serve and watch (their
+    configs extend it); ``load_detector(**options.detector_kwargs())`` takes them as they are."""
+
+    checkpoint: Path = opt(
+        Path("artifacts/models/fasterrcnn.pth"),  # the default model, as training promotes it
+        "--weights",
+        None,
+        "The model: a gunctl checkpoint (.pth: last, best or slim) or an exported .onnx file.",
+    )
+    device: str = opt("auto", "--device", DEVICE, "auto (cuda when there is one), cpu, cuda:N.")
+    score_threshold: float | None = opt(  # None: the checkpoint's best-F1 threshold, else 0.5
+        None,
+        "--score-threshold",
+        UNIT,
+        "Keep detections scoring at least this (default: the checkpoint's best-F1 threshold "
+        "on its val split, else 0.5).",
+    )
+    max_detections: int | None = opt(  # None: the checkpoint's box_detections_per_img
+        None,
+        "--max-detections",
+        DETECTIONS,
+        "At most this many boxes per image (default: the checkpoint's).",
+    )
+    amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA (bf16 where supported); not on the CPU
+    half: bool = opt(False, "--half", FLAG, "fp16 weights and inputs (CUDA only).")
+    channels_last: bool = opt(True, "channels_last", FLAG)  # CUDA only, as in training
+
+    def check(self) -> None:
+        check_declared(self)
+        if self.half and not self.device.startswith(("cuda", "auto")):
+            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``inference.load_detector``."""
+        names = [f.name for f in dataclasses.fields(DetectorOptions) if f.name != "checkpoint"]
+        return {"path": self.checkpoint, **{name: getattr(self, name) for name in names}}
+
+
+@dataclass(frozen=True)
+class PredictConfig(DetectorOptions):
     sources: tuple[str, ...] = ()  # files, folders (recursive), globs, .zip archives, videos
-    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
     out: Path | None = None  # None: <layout.root>/predictions/<timestamp>, never an existing one
     layout: Layout = field(default_factory=Layout)
-    # None: the checkpoint's best-F1 threshold, else 0.5
-    score_threshold: float | None = opt(None, "--score-threshold", UNIT)
-    # None: the checkpoint's box_detections_per_img
-    max_detections: int | None = opt(None, "--max-detections", DETECTIONS)
     # as validate; on CUDA 16 is faster per image (benchmarks/README.md)
     batch_size: int = opt(4, "--batch-size", BATCH)
     # decoding in worker processes, hidden behind the model
     workers: int = opt(2, "--workers", WORKERS)
-    device: str = opt("auto", "--device", DEVICE)
-    # autocast on CUDA (bf16 where supported); ignored on the CPU
-    amp: bool = opt(True, "amp", FLAG)
-    half: bool = opt(False, "--half", FLAG)  # fp16 weights and inputs; CUDA only
-    # CUDA only, as in training and validation
-    channels_last: bool = opt(True, "channels_last", FLAG)
     vid_stride: int = opt(1, "--vid-stride", COUNT)  # every Nth video frame
     save_images: bool = opt(True, "--save-images", FLAG)  # annotated images and videos under out/
     save_json: bool = opt(True, "--save-json", FLAG)  # out/predictions.jsonl
@@ -534,11 +566,9 @@ class PredictConfig:
     max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
 
     def check(self) -> None:
-        check_declared(self)
+        super().check()
         if not self.sources:
             raise UsageError("no sources: name images, folders, globs, .zip archives or videos")
-        if self.half and not self.device.startswith(("cuda", "auto")):
-            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
 
 
 @dataclass(frozen=True)
@@ -572,22 +602,15 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(DetectorOptions):
     """`gunctl serve`: the model as an HTTP service (gunctl/core/serve)."""
 
-    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")  # as predict resolves it
     # loopback: safe by default; any other address needs an API key
     host: str = opt("127.0.0.1", "--host", TEXT)
     port: int = opt(8000, "--port", whole(0, 65535))  # FastAPI's usual port; 0: any free one
     api_key: str | None = opt(None, "--api-key", TEXT)  # or GUNCTL_API_KEY; see check()
     # processes (uvicorn's workers), each with its own model and inference thread
     workers: int = opt(1, "--workers", whole(1, 64))
-    device: str = opt("auto", "--device", DEVICE)
-    amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA, as predict
-    half: bool = opt(False, "--half", FLAG)  # fp16 weights and inputs; CUDA only
-    # None: the checkpoint's best-F1 threshold, else 0.5; a request may ask for another
-    score_threshold: float | None = opt(None, "--score-threshold", UNIT)
-    max_detections: int | None = opt(None, "--max-detections", DETECTIONS)  # None: the model's
     # Micro-batching: images waiting together go through one forward pass. A GPU runs 8 of
     # the data set's ~0.05 MP images in about the time of one; on the CPU batching gains
     # little (benchmarks/README.md, bench_serve.py), and the wait costs a request <= 5 ms.
@@ -611,9 +634,7 @@ class ServeConfig:
     access_log: bool = opt(True, "access_log", FLAG)  # one line per request
 
     def check(self) -> None:
-        check_declared(self)
-        if self.half and not self.device.startswith(("cuda", "auto")):
-            raise UsageError(f"--half needs a CUDA device, not --device {self.device}")
+        super().check()
         if self.api_key is not None:
             key = self.api_key
             if len(key) < MIN_API_KEY or not key.isascii() or not key.isprintable() or " " in key:
@@ -636,40 +657,52 @@ WATCH_EVENTS = ("new", "update", "end", "stream_down", "stream_up", "stream_end"
 
 
 @dataclass(frozen=True)
-class WatchConfig:
+class WatchConfig(DetectorOptions):
     """`gunctl watch`: streams, files and devices in, tracked detections and alerts out.
-    The alert defaults were chosen with benchmarks/bench_watch.py (benchmarks/README.md)."""
+    The alert defaults were chosen with benchmarks/bench_watch.py (benchmarks/README.md).
+    ``score_threshold`` (DetectorOptions): the detections the tracker sees; None: the model's."""
 
     sources: tuple[str, ...] = ()  # rtsp/rtmp/http(s) URLs, video files, /dev/videoN
     names: tuple[str, ...] = ()  # --name per source, in order; the rest named from the URL/file
-    checkpoint: Path = Path("artifacts/models/fasterrcnn.pth")
     out: Path = Path("artifacts/watch")  # events.jsonl (appended) and snapshots/<run>/
-    device: str = "auto"
-    score_threshold: float | None = None  # detections the tracker sees; None: the model's
-    detect_fps: float = 5.0  # frames detected per second and source: a gun is held for seconds
-    min_hits: int = 3  # 0.6 s at 5 fps: one-frame false positives never alert
-    alert_threshold: float = 0.5  # median score of a track's hits to alert
-    cooldown: float = 10.0  # s between two alerts of one source
-    track_timeout: float = 2.0  # s without a detection before a track ends
-    stationary_px: float = 0.1  # of the box's size: a track moving less is stationary
+    # frames detected per second and source: a gun is held for seconds
+    detect_fps: float = opt(5.0, "--detect-fps", number(0, 120, open_low=True))
+    # 0.6 s at 5 fps: one-frame false positives never alert
+    min_hits: int = opt(3, "--min-hits", whole(1, 1000))
+    alert_threshold: float = opt(0.5, "--alert-threshold", UNIT)  # median score of the hits
+    cooldown: float = opt(10.0, "--cooldown", number(0, 86400))  # s between alerts of a source
+    # s without a detection before a track ends
+    track_timeout: float = opt(2.0, "--track-timeout", number(0, 3600, open_low=True))
+    # of the box's size: a track moving less is stationary
+    stationary_px: float = opt(0.1, "--stationary", number(0, 10))
     zones: tuple[str, ...] = ()  # NAME[@SOURCE]:x1,y1,x2,y2,... (pixels, or fractions <= 1)
-    realtime: bool = False  # files at their own frame rate (newest frame only, as a camera)
-    open_timeout: float = 10.0  # s to open a stream
-    read_timeout: float = 5.0  # s without data before a stream is down
-    reconnect_min: float = 1.0  # s: first reconnect delay, doubled per failure, with jitter
-    reconnect_max: float = 30.0  # s: the cap of that delay
-    webhook: str | None = None  # URL: JSON POST per event
-    webhook_secret: str | None = None  # HMAC-SHA256 of the body in X-Gunctl-Signature
-    webhook_timeout: float = 5.0  # s per request
-    webhook_retries: int = 6  # retries per event (backoff 0.5 s doubling, cap 30 s)
-    outbox: int = 1000  # events waiting per sink; beyond it the oldest is dropped (counted)
-    exec_cmd: str | None = None  # --exec: run per event, event JSON on stdin (no shell)
-    notify: tuple[str, ...] = ("new", "end", "stream_down", "stream_up")  # what sinks receive
-    duration: float | None = None  # s: stop after this long (None: until Ctrl-C/SIGTERM)
-    max_pixels: int = 50_000_000  # the same decompression-bomb limit as ingest and predict
+    # files at their own frame rate (newest frame only, as a camera)
+    realtime: bool = opt(False, "--realtime", FLAG)
+    open_timeout: float = opt(10.0, "--open-timeout", TIMEOUT)  # s to open a stream
+    read_timeout: float = opt(5.0, "--read-timeout", TIMEOUT)  # s without data: down
+    # s: first reconnect delay, doubled per failure, with jitter
+    reconnect_min: float = opt(1.0, "--reconnect-min", number(0.01, 3600))
+    reconnect_max: float = opt(30.0, "--reconnect-max", number(0.01, 86400))  # the cap
+    webhook: str | None = opt(None, "--webhook", TEXT)  # URL: JSON POST per event
+    # HMAC-SHA256 of the body in X-Gunctl-Signature
+    webhook_secret: str | None = opt(None, "--webhook-secret", TEXT)
+    webhook_timeout: float = opt(5.0, "--webhook-timeout", TIMEOUT)  # s per request
+    # retries per event (backoff 0.5 s doubling, cap 30 s)
+    webhook_retries: int = opt(6, "--webhook-retries", whole(0, 100))
+    # events waiting per sink; beyond it the oldest is dropped (counted)
+    outbox: int = opt(1000, "--outbox", whole(1, 10**6))
+    # --exec: run per event, event JSON on stdin (no shell)
+    exec_cmd: str | None = opt(None, "--exec", TEXT)
+    notify: tuple[str, ...] = opt(  # what the sinks receive
+        ("new", "end", "stream_down", "stream_up"), "--notify", choices(*WATCH_EVENTS)
+    )
+    # s: stop after this long (None: until Ctrl-C/SIGTERM)
+    duration: float | None = opt(None, "--duration", POSITIVE)
+    # the same decompression-bomb limit as ingest and predict
+    max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
 
     def check(self) -> None:
-        check_device(self.device)
+        super().check()
         if not self.sources:
             raise UsageError("no sources: name rtsp/rtmp/http(s) URLs, video files or devices")
         if len(self.names) > len(self.sources):
@@ -677,28 +710,11 @@ class WatchConfig:
         for name in self.names:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
                 raise UsageError(f"--name {name!r}: letters, digits, '_', '.', '-' (64 at most)")
-        if self.score_threshold is not None:
-            check_number("--score-threshold", self.score_threshold, 0, 1)
-        check_number("--detect-fps", self.detect_fps, 0, 120, low_open=True)
-        check_ints("--min-hits", (self.min_hits,), 1, 1000)
-        check_number("--alert-threshold", self.alert_threshold, 0, 1)
-        check_number("--cooldown", self.cooldown, 0, 86400)
-        check_number("--track-timeout", self.track_timeout, 0, 3600, low_open=True)
-        check_number("--stationary", self.stationary_px, 0, 10)
-        for flag, value in (
-            ("--open-timeout", self.open_timeout),
-            ("--read-timeout", self.read_timeout),
-            ("--webhook-timeout", self.webhook_timeout),
-        ):
-            check_number(flag, value, 0.1, 3600)
-        check_number("--reconnect-min", self.reconnect_min, 0.01, 3600)
-        check_number("--reconnect-max", self.reconnect_max, self.reconnect_min, 86400)
-        check_ints("--webhook-retries", (self.webhook_retries,), 0, 100)
-        check_ints("--outbox", (self.outbox,), 1, 10**6)
-        for kind in self.notify:
-            check_choice("--notify", kind, WATCH_EVENTS)
-        if self.duration is not None:
-            check_number("--duration", self.duration, 0, math.inf, low_open=True)
+        if self.reconnect_max < self.reconnect_min:
+            raise UsageError(
+                f"--reconnect-max {self.reconnect_max} is below --reconnect-min "
+                f"{self.reconnect_min}"
+            )
         if self.webhook_secret is not None and self.webhook is None:
             raise UsageError("--webhook-secret needs --webhook")
         if self.webhook is not None and not re.match(r"https?://", self.webhook):

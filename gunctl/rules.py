@@ -77,6 +77,12 @@ class Rule:
         if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise UsageError(f"{flag} {value}: use auto, cpu, cuda or cuda:N")
 
+    def _choices(self, flag: str, values: Any) -> None:
+        if not isinstance(values, tuple):
+            raise UsageError(f"{flag}: a list of {', '.join(self.choices)}, got {values!r}")
+        for value in values:
+            self._choice(flag, value)
+
     def _choice(self, flag: str, value: Any) -> None:
         if value not in self.choices:
             raise UsageError(f"{flag} {value}: choose one of {', '.join(self.choices)}")
@@ -91,7 +97,7 @@ class Rule:
 
     def describe(self) -> str:
         """The rule in words, for errors (``a number above 0``) and help (``metavar``)."""
-        if self.kind == "choice":
+        if self.kind in ("choice", "choices"):
             return "one of " + ", ".join(self.choices)
         if self.kind == "flag":
             return "true or false"
@@ -118,7 +124,7 @@ class Rule:
 
     def metavar(self) -> str:
         """What the value is, once, for ``--help``: ``0-1``, ``N``, ``X>0``, ``a|b|c``."""
-        if self.kind == "choice":
+        if self.kind in ("choice", "choices"):
             return "|".join(self.choices) if len(", ".join(self.choices)) <= 30 else "NAME"
         if self.kind == "wholes":
             return "N,N,..."
@@ -151,6 +157,11 @@ def numbers(low=-math.inf, high=math.inf) -> Rule:
 
 def choice(*choices: str) -> Rule:
     return Rule("choice", choices=tuple(choices))
+
+
+def choices(*names: str) -> Rule:
+    """A tuple of values, each one of ``names``."""
+    return Rule("choices", choices=tuple(names))
 
 
 FLAG = Rule("flag")

@@ -39,7 +39,7 @@ from gunctl.errors import UsageError
         (TrainConfig(save_period=0), "--save-period: a whole number from 1"),
         (TrainConfig(batch_size=10**9), "--batch-size: a whole number from 1 to 4096"),
         (TrainConfig(epochs=2.5), "--epochs: a whole number from 1"),
-        (TrainConfig(grad_clip=float("nan")), "--grad-clip: a number above 0"),
+        (TrainConfig(grad_clip=float("nan")), "grad_clip: a number above 0"),
         (TrainConfig(weight_decay=float("inf")), "--weight-decay: a number from 0"),
         (TrainConfig(hflip="no"), "--hflip: true or false, got 'no'"),
         (TrainConfig(model=ModelConfig(num_classes=1)), "classes \\(with the background\\): a whole number from 2 to 1001, got 1"),

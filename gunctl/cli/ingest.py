@@ -51,7 +51,7 @@ def ingest(
         ),
     ] = None,
     version: Annotated[
-        int | None, typer.Option("--version", min=1, help="Kaggle data set version to pin.")
+        int | None, typer.Option("--version", help="Kaggle data set version to pin.")
     ] = None,
     out: Out = Layout().root,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing raw/ tree.")] = False,
@@ -60,7 +60,7 @@ def ingest(
     ] = False,
     seed: Seed = IngestConfig.seed,
     count: Annotated[
-        int, typer.Option("--count", min=1, help="Number of demo images (--source demo).")
+        int, typer.Option("--count", help="Number of demo images (--source demo).")
     ] = IngestConfig.count,
     json_out: Json = False,
     quiet: Quiet = False,

@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from gunctl.config import DetectorOptions
+from gunctl.rules import declared
+
+
+def option(cls, name: str, *names: str, **settings: Any) -> Any:
+    """The command line's ``typer.Option`` of an option declared in config.py: its flag and
+    help come from the declaration (``settings`` add Typer's display details only)."""
+    declaration = declared(cls, name)
+    settings.setdefault("help", declaration.help)
+    return typer.Option(declaration.flag, *names, **settings)
+
+
+def config_from(cls, values: dict[str, Any], **given: Any) -> Any:
+    """A config from a command's parameters: each parameter named as a field of ``cls``
+    (``locals()`` of the command), plus ``given`` for those named otherwise."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and k not in given}, **given)
+
 
 Out = Annotated[
     Path,
@@ -13,9 +34,7 @@ Out = Annotated[
 ]
 Seed = Annotated[
     int,
-    typer.Option(
-        "--seed", min=0, max=2**32 - 1, help="Random seed (0 to 2**32-1); same seed, same result."
-    ),
+    typer.Option("--seed", help="Random seed (0 to 2**32-1); same seed, same result."),
 ]
 Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")
@@ -25,23 +44,22 @@ Subset = Annotated[
     int | None,
     typer.Option(
         "--subset",
-        min=2,
         show_default="all images",
         help="Use a seeded sample of N images (quick runs).",
     ),
 ]
-Device = Annotated[
-    str, typer.Option("--device", help="auto (cuda when available), cpu, cuda or cuda:N.")
-]
-Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")]
-BatchSize = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Images per step (per process).")
-]
-_WEIGHTS_HELP = "The gunctl checkpoint (.pth: last, best or slim) to use."
-Weights = Annotated[Path, typer.Option("--weights", help=_WEIGHTS_HELP)]
-# validate and export also take the checkpoint as an argument; --weights is its other name.
+Device = Annotated[str, option(DetectorOptions, "device")]
+Workers = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per step (per process).")]
+Weights = Annotated[Path, option(DetectorOptions, "checkpoint")]
+# validate, export and serve also take the model as an argument; --weights is its other name.
 WeightsAlias = Annotated[
-    Path | None, typer.Option("--weights", help=_WEIGHTS_HELP + " Same as the argument.")
+    Path | None,
+    option(
+        DetectorOptions,
+        "checkpoint",
+        help=declared(DetectorOptions, "checkpoint").help + " Same as the argument.",
+    ),
 ]
 
 
@@ -54,16 +72,9 @@ def one_checkpoint(argument: Path | None, weights: Path | None) -> Path | None:
     return argument or weights
 
 
-ScoreThreshold = Annotated[
-    float | None,
-    typer.Option(
-        "--score-threshold",
-        min=0.0,
-        max=1.0,
-        help="Keep detections scoring at least this (default: the checkpoint's best-F1 "
-        "threshold on its val split, else 0.5).",
-    ),
-]
+ScoreThreshold = Annotated[float | None, option(DetectorOptions, "score_threshold")]
+MaxDetections = Annotated[int | None, option(DetectorOptions, "max_detections")]
+Half = Annotated[bool, option(DetectorOptions, "half")]
 
 
 def _read_config_file(ctx: typer.Context, param, value: Path | None) -> Path | None:

@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, escape, is_terminal, key_value_table, task_progress
-from gunctl.cli.options import BatchSize, Device, Quiet, ScoreThreshold, Weights, Workers
+from gunctl.cli.options import (
+    BatchSize,
+    Device,
+    Half,
+    MaxDetections,
+    Quiet,
+    ScoreThreshold,
+    Weights,
+    Workers,
+    config_from,
+)
 from gunctl.config import Layout, PredictConfig
 from gunctl.errors import DetectionError
 
@@ -36,14 +46,7 @@ def predict(
         ),
     ] = None,
     score_threshold: ScoreThreshold = None,
-    max_detections: Annotated[
-        int | None,
-        typer.Option(
-            "--max-detections",
-            min=1,
-            help="At most this many boxes per image (default: the checkpoint's).",
-        ),
-    ] = None,
+    max_detections: MaxDetections = None,
     save_images: Annotated[
         bool,
         typer.Option("--save-images/--no-save-images", help="Write annotated images and videos."),
@@ -57,14 +60,12 @@ def predict(
         typer.Option("--json", help="Print the JSON lines on stdout and nothing else there."),
     ] = False,
     vid_stride: Annotated[
-        int, typer.Option("--vid-stride", min=1, help="Predict every Nth video frame.")
+        int, typer.Option("--vid-stride", help="Predict every Nth video frame.")
     ] = _P.vid_stride,
     batch_size: BatchSize = _P.batch_size,
     workers: Workers = _P.workers,
     device: Device = _P.device,
-    half: Annotated[
-        bool, typer.Option("--half", help="fp16 weights and inputs (CUDA only).")
-    ] = _P.half,
+    half: Half = _P.half,
     fail_on_detection: Annotated[
         bool, typer.Option("--fail-on-detection", help="Exit 1 when anything is detected.")
     ] = False,
@@ -77,20 +78,7 @@ def predict(
     """
     from gunctl.core.predict import predict as run_predict
 
-    config = PredictConfig(
-        sources=tuple(sources or ()),
-        checkpoint=weights,
-        out=out,
-        score_threshold=score_threshold,
-        max_detections=max_detections,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        half=half,
-        vid_stride=vid_stride,
-        save_images=save_images,
-        save_json=save_json,
-    )
+    config = config_from(PredictConfig, locals(), sources=tuple(sources or ()), checkpoint=weights)
     with task_progress("predicting", enabled=not (quiet or json_out)) as progress:
         result = run_predict(
             config, on_progress=progress, on_record=_print_line if json_out else None

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, escape, is_terminal, note
-from gunctl.cli.options import Device, ScoreThreshold, WeightsAlias, one_checkpoint
+from gunctl.cli.options import (
+    Device,
+    Half,
+    MaxDetections,
+    ScoreThreshold,
+    WeightsAlias,
+    one_checkpoint,
+)
 from gunctl.config import Layout, ServeConfig
 
 _S = ServeConfig()
@@ -72,14 +79,9 @@ def serve(
         ),
     ] = _S.drain_seconds,
     score_threshold: ScoreThreshold = None,
-    max_detections: Annotated[
-        int | None,
-        typer.Option("--max-detections", help="At most this many boxes per image by default."),
-    ] = None,
+    max_detections: MaxDetections = None,
     device: Device = _S.device,
-    half: Annotated[
-        bool, typer.Option("--half", help="fp16 weights and inputs (CUDA only).")
-    ] = _S.half,
+    half: Half = _S.half,
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Log lines as JSON objects (log collectors).")
     ] = _S.json_logs,

@@ -9,13 +9,13 @@ from rich.table import Table
 
 from gunctl.cli.console import console, escape, note, number, print_json, print_path, say, warn
 from gunctl.cli.options import Json, Out
-from gunctl.config import Layout
+from gunctl.config import Layout, TensorBoardConfig
 
 
 def tb(
     out: Out = Layout().root,
     port: Annotated[
-        int, typer.Option("--port", min=0, max=65535, help="Port to serve on (0: any free port).")
+        int, typer.Option("--port", help="Port to serve on (0: any free port).")
     ] = 6006,
     host: Annotated[
         str,
@@ -43,6 +43,7 @@ def tb(
         warn(
             f"{runs_dir} does not exist yet; TensorBoard shows runs once `gunctl train` writes them"
         )
+    TensorBoardConfig(host, port).check()
     url = runs.start_tensorboard(runs_dir, host, port)
     say(f"TensorBoard for {runs_dir} at {url}  (Ctrl-C to stop)")
     _wait_for_interrupt()

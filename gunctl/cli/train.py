@@ -17,6 +17,7 @@ from gunctl.config import (
     OPTIMIZERS,
     RECIPES,
     RESUMABLE_OPTIONS,
+    LaunchConfig,
     Layout,
     ModelConfig,
     TrainConfig,
@@ -342,7 +343,6 @@ def train(
         int | None,
         typer.Option(
             "--nproc",
-            min=1,
             show_default="one process, no torchrun",
             help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
             "processes with gloo); --batch-size is per process.",
@@ -408,6 +408,7 @@ def train(
         register=register,
     )
     config.check(relations=False)  # a bad value fails here, not in each --nproc process
+    LaunchConfig(nproc).check()
     if nproc is not None and "WORLD_SIZE" not in os.environ:
         raise typer.Exit(_run_torchrun(nproc))
     if resume and os.environ.get("RANK", "0") == "0":

@@ -69,8 +69,6 @@ def validate(
         float,
         typer.Option(
             "--score-threshold",
-            min=0.0,
-            max=1.0,
             help="Detections below it do not count for precision, recall and F1.",
         ),
     ] = _DEFAULTS.score_threshold,
@@ -78,8 +76,6 @@ def validate(
         float | None,
         typer.Option(
             "--min-map50",
-            min=0.0,
-            max=1.0,
             show_default="no bar",
             help="Exit 1 when mAP@0.5 is below this.",
         ),
@@ -88,8 +84,6 @@ def validate(
         float | None,
         typer.Option(
             "--min-map",
-            min=0.0,
-            max=1.0,
             show_default="no bar",
             help="Exit 1 when mAP@0.5:0.95 is below this.",
         ),
@@ -154,13 +148,15 @@ def validate(
         workers=workers,
         tta=tta,
         mlflow=tracking.resolve_flag(mlflow),
+        min_map50=min_map50,
+        min_map=min_map,
     )
     with task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)
         result = validate_checkpoint(config, on_batch=counter)
     note(f"model: {config.checkpoint}")
-    failures = _failures(result.metrics, min_map50, min_map)
-    report = _report(result, config, min_map50, min_map, failures)
+    failures = _failures(result.metrics, config.min_map50, config.min_map)
+    report = _report(result, config, config.min_map50, config.min_map, failures)
     if report_file is not None:
         import json
 

@@ -238,7 +238,7 @@ def _evaluate(
         model.eval()
         tick = time.perf_counter()
         with torch.inference_mode(), _autocast(device, amp_dtype):
-            outputs = model(images)
+            outputs = detections(model, images)
         _sync(device)
         detect_seconds += time.perf_counter() - tick
         predictions.extend(
@@ -264,6 +264,15 @@ def _evaluate(
         map_seconds=map_seconds,
     )
     return EvalResult(metrics, predictions, targets_cpu)
+
+
+def detections(model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Eval-mode detections through the inference core's forward (what predict, serve and the
+    exported files run); a wrapper without torchvision's ``transform`` (flip TTA) runs its own
+    forward, which goes through the core for each view."""
+    from gunctl.core.inference import DetectionModule
+
+    return DetectionModule(model)(images) if hasattr(model, "transform") else model(images)
 
 
 def mean_average_precision(predictions, targets, class_names: Sequence[str] = ("gun",)) -> dict:

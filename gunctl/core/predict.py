@@ -66,15 +66,7 @@ def predict(
     JSONL record as it is made (for ``--json``)."""
     config.check()
     out = _check_out(config)
-    detector = load_detector(
-        config.checkpoint,
-        device=config.device,
-        score_threshold=config.score_threshold,
-        max_detections=config.max_detections,
-        half=config.half,
-        amp=config.amp,
-        channels_last=config.channels_last,
-    )
+    detector = load_detector(**config.detector_kwargs())
     log.info(
         "model: %s; score threshold %.4f (%s)",
         config.checkpoint,

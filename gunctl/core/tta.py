@@ -22,8 +22,10 @@ class FlipTTA(nn.Module):
     def forward(self, images, targets=None):
         if self.training:
             return self.model(images, targets)
-        plain = self.model(images)
-        mirrored = self.model([image.flip(-1) for image in images])
+        from gunctl.core.engine import detections
+
+        plain = detections(self.model, images)
+        mirrored = detections(self.model, [image.flip(-1) for image in images])
         fused = []
         for image, a, b in zip(images, plain, mirrored, strict=True):
             width = image.shape[-1]

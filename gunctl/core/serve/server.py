@@ -40,14 +40,7 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
     from gunctl.core.serve.app import CONFIG_ENV, create_app
     from gunctl.core.serve.logs import log_config
 
-    detector = load_detector(
-        config.checkpoint,
-        device=config.device,
-        score_threshold=config.score_threshold,
-        max_detections=config.max_detections,
-        half=config.half,
-        amp=config.amp,
-    )
+    detector = load_detector(**config.detector_kwargs())
     sock = bind(config.host, config.port)
     port = sock.getsockname()[1]
     options = dict(

@@ -424,7 +424,7 @@ def watch(
     if detector is None:
         from gunctl.core.inference import load_detector
 
-        detector = load_detector(config.checkpoint, device=config.device)
+        detector = load_detector(**config.detector_kwargs())
         log.info(
             "model: %s; score threshold %.4f (%s)",
             config.checkpoint,
