@@ -360,6 +360,19 @@ def test_request_timeout_is_504(model, detector, images):
         response = httpx.post(f"{url}/v1/detect", content=images[0].read_bytes(), timeout=30)
         gate.open.set()
         assert response.status_code == 504 and response.json()["error"] == "timeout"
+        # a body that stops coming (a slow or stuck client): 408 at the same deadline
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n\xff\xd8"
+            )
+            answer = b""
+            while b"}" not in answer:
+                more = sock.recv(65536)
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer
 
 
 def test_inference_failure_is_500_without_details(model, detector, images):

@@ -336,8 +336,10 @@ async def _within(awaitable, deadline: float, status: int, what: str):
     try:
         return await asyncio.wait_for(awaitable, max(left, 0.001))
     except asyncio.TimeoutError:
-        kind = "request_timeout" if status == 408 else "timeout"
-        raise HTTPProblem(status, kind, f"{what} took longer than --request-timeout") from None
+        message = f"{what} took longer than --request-timeout"
+        if status == 408:  # the rest of the body may still come: the connection cannot go on
+            raise HTTPProblem(408, "request_timeout", message, {"Connection": "close"}) from None
+        raise HTTPProblem(status, "timeout", message) from None
 
 
 async def _read_images(request, max_images: int) -> list[tuple[str, bytes]]:
