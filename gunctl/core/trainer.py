@@ -138,6 +138,8 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
     safe_name(run_name, "run name", UsageError)  # it becomes a folder under runs/
     config = dataclasses.replace(config, run_name=run_name)
     run_dir = config.layout.run_dir(run_name)
+    if dist.is_main and resumed is not None:  # before the lock file too: nothing is written
+        _check_run_identity(run_dir, resumed)  # (checked again under the lock below)
     lock = RunLock(run_dir, made) if dist.is_main else contextlib.nullcontext()
     with lock, RawLock(config.layout, exclusive=False, command="gunctl train"):
         if dist.is_main and resumed is None and config.layout.last_checkpoint(run_name).exists():
