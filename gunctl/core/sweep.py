@@ -365,7 +365,26 @@ def run_sweep(
         if on_trial is not None and len(ran) > before:
             summary = _summary(study.trials[ran[-1]])
             on_trial(summary, _result(study, name, url, ran))
+    if parent is not None:
+        _end_parent(config, study, parent)
     return _result(study, name, url, ran)
+
+
+def _end_parent(config: SweepConfig, study, parent: str) -> None:
+    """The study's MLflow run ends when its last trial has (whichever process sees it)."""
+    from optuna.trial import TrialState
+
+    if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        return
+    try:
+        from gunctl.core.tracking import open_client
+
+        client, _ = open_client(config.layout)
+        client.set_terminated(parent, status="FINISHED")
+    except Exception as exc:  # tracking never stops the sweep
+        from gunctl.errors import first_line
+
+        log.warning("MLflow: ending the sweep's run failed (%s)", first_line(exc))
 
 
 def _check_options(space: Space, config: SweepConfig) -> None:

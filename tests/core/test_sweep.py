@@ -120,8 +120,9 @@ def test_four_trials_poor_ones_pruned_and_best_yaml_trains_again(tmp_path, demo_
         enqueue=[{"lr": 1e-3}],
     )
     config = SweepConfig(
-        space=space, layout=layout, trials=4, warmup_epochs=0, startup_trials=1, seed=0
-    )
+        space=space, layout=layout, trials=4, warmup_epochs=0, startup_trials=1, seed=0,
+        mlflow=True,
+    )  # fmt: skip
     seen = []
     result = sweep.run_sweep(config, on_trial=lambda trial, _: seen.append(trial.number))
     assert seen == [0, 1, 2, 3] and result.ran == [0, 1, 2, 3]
@@ -139,6 +140,20 @@ def test_four_trials_poor_ones_pruned_and_best_yaml_trains_again(tmp_path, demo_
         assert load_checkpoint(layout.last_checkpoint(f"space-{trial.number:03d}"))["epoch"] == 1
         stored = yaml.safe_load(layout.run_config(f"space-{trial.number:03d}").read_text())
         assert stored["lr"] == pytest.approx(trial.params["lr"]) and stored["lr"] >= 1e3
+
+    # MLflow: the study's run, and one child run per trial (pruned ones KILLED)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.info.run_name == "sweep space"]
+    assert parent.info.status == "FINISHED"
+    children = {r.info.run_name: r for r in runs if r is not parent}
+    assert sorted(children) == [f"space-{n:03d}" for n in range(4)]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parent.info.run_id}
+    assert children["space-000"].info.status == "FINISHED"
+    assert all(children[f"space-00{n}"].info.status == "KILLED" for n in (1, 2, 3))
+    assert children["space-001"].data.tags["gunctl.sweep.state"] == "pruned"
 
     shown = sweep.show(config)
     assert shown.result.best.number == 0 and shown.best_yaml.is_file()
