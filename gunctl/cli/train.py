@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, note, warn
-from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers
+from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers, config_from
 from gunctl.config import (
     CACHE_MODES,
     LR_SCHEDULES,
@@ -360,52 +360,19 @@ def train(
     )  # given on the command line or in --config: the recipe keeps them
     from gunctl.core import tracking
 
-    config = TrainConfig(
-        model=ModelConfig(
-            name=model,
-            weights=weights,
-            min_size=min_size,
-            max_size=max_size,
-            norm=norm,
+    values = locals()  # every parameter named as its config field goes across as it is
+    config = config_from(
+        TrainConfig,
+        values,
+        model=config_from(
+            ModelConfig,
+            {**values, "name": model},
             train_sizes=_sizes(multiscale),
             fpn_levels=_levels(fpn_levels),
-            fpn_channels=fpn_channels,
-            box_head_dim=box_head_dim,
         ),
         layout=Layout(out),
-        epochs=epochs,
-        subset=subset,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        weight_decay=weight_decay,
-        lr_schedule=lr_schedule,
-        warmup_steps=warmup_steps,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        workers=workers,
-        cache=cache,
-        seed=seed,
-        hflip=hflip,
-        run_name=run_name,
-        resume=resume,
-        promote=promote,
-        patience=patience,
-        save_period=save_period,
-        recipe=recipe,
         explicit=explicit,
-        photometric=photometric,
-        zoom_out=zoom_out,
-        crop=crop,
-        mosaic=mosaic,
-        ema=ema,
-        ema_decay=ema_decay,
-        fit_anchors=fit_anchors,
-        minutes=minutes,
-        val_every=val_every,
         mlflow=tracking.resolve_flag(mlflow),
-        register=register,
     )
     config.check(relations=False)  # a bad value fails here, not in each --nproc process
     LaunchConfig(nproc).check()
