@@ -103,6 +103,16 @@ def test_without_the_extra_mlflow_says_which_to_install(tmp_path, monkeypatch, g
     assert tracking.resolve_flag(False) is False
 
 
+def test_the_cli_imports_neither_mlflow_nor_optuna_before_a_command_needs_them():
+    code = (
+        "import sys, gunctl.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'optuna')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # --- the embedded store ----------------------------------------------------------------------
 
 
