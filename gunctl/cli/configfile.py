@@ -18,10 +18,10 @@ def read_options(path: Path, names: list[str]) -> dict[str, Any]:
     """
     import yaml
 
-    from gunctl.core.fileio import MAX_CONFIG_BYTES, TooLarge, load_yaml, read_bounded
+    from gunctl.core.fileio import MAX_CONFIG_BYTES, TooLarge, load_yaml, open_regular, read_bounded
 
     try:
-        with Path(path).open("rb") as handle:
+        with open_regular(Path(path)) as handle:  # a FIFO is refused, never read (it blocks)
             data = load_yaml(read_bounded(handle, MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None

@@ -162,6 +162,12 @@ def test_special_files_and_loops_are_named_and_skipped(mixed_predict):
     assert snapshot(root) == before  # the inputs are untouched (the FIFO never opened)
 
 
+def test_a_fifo_as_config_file_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "config.yaml")  # nobody writes to it: a read would wait for ever
+    result = run_gunctl("train", "--config", tmp_path / "config.yaml", timeout=120)
+    one_line_error(result, "config.yaml: cannot read the config file (a FIFO")
+
+
 def test_unreadable_and_repeated_zip_members_are_named_and_skipped(mixed_predict):
     result, out, _, _ = mixed_predict
     stderr = result.stderr
