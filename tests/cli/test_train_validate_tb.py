@@ -117,11 +117,11 @@ def test_minutes_goes_not_with_epochs(trained, gunctl):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--epochs", "0"], "--epochs: whole numbers from 1"),
+        (["--epochs", "0"], "--epochs: a whole number from 1"),
         (["--photometric", "2"], "--photometric: a number from 0 to 1, got 2.0"),
         (["--multiscale", "8,300"], "--multiscale: whole numbers from 32 to 4096, got 8"),
         (["--fpn-levels", "9"], "--fpn-levels: whole numbers from 1 to 4, got 9"),
-        (["--nproc", "2", "--patience", "0"], "--patience: whole numbers from 1"),
+        (["--nproc", "2", "--patience", "0"], "--patience: a whole number from 1"),
     ],
 )
 def test_bad_values_are_one_line_before_anything_starts(gunctl, tmp_path, args, message):
