@@ -400,29 +400,29 @@ class SweepConfig:
 
     space: Path | None = None  # the YAML file of options to search (and fixed ones)
     layout: Layout = field(default_factory=Layout)
-    trials: int = 20  # in the study as a whole, however many processes share it
-    minutes: float | None = None  # each trial's --minutes budget; None: the space's epochs
-    storage: str | None = None  # an Optuna RDB URL or journal:<file>; None: <out>/sweeps/
-    study: str | None = None  # None: the space file's name without its suffix
-    resume: bool = False  # go on with a study that has trials (those of a killed run again)
-    show: bool = False  # print the best trial and importances, write best.yaml; no training
-    mlflow: bool = False  # each trial an MLflow child run of the study's run
-    pruner: str = "median"  # stop a trial whose mAP@0.5 is below the median at that epoch
-    warmup_epochs: int = 1  # epochs a trial trains before it may be pruned
-    startup_trials: int = 2  # trials that finish before any is pruned (the median needs some)
-    seed: int | None = None  # the sampler's seed; None: a fresh draw
+    # in the study as a whole, however many processes share it
+    trials: int = opt(20, "--trials", whole(1, 100_000), "Trials in the study in all.")
+    # each trial's --minutes budget; None: the space's epochs
+    minutes: float | None = opt(None, "--minutes", POSITIVE, "Each trial's --minutes.")
+    # an Optuna RDB URL or journal:<file>; None: SQLite in <out>/sweeps/
+    storage: str | None = opt(None, "--storage", TEXT)
+    study: str | None = opt(None, "--study", TEXT, "Study name.")  # None: the space's file name
+    # go on with a study that has trials (those of a killed run again)
+    resume: bool = opt(False, "--resume", FLAG)
+    # print the best trial and importances, write best.yaml; no training
+    show: bool = opt(False, "--show", FLAG)
+    mlflow: bool = opt(False, "--mlflow", FLAG)  # each trial an MLflow child run of the study's
+    # stop a trial whose mAP@0.5 is below the median at that epoch
+    pruner: str = opt("median", "--pruner", choice(*SWEEP_PRUNERS))
+    warmup_epochs: int = opt(1, "--warmup-epochs", whole(0, 10**6))  # before a trial is pruned
+    # trials that finish before any is pruned (the median needs some)
+    startup_trials: int = opt(2, "--startup-trials", whole(0, 10**6))
+    seed: int | None = opt(None, "--seed", SEED, "The sampler's seed.")  # None: a fresh draw
 
     def check(self) -> None:
+        check_declared(self)
         if not self.show and self.space is None:
             raise UsageError("--space FILE is needed (the options to search), or --show")
-        check_ints("--trials", (self.trials,), 1, 100_000)
-        if self.minutes is not None:
-            check_number("--minutes", self.minutes, 0, math.inf, low_open=True)
-        check_choice("--pruner", self.pruner, SWEEP_PRUNERS)
-        check_ints("--warmup-epochs", (self.warmup_epochs,), 0, 10**6)
-        check_ints("--startup-trials", (self.startup_trials,), 0, 10**6)
-        if self.seed is not None:
-            check_ints("--seed", (self.seed,), 0, 2**32 - 1)
         if self.study is not None:
             check_model_name("--study", self.study)
         if self.storage is not None and not self.storage.strip():
