@@ -16,6 +16,9 @@ def option(cls, name: str, *names: str, **settings: Any) -> Any:
     help come from the declaration (``settings`` add Typer's display details only)."""
     declaration = declared(cls, name)
     settings.setdefault("help", declaration.help)
+    rule = declaration.rule
+    if rule is not None and rule.kind != "flag":
+        settings.setdefault("metavar", rule.metavar())  # what the value is: 0-1, N, DEVICE
     return typer.Option(declaration.flag, *names, **settings)
 
 
