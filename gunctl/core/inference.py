@@ -141,7 +141,9 @@ class _TwoStageHeads(nn.Module):
 
 class _DenseHeads(nn.Module):
     """RetinaNet's and FCOS's eval forward (torchvision's, from the backbone on): the head's
-    outputs and the anchors split per FPN level, then the model's own postprocess."""
+    outputs and the anchors split per FPN level, then the model's own postprocess. Their
+    classifiers score label 0 (gunctl's background) like any class, trained towards 0 as no box
+    has it; its detections are dropped."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -159,7 +161,12 @@ class _DenseHeads(nn.Module):
         for key in outputs:
             split[key] = list(outputs[key].split(counts, dim=1))
         per_level = [list(a.split(counts)) for a in anchors]
-        return model.postprocess_detections(split, per_level, batch.image_sizes)
+        found = model.postprocess_detections(split, per_level, batch.image_sizes)
+        kept: list[dict[str, Tensor]] = []
+        for one in found:
+            foreground = one["labels"] > 0
+            kept.append({k: v[foreground] for k, v in one.items()})
+        return kept
 
 
 class _SSDHeads(nn.Module):
