@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import jpeg_bytes, write_tree
+from helpers import jpeg_bytes, run_gunctl, write_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = Path(os.environ.get("GUNCTL_SAMPLE_DATA", ROOT.parent / "shared" / "data" / "guns-sample"))
@@ -62,6 +62,29 @@ def demo_layout(tmp_path_factory):
     ingest(IngestConfig(source="demo", layout=layout))
     create_split(SplitConfig(layout=layout))
     return layout
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory) -> Path:
+    """12 demo images ingested and split by real gunctl processes, once per test module (the
+    tests of untrusted inputs refuse before writing into it, or use ``demo_copy``)."""
+    out = tmp_path_factory.mktemp("demo") / "artifacts"
+    assert run_gunctl("ingest", "--source", "demo", "--count", "12", "--out", out).returncode == 0
+    assert run_gunctl("split", "--out", out).returncode == 0
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_out, tmp_path) -> Path:
+    """A private copy of the small demo data set and its split, beside a sibling folder."""
+    import shutil
+
+    out = tmp_path / "artifacts"
+    shutil.copytree(demo_out, out, ignore=shutil.ignore_patterns(".raw.lock", "runs"))
+    sibling = tmp_path / "sibling"
+    sibling.mkdir()
+    (sibling / "keep.txt").write_text("must not change")
+    return out
 
 
 @pytest.fixture

@@ -11,18 +11,22 @@ from gunctl.core.tta import FlipTTA, weighted_box_fusion
 
 def test_ema_follows_the_weights_and_round_trips():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        model[0].weight.zero_()
+    ema = ModelEma(model, decay=0.5)  # starts from the zero weights
     with torch.no_grad():
         model[0].weight.fill_(1.0)
         model[1].running_mean.fill_(3.0)
-    start = ema.module[0].weight.clone()
-    ema.update(model)  # warm-up: min(0.5, 2/11) -> mostly the new weights
-    expected = start + (1.0 - start) * (1 - 2 / 11)
-    assert torch.allclose(ema.module[0].weight, expected)
+    # Warm-up as TensorFlow's: the decay is min(0.5, (1+n)/(10+n)); by hand, 2/11 after the
+    # first update keeps 9/11 of the new weights, then 3/12 gives 1/4 * 9/11 + 3/4 = 21/22.
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), 0.8181818))
     assert torch.equal(ema.module[1].running_mean, model[1].running_mean)  # buffers copied
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), 0.9545455))
     other = ModelEma(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), decay=0.9)
     other.load_state_dict(ema.state_dict())
-    assert other.updates == 1 and other.decay == 0.5
+    assert other.updates == 2 and other.decay == 0.5
     assert torch.equal(other.module[0].weight, ema.module[0].weight)
     assert not any(p.requires_grad for p in ema.module.parameters())
 

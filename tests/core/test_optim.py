@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from helpers import tiny_config
@@ -27,8 +25,12 @@ def test_warm_up_is_linear_and_capped_at_one_epoch():
 def test_cosine_decays_to_its_floor_at_the_last_step():
     factor = lr_factor(config(lr_schedule="cosine", warmup_steps=0, epochs=2), 50)
     assert factor(0) == pytest.approx(1.0)
+    # 100 steps: a quarter of the way the cosine is at 45 degrees, (1 + 1/sqrt(2)) / 2
+    assert factor(25) == pytest.approx(0.8535534)
     assert factor(50) == pytest.approx(0.5)  # half way
-    assert factor(99) == pytest.approx(max(0.01, 0.5 * (1 + math.cos(math.pi * 99 / 100))))
+    assert factor(75) == pytest.approx(0.1464466)
+    # (1 + cos(171 degrees)) / 2 = 0.0062 is below the floor: the floor holds
+    assert factor(95) == pytest.approx(0.01)
     assert factor(100) == pytest.approx(0.01) and factor(500) == pytest.approx(0.01)
 
 

@@ -203,6 +203,7 @@ def test_scratch_recipe_resume_equals_a_straight_run_with_ema(layout):
     assert not torch.equal(first["model"][key], first["ema"]["train_model"][key])
 
 
+@pytest.mark.slow
 def test_minutes_budget_ends_with_a_finished_schedule(layout):
     explicit = tuple(name for name in _EXPLICIT if name != "epochs")
     config = _scratch(layout, minutes=0.02, ema=False, run_name="budget", explicit=explicit)
@@ -215,6 +216,7 @@ def test_minutes_budget_ends_with_a_finished_schedule(layout):
     assert result.history[-1]["val"]  # the last epoch is always validated
 
 
+@pytest.mark.slow
 def test_minutes_budget_takes_a_refit_count_and_finishes_its_schedule(layout, monkeypatch):
     from gunctl.core.budget import Budget, Plan
 
@@ -241,6 +243,7 @@ def test_minutes_budget_takes_a_refit_count_and_finishes_its_schedule(layout, mo
     assert [bool(r["val"]) for r in result.history] == [True, True, True, True]
 
 
+@pytest.mark.slow
 def test_val_every_skips_validation_but_saves(layout):
     result = fit(tiny_config(layout, subset=6, epochs=3, val_every=2, run_name="sparse"))
     assert [bool(r["val"]) for r in result.history] == [False, True, True]
