@@ -1,13 +1,13 @@
 """Does `gunctl train --minutes N` end within its margin when the machine slows down part-way?
 
 Ingests the demo data set (40 synthetic images) into a temporary folder, then runs a real
-`gunctl train --minutes N` process with a tiny model (MobileNet-v3 320 FPN, 128-224 px, no
-pretrained weights: nothing downloads). At ``--hog-at`` of the budget (counted from the
-process start), it starts one busy-loop process per CPU core (a CPU hog, as another job on a
-shared machine would be) and keeps them running to the end. Prints the budget, the fit's own
-wall time (the trainer's closing "budget of N min: S s" line), the process wall time
-(imports and start-up included), the epochs, and the deviation against the margin
-(2 % of the budget or 5 s, whichever is larger; gunctl.core.budget).
+`gunctl train --minutes N` process with a tiny model (ResNet-18 FPN at 64-96 px, 32 FPN
+channels, no pretrained weights: nothing downloads). At ``--hog-at`` of the budget (counted
+from the process start) it starts one busy-loop process per CPU core (a CPU hog, as another
+job on a shared machine would be) and keeps them running to the end. Prints the budget, the
+fit's own wall time (the trainer's closing "budget of N min: S s" line), the process wall
+time (imports and start-up included), the epochs, and the deviation against the margin (2 %
+of the budget or 5 s, whichever is larger; gunctl.core.budget).
 
     nice -n 10 .venv/bin/python benchmarks/bench_budget.py [--minutes 2] [--hog-at 0.4]
     nice -n 10 .venv/bin/python benchmarks/bench_budget.py --no-hog      # the baseline
@@ -29,15 +29,17 @@ from _common import base_parser  # noqa: E402
 
 TINY = [
     "--model",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "fasterrcnn_resnet18_fpn",
     "--weights",
     "none",
+    "--min-size",
+    "64",
+    "--max-size",
+    "96",
+    "--fpn-channels",
+    "32",
     "--box-head-dim",
     "64",
-    "--min-size",
-    "128",
-    "--max-size",
-    "224",
     "--workers",
     "0",
     "--batch-size",

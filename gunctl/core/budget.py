@@ -55,6 +55,7 @@ class Budget:
         self.recent_steps: deque[float] = deque(maxlen=STEP_WINDOW)
         self.step_at_val = 0.0  # the step time when that validation ran (to scale it)
         self.end_step: int | None = None  # the final epoch's last step, once cut to fit
+        self.val_guess: tuple[int, int] = (0, 1)  # val images, batch: before any validation
 
     def probe(self, seconds: float) -> bool:
         """Record one step's time; True once enough steps are timed for a provisional plan."""
@@ -108,6 +109,14 @@ class Budget:
         end = step + max(0, math.floor(left / step_time))
         return end if end < planned_end else None
 
+    def out_of_time(self, now: float, step: int, steps_per_epoch: int) -> bool:
+        """During the first epoch (no count fitted yet): whether its remaining steps would
+        outlast the budget, so that it must be the run's only (and cut) epoch."""
+        step_time = self._step_time()
+        left_steps = steps_per_epoch - step
+        left = self.seconds - (now - self.started) - END_SECONDS - self._val_estimate()
+        return step_time > 0.0 and left_steps * step_time > left
+
     def _step_time(self) -> float:
         steps = sorted(self.recent_steps)
         return steps[len(steps) // 2] if steps else 0.0
@@ -117,6 +126,9 @@ class Budget:
         the steps are now than when it ran."""
         if self.step_at_val > 0.0 and self.recent_steps:
             return self.val_seconds * self._step_time() / self.step_at_val
+        if not self.val_seconds:  # no validation yet: from the step time, as provisional does
+            images, batch = self.val_guess
+            return VAL_COST * self._step_time() / max(batch, 1) * images
         return self.val_seconds
 
     def margin(self) -> float:

@@ -75,13 +75,16 @@ def lr_factor(
     first, done = start or (0, 0.0)
 
     def progress(step: int) -> float:
-        if step <= first or total <= first:
-            return min(1.0, done if step <= first else 1.0)
+        if step >= total:
+            return 1.0
+        if step <= first:
+            return min(1.0, done)
         return min(1.0, done + (1.0 - done) * (step - first) / (total - first))
 
     def factor(step: int) -> float:
-        scale = (step + 1) / warmup if step < warmup else 1.0
         where = progress(step)
+        # a schedule at its end is at its end, even when a budget cut it during the warm-up
+        scale = (step + 1) / warmup if step < warmup and where < 1.0 else 1.0
         if config.lr_schedule == "cosine":
             return scale * max(0.01, 0.5 * (1.0 + math.cos(math.pi * where)))
         if config.lr_schedule == "step":

@@ -166,6 +166,8 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
             from gunctl.core.budget import Budget
 
             parts.state.budget = Budget(config.minutes, started)
+            batch = config.batch_size * dist.world_size  # for the first validation's guess
+            parts.state.budget.val_guess = (len(parts.state.val_dataset), batch)
         main_callbacks = (
             [CheckpointSaver(), TensorBoardLogger(), *callbacks] if dist.is_main else []
         )
@@ -277,10 +279,8 @@ def _train_epoch(parts: TrainingParts, fire: CallbackList, setup: TrainSetup, st
             )
             _replan(state, setup, distributed.broadcast_object(plan))
         fire("on_step_end", step)
-        if state.budget is not None and state.budget.planned:
-            state.budget.record_step(step.seconds)
-            if epoch + 1 >= state.config.epochs:  # the final epoch: end it in time
-                _hold_budget(state, setup)
+        if state.budget is not None:
+            _hold_budget_step(state, setup, step.seconds, epoch)
 
     try:
         state.step = train_one_epoch(
@@ -379,6 +379,23 @@ def _report_budget(minutes: float, seconds: float) -> None:
         100.0 * (seconds - budget) / budget,
         margin,
     )
+
+
+def _hold_budget_step(state: TrainState, setup: TrainSetup, seconds: float, epoch: int) -> None:
+    """After a step of a --minutes run: record its time; in the final epoch, end in time. A
+    first epoch that would outlast the whole budget (a large data set, a tiny budget) becomes
+    the final one, cut like it."""
+    budget = state.budget
+    budget.record_step(seconds)
+    if not budget.planned:
+        if not budget.out_of_time(time.perf_counter(), state.step, state.batches_per_epoch):
+            return
+        budget.planned = True  # this first epoch is the run: no count to fit after it
+        from gunctl.core.budget import Plan
+
+        _replan(state, setup, Plan(epochs=epoch + 1, val_every=1))
+    if epoch + 1 >= state.config.epochs:  # the final epoch: end it in time
+        _hold_budget(state, setup)
 
 
 class _BudgetSpent(Exception):
