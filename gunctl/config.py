@@ -669,6 +669,9 @@ class WatchConfig(DetectorOptions):
     detect_fps: float = opt(5.0, "--detect-fps", number(0, 120, open_low=True))
     # 0.6 s at 5 fps: one-frame false positives never alert
     min_hits: int = opt(3, "--min-hits", whole(1, 1000))
+    # of the frames detected since a track began: a distractor the detector takes for a gun
+    # now and then flickers (benchmarks/README.md, bench_watch.py)
+    min_hit_ratio: float = opt(0.5, "--min-hit-ratio", UNIT)
     alert_threshold: float = opt(0.5, "--alert-threshold", UNIT)  # median score of the hits
     cooldown: float = opt(10.0, "--cooldown", number(0, 86400))  # s between alerts of a source
     # s without a detection before a track ends

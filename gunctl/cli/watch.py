@@ -43,6 +43,13 @@ def watch(
     min_hits: Annotated[
         int, typer.Option("--min-hits", help="Detections a track needs before it alerts.")
     ] = _W.min_hits,
+    min_hit_ratio: Annotated[
+        float,
+        typer.Option(
+            "--min-hit-ratio",
+            help="Share of the frames since a track began in which it must be detected.",
+        ),
+    ] = _W.min_hit_ratio,
     alert_threshold: Annotated[
         float,
         typer.Option("--alert-threshold", help="Median score of a track's hits to alert."),
@@ -122,6 +129,7 @@ def watch(
         score_threshold=score_threshold,
         detect_fps=detect_fps,
         min_hits=min_hits,
+        min_hit_ratio=min_hit_ratio,
         alert_threshold=alert_threshold,
         cooldown=cooldown,
         track_timeout=track_timeout,

@@ -1,8 +1,10 @@
 """When a track becomes an alert, as pure functions of what the tracker saw (no I/O, no clock
 of its own: every call gets the source's time ``t`` in seconds).
 
-A track alerts once, when all hold: it was seen in at least ``min_hits`` detections; the
-median score of those is at least ``alert_threshold``; its box's bottom centre (where a person
+A track alerts once, when all hold: it was seen in at least ``min_hits`` detections, in at
+least ``min_hit_ratio`` of the frames detected since it was first seen (a real gun is found in
+most frames, a distractor that the detector takes for one now and then is not); the median
+score of those is at least ``alert_threshold``; its box's bottom centre (where a person
 stands) lies in one of the source's zones, when it has any; the source's last alert is at
 least ``cooldown`` seconds old; and it is not a stationary object that already alerted here (a
 drill on a table that the tracker loses and finds again would otherwise alert forever).
@@ -89,6 +91,11 @@ class Track:
     hits: list[tuple[float, float, tuple]] = field(default_factory=list)
     alerted: bool = False
     suppressed: str | None = None  # why it may not alert (stationary), once decided
+    frames: int = 0  # frames of its source detected since its first hit, that one included
+
+    @property
+    def hit_ratio(self) -> float:
+        return len(self.hits) / self.frames if self.frames else 1.0
 
     @property
     def scores(self) -> list[float]:
@@ -125,6 +132,7 @@ class AlertRules:
     cooldown: float = 10.0
     zones: tuple[Zone, ...] = ()
     stationary: float = 0.1  # in box sizes: a track that moved less is stationary
+    min_hit_ratio: float = 0.0
     last_alert: float | None = None
     known_stationary: list[tuple[float, tuple]] = field(default_factory=list)  # (until, box)
 
@@ -140,6 +148,8 @@ class AlertRules:
 
     def should_alert(self, track: Track, t: float, width: int, height: int) -> bool:
         if track.alerted or len(track.hits) < self.min_hits:
+            return False
+        if track.hit_ratio < self.min_hit_ratio:
             return False
         if track.median_score < self.alert_threshold:
             return False

@@ -142,7 +142,12 @@ class _Source:
         self.tracker = BoxTracker(self.tracker_timeout)
         self.end_said = False
         self.rules = AlertRules(
-            config.min_hits, config.alert_threshold, config.cooldown, zones, config.stationary_px
+            config.min_hits,
+            config.alert_threshold,
+            config.cooldown,
+            zones,
+            config.stationary_px,
+            config.min_hit_ratio,
         )
         self.tracks: dict[int, TrackInfo] = {}
         self.next_due = 0.0
@@ -239,6 +244,7 @@ class _Watch:
                 "score": round(track.best_score, 5),
                 "median_score": round(track.median_score, 5),
                 "hits": len(track.hits),
+                "hit_ratio": round(track.hit_ratio, 3),
                 "box": [round(v, 2) for v in track.best_box],
                 "last_box": [round(v, 2) for v in track.hits[-1][2]],
                 "zones": track.zones,
@@ -324,6 +330,8 @@ class _Watch:
         seen = source.tracker.update(record["boxes"], record["scores"], labels)
         height, width = frame.pixels.shape[:2]
         stamp = now_iso()
+        for track in source.tracks.values():
+            track.frames += 1
         for item in seen:
             if not item.hit:
                 continue
@@ -331,6 +339,7 @@ class _Watch:
             if track is None:
                 label = names.get(item.label, str(item.label))
                 track = TrackInfo(item.id, label, source=source.name, first_t=t, first_seen=stamp)
+                track.frames = 1
                 source.tracks[item.id] = track
             source.rules.hit(track, t, item.score, item.box)
             track.last_t, track.last_seen = t, stamp

@@ -38,6 +38,7 @@ class BoxTracker:
         from norfair import Tracker
 
         hits = max(1, int(timeout_frames))
+        self._hits = hits
         self._tracker = Tracker(
             distance_function="iou",
             distance_threshold=1 - MATCH_IOU,
@@ -73,6 +74,10 @@ class BoxTracker:
             detection = obj.last_detection
             hit = detection is not None and id(detection) in now
             if hit:
+                # norfair lets a young track die after fewer misses than an old one (its
+                # counter starts at 1); here every track ends ``timeout_frames`` after its
+                # last detection (a gun missed twice at the start stays one track)
+                obj.hit_counter = self._hits
                 box, score = detection.data
             else:
                 estimate = obj.estimate

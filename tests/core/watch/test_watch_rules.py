@@ -34,6 +34,19 @@ def test_min_hits_and_median_score():
     assert feed(rules, Track(2, "gun"), [0.3, 0.9, 0.4, 0.45, 0.6, 0.7]) == [1.0]
 
 
+def test_min_hit_ratio_holds_back_a_flickering_track():
+    """Hits in 3 of 7 frames (0.43 < 0.5) do not alert; a 4th hit makes 4 of 8 (0.5)."""
+    rules = AlertRules(min_hits=3, alert_threshold=0.5, cooldown=0, min_hit_ratio=0.5)
+    track, alerts = Track(1, "gun"), []
+    for frame, hit in enumerate([1, 0, 0, 1, 0, 0, 1, 1]):
+        track.frames += 1
+        if hit:
+            rules.hit(track, frame * 0.2, 0.9, BOX)
+            if rules.should_alert(track, frame * 0.2, 320, 240):
+                alerts.append(frame)
+    assert alerts == [7] and track.hit_ratio == 0.5
+
+
 def test_one_alert_per_track_and_cooldown_per_source():
     rules = AlertRules(min_hits=2, alert_threshold=0.5, cooldown=10)
     first, second = Track(1, "gun"), Track(2, "gun")
