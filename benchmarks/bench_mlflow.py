@@ -8,7 +8,7 @@ end differ by more than the cost itself at load 8). The one-time costs (store se
 run creation at the start; artifacts and the PyTorch-flavour model at the end) are
 reported apart.
 
-    .venv/bin/python benchmarks/bench_mlflow.py [--epochs 3] [--subset 20] [--json FILE]
+    .venv/bin/python benchmarks/bench_mlflow.py [--epochs 3] [--subset 20] [--tiny] [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,7 +39,16 @@ class Timed:
             try:
                 return method(*args)
             finally:
-                self.seconds.setdefault(hook, []).append(time.perf_counter() - began)
+                took = time.perf_counter() - began
+                self.seconds.setdefault(hook, []).append(took)
+                if hook == "on_epoch_end":  # as it goes: a run cut short still tells
+                    epoch = args[1]
+                    share = 100 * took / epoch["seconds"]
+                    print(
+                        f"epoch {epoch['epoch']}: {epoch['seconds']:.1f} s, tracker {took:.3f} s "
+                        f"({share:.2f} %)",
+                        flush=True,
+                    )
 
         return timed
 
@@ -48,10 +57,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--subset", type=int, default=20)
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tests' tiny model at 64 px (an upper bound)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from gunctl.config import IngestConfig, Layout, SplitConfig, TrainConfig
+    import dataclasses
+
+    from gunctl.config import IngestConfig, Layout, ModelConfig, SplitConfig, TrainConfig
     from gunctl.core.checkpoint import load_checkpoint
     from gunctl.core.ingest import ingest
     from gunctl.core.split import create_split
@@ -65,6 +79,14 @@ def main() -> int:
         config = TrainConfig(
             layout=layout, epochs=args.epochs, subset=args.subset, mlflow=True, run_name="b"
         )
+        if args.tiny:  # an epoch of seconds: the same per-epoch logging weighs the most
+            model = ModelConfig(
+                name="fasterrcnn_mobilenet_v3_large_320_fpn", weights="none", min_size=64,
+                max_size=96, box_head_dim=64,
+            )  # fmt: skip
+            config = dataclasses.replace(
+                config, model=model, recipe="plain", batch_size=4, workers=0, lr=1e-3
+            )
         tracker = Timed(MlflowTracker(layout))
         began = time.perf_counter()
         result = fit(config, [tracker])
