@@ -119,24 +119,23 @@ def wait_for_alert(process: subprocess.Popen, events: Path, timeout: float = 90)
 
 @pytest.mark.slow
 def test_sigterm_ends_the_tracks_and_kill_9_leaves_a_readable_events_file(ckpt, clip, tmp_path):
-    out = tmp_path / "term"
-    process = start(ckpt, clip, out)
-    wait_for_alert(process, out / "events.jsonl")
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
-    events = read_events(out / "events.jsonl")
+    """Two processes at once (half the wall time): one gets SIGTERM, the other SIGKILL."""
+    term, killed = tmp_path / "term", tmp_path / "killed"
+    processes = {out: start(ckpt, clip, out) for out in (term, killed)}
+    for out, process in processes.items():
+        wait_for_alert(process, out / "events.jsonl")
+    processes[killed].kill()  # SIGKILL: no handler runs
+    processes[term].send_signal(signal.SIGTERM)
+    processes[killed].communicate(timeout=30)
+    stdout, stderr = processes[term].communicate(timeout=60)
+
+    assert processes[term].returncode == 0, stderr
+    events = read_events(term / "events.jsonl")
     new = {e["track"] for e in events if e["event"] == "new"}
     assert new and new == {e["track"] for e in events if e["event"] == "end"}
     assert "alerts:" in stdout and "Traceback" not in stderr
 
-    out = tmp_path / "killed"
-    process = start(ckpt, clip, out)
-    wait_for_alert(process, out / "events.jsonl")
-    time.sleep(0.5)
-    process.kill()  # SIGKILL: no handler runs
-    process.communicate(timeout=30)
-    data = (out / "events.jsonl").read_bytes()
-    events = read_events(out / "events.jsonl")
+    data = (killed / "events.jsonl").read_bytes()
+    events = read_events(killed / "events.jsonl")
     assert data.endswith(b"\n")  # each event was flushed whole before the next
     assert len(events) == data.count(b"\n") and any(e["event"] == "new" for e in events)
