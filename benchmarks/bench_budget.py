@@ -98,12 +98,21 @@ def _run(out: Path, minutes: float, hog_at: float | None) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"train failed ({process.returncode}):\n{output[-3000:]}")
     match = REPORT.search(output)
-    epochs = re.findall(r"epoch (\d+)", output)
+    for line in output.splitlines():  # the plans, the cut and the closing line
+        if "budget of" in line:
+            print(f"  | {line.strip()}")
+    checkpoint = out / "runs" / "budget" / "last.pth"
     return {
         "fit_seconds": float(match.group(1)) if match else float("nan"),
         "process_seconds": wall,
-        "epochs": max(map(int, epochs)) if epochs else None,
+        "epochs": _epochs(checkpoint),
     }
+
+
+def _epochs(checkpoint: Path) -> int | None:
+    from gunctl.core.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint, mmap=True).get("epoch") if checkpoint.exists() else None
 
 
 def _hog() -> list[subprocess.Popen]:

@@ -56,6 +56,7 @@ class Budget:
         self.step_at_val = 0.0  # the step time when that validation ran (to scale it)
         self.end_step: int | None = None  # the final epoch's last step, once cut to fit
         self.val_guess: tuple[int, int] = (0, 1)  # val images, batch: before any validation
+        self.recorded = 0  # steps recorded (record_step)
 
     def probe(self, seconds: float) -> bool:
         """Record one step's time; True once enough steps are timed for a provisional plan."""
@@ -96,7 +97,9 @@ class Budget:
         return fitted if fitted.epochs != epochs else None
 
     def record_step(self, seconds: float) -> None:
-        self.recent_steps.append(seconds)
+        self.recorded += 1
+        if self.recorded > SKIP_STEPS:  # the first steps carry the start-up
+            self.recent_steps.append(seconds)
 
     def final_step(self, now: float, step: int, planned_end: int) -> int | None:
         """In the final epoch, after global step ``step``: the step at which training must
@@ -112,6 +115,8 @@ class Budget:
     def out_of_time(self, now: float, step: int, steps_per_epoch: int) -> bool:
         """During the first epoch (no count fitted yet): whether its remaining steps would
         outlast the budget, so that it must be the run's only (and cut) epoch."""
+        if self.recorded <= SKIP_STEPS:  # the start-up's slow steps alone say little
+            return False
         step_time = self._step_time()
         left_steps = steps_per_epoch - step
         left = self.seconds - (now - self.started) - END_SECONDS - self._val_estimate()

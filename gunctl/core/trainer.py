@@ -1,8 +1,9 @@
 """The epoch loop: set up data, model and optimizer, then train, evaluate and fire callbacks.
 
 The math lives in ``engine``; files and displays live in ``callbacks``; the state they share
-lives in ``state``. ``fit`` runs the same in one process and under torchrun (rank 0
-evaluates, writes and reports).
+lives in ``state``; the run's set-up (resume, config, split, data, model) in ``run_setup``.
+``fit`` runs the same in one process and under torchrun (rank 0 evaluates, writes and
+reports).
 """
 
 from __future__ import annotations
@@ -13,32 +14,21 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from gunctl.config import (
-    WEIGHT_CHOICES,
-    SplitConfig,
     TrainConfig,
-    resumed_config,
-    train_config_from_dict,
 )
 from gunctl.core import distributed, recipes
-from gunctl.core.batching import EpochBatchSampler
 from gunctl.core.callbacks import Callback, CallbackList, CheckpointSaver, TensorBoardLogger
 from gunctl.core.checkpoint import (
     check_same_run,
     load_checkpoint,
     read_facts,
     require_full,
-    restore_training,
 )
-from gunctl.core.dataset import GunDataset, make_loader
 from gunctl.core.distributed import DistInfo
 from gunctl.core.engine import (
     EvalResult,
@@ -50,26 +40,28 @@ from gunctl.core.engine import (
     train_one_epoch,
 )
 from gunctl.core.manifest import class_names_of
-from gunctl.core.model import build_model, to_device_layout
 from gunctl.core.optim import (
     default_batch_size,
-    make_optimizer,
     make_scheduler,
     schedule_progress,
 )
-from gunctl.core.paths import name_problem, safe_name
+from gunctl.core.paths import safe_name
 from gunctl.core.rawlock import RawLock
-from gunctl.core.runlock import RunLock
-from gunctl.core.split import (
-    create_split,
-    open_split,
-    split_checksum,
-    subset_split,
+from gunctl.core.run_setup import (
+    Resumed,
+    TrainingParts,
+    build_parts,
+    check_run_identity,
+    claim_timestamped_run,
+    prepare_split,
+    remove_stale_temporaries,
+    resolve_resume,
+    resumed_train_config,
+    with_classes,
 )
+from gunctl.core.runlock import RunLock
 from gunctl.core.state import SELECTION_METRIC, FitResult, TrainState
-from gunctl.core.transforms import EvalTransform, make_train_transform
 from gunctl.errors import (
-    CheckpointError,
     DivergedError,
     TrainingError,
     UsageError,
@@ -77,32 +69,6 @@ from gunctl.errors import (
 )
 
 log = logging.getLogger("gunctl")
-
-
-@dataclass(frozen=True)
-class Resumed:
-    """The checkpoint a run goes on from, and where it was read."""
-
-    checkpoint: dict
-    path: Path
-
-
-@dataclass(frozen=True)
-class PreparedSplit:
-    split: dict
-    checksum: str  # of the split as trained on (after --subset)
-    manifest_checksum: str  # of the ingested data the split was made from
-
-
-@dataclass
-class TrainingParts:
-    """What the loop runs on, built once by ``_build_parts``."""
-
-    state: TrainState
-    train_loader: Any
-    val_loader: Any
-    sampler: EpochBatchSampler
-    ddp_model: nn.Module  # the DDP wrapper under torchrun, else the model itself
 
 
 def fit(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
@@ -124,7 +90,7 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
         path = resolve_resume(config)
         resumed = Resumed(load_checkpoint(path), path)
         require_full(path, resumed.checkpoint)
-        config = _resumed_config(resumed, config)
+        config = resumed_train_config(resumed, config)
     else:
         config = recipes.resolve(config)
     if config.batch_size is None:
@@ -133,13 +99,13 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
     stored_name = read_facts(resumed.checkpoint).run_name if resumed else None
     run_name, made = config.run_name or stored_name, []
     if run_name is None and dist.is_main:  # the default name: a folder of its own, made here
-        run_name, made = _claim_timestamped_run(config.layout)
+        run_name, made = claim_timestamped_run(config.layout)
     run_name = distributed.broadcast_object(run_name)
     safe_name(run_name, "run name", UsageError)  # it becomes a folder under runs/
     config = dataclasses.replace(config, run_name=run_name)
     run_dir = config.layout.run_dir(run_name)
     if dist.is_main and resumed is not None:  # before the lock file too: nothing is written
-        _check_run_identity(run_dir, resumed)  # (checked again under the lock below)
+        check_run_identity(run_dir, resumed)  # (checked again under the lock below)
     lock = RunLock(run_dir, made) if dist.is_main else contextlib.nullcontext()
     with lock, RawLock(config.layout, exclusive=False, command="gunctl train"):
         if dist.is_main and resumed is None and config.layout.last_checkpoint(run_name).exists():
@@ -147,21 +113,21 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
                 f"{run_dir} already holds a run; pass --resume {run_name} or another --run-name"
             )
         if dist.is_main and resumed is not None:  # before anything is written to the run
-            _check_run_identity(run_dir, resumed)
+            check_run_identity(run_dir, resumed)
             check_same_run(
                 config.layout.last_checkpoint(run_name), resumed.checkpoint, resumed.path
             )
         if dist.is_main:
-            _remove_stale_temporaries(run_dir)
-        prepared = _prepare_split(config, dist)
-        config = _with_classes(config, class_names_of(prepared.split), resumed)
+            remove_stale_temporaries(run_dir)
+        prepared = prepare_split(config, dist)
+        config = with_classes(config, class_names_of(prepared.split), resumed)
         if resumed and read_facts(resumed.checkpoint).split_checksum not in (
             None,
             prepared.checksum,
         ):
             log.warning("the split differs from the one %s was trained on", resumed.path)
         torch.manual_seed(config.seed + dist.rank)
-        parts = _build_parts(config, prepared, dist, device, resumed)
+        parts = build_parts(config, prepared, dist, device, resumed)
         if config.minutes is not None and parts.state.epoch == 0:  # fitted in its first epochs else
             from gunctl.core.budget import Budget
 
@@ -405,27 +371,26 @@ class _BudgetSpent(Exception):
 def _hold_budget(state: TrainState, setup: TrainSetup) -> None:
     """After a step of a --minutes run's final epoch: when the planned end would overrun the
     budget (the machine slowed down, or the plan's last epoch is a part one), rebuild the
-    schedule to end at the step that fits, and stop the epoch there (core.budget)."""
+    schedule to end at the step that fits, and stop the epoch there (core.budget). Re-planned
+    after every step, both ways: a machine that speeds up again moves the end back out."""
     budget = state.budget
-    planned = budget.end_step or state.config.epochs * state.batches_per_epoch
+    full = state.config.epochs * state.batches_per_epoch
     end = distributed.broadcast_object(  # rank 0's decision: every rank stops at one step
-        budget.final_step(time.perf_counter(), state.step, planned)
+        budget.final_step(time.perf_counter(), state.step, full)
     )
-    if end is None:
-        return
-    end = max(end, state.step)
-    if end != budget.end_step:
-        budget.end_step = end
+    target = full if end is None else max(end, state.step)
+    if target != (budget.end_step or full):
+        budget.end_step = target if target < full else None
         state.scheduler = make_scheduler(
             state.optimizer,
             state.config,
             state.batches_per_epoch,
             last_step=state.step,
-            total_steps=end,
+            total_steps=target,
             progress=schedule_progress(state.scheduler, state.step),
         )
         setup.scheduler = state.scheduler
-    if state.step >= end:
+    if state.step >= target:
         raise _BudgetSpent
 
 
@@ -515,248 +480,5 @@ class _GracefulStop:
             signal.signal(sig, handler)
 
 
-# --- setup -----------------------------------------------------------------------------------
-
-
-def resolve_resume(config: TrainConfig) -> Path:
-    """``--resume`` takes a checkpoint path or a run name (its last checkpoint)."""
-    value = config.resume or ""
-    path = Path(value)
-    if path.is_file():
-        return path
-    candidate = config.layout.last_checkpoint(value)
-    if name_problem(value) is None and candidate.is_file():
-        return candidate
-    raise CheckpointError(
-        f"{value}: no such checkpoint file, and no run of that name in {config.layout.runs}"
-    )
-
-
-def _resumed_config(resumed: Resumed, requested: TrainConfig) -> TrainConfig:
-    """The stored config, with what may change on resume (config.RESUMABLE_OPTIONS)."""
-    facts = read_facts(resumed.checkpoint)
-    stored = train_config_from_dict(facts.config, requested.layout)
-    try:
-        stored.check()  # a checkpoint is untrusted: its values pass the command line's rules
-    except UsageError as exc:
-        raise CheckpointError(f"{resumed.path}: {exc}") from None
-    config = dataclasses.replace(resumed_config(stored, requested), run_name=facts.run_name)
-    if stored.minutes is not None and "epochs" not in requested.explicit:
-        config = dataclasses.replace(config, epochs=stored.epochs)  # the budget's fitted count
-    if config.epochs <= facts.epoch and not facts.batches_done:
-        raise UsageError(
-            f"the run already has {facts.epoch} epoch(s); pass --epochs above {facts.epoch} "
-            "to go on"
-        )
-    return config
-
-
-def _with_classes(config: TrainConfig, names: list[str], resumed: Resumed | None) -> TrainConfig:
-    """One model output per class plus the background; a resumed run keeps its classes."""
-    if resumed is not None:
-        stored = list(resumed.checkpoint.get("class_names") or [])[1:]
-        if stored and stored != names:
-            raise CheckpointError(
-                f"{resumed.path}: trained on classes {', '.join(stored)}, but the data set has "
-                f"{', '.join(names)}; ingest with --classes or start a new run"
-            )
-    model = dataclasses.replace(config.model, num_classes=len(names) + 1)
-    return dataclasses.replace(config, model=model)
-
-
-def _prepare_split(config: TrainConfig, dist: DistInfo) -> PreparedSplit:
-    path = config.layout.split_file
-    if dist.is_main and not path.exists():
-        made = create_split(
-            SplitConfig(seed=config.seed, val_fraction=config.val_fraction, layout=config.layout)
-        )
-        log.warning(
-            "no split at %s: made one (seed %d, %.0f%% validation, %d images)",
-            path,
-            config.seed,
-            100 * config.val_fraction,
-            len(made.split["train"]) + len(made.split["val"]),
-        )
-    distributed.barrier()
-    split, _ = open_split(config.layout, stale="refuse")
-    if config.subset is not None:
-        split = subset_split(split, config.subset, config.seed)
-    if not split["train"] or not split["val"]:
-        raise UsageError(f"{path}: the split needs images in both train and val")
-    return PreparedSplit(split, split_checksum(split), split.get("manifest_checksum", ""))
-
-
-def _build_parts(
-    config: TrainConfig, prepared: PreparedSplit, dist: DistInfo, device, resumed: Resumed | None
-) -> TrainingParts:
-    train_set, val_set = _datasets(config, prepared.split, dist)
-    if config.fit_anchors and not config.model.anchor_sizes:
-        config = recipes.fit_anchors(config, train_set.boxes_and_sizes())
-    built = _build_model(config, dist, resumed)
-    model = to_device_layout(built.model, device, config.channels_last)
-    sampler = EpochBatchSampler(
-        len(train_set),
-        config.batch_size,
-        seed=config.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        aspect_ratios=train_set.aspect_ratios() if config.group_aspect_ratios else None,
-    )
-    optimizer = make_optimizer(model, config)
-    dtype = amp_dtype(config.amp, device)
-    state = TrainState(
-        config=config,
-        run_name=config.run_name,
-        run_dir=config.layout.run_dir(config.run_name),
-        model=model,
-        optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, config, sampler.batches_per_epoch()),
-        scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
-        device=device,
-        weights_origin=built.weights_origin,
-        split_checksum=prepared.checksum,
-        manifest_checksum=prepared.manifest_checksum,
-        train_images=len(train_set),
-        val_dataset=val_set,
-        batches_per_epoch=sampler.batches_per_epoch(),
-        world_size=dist.world_size,
-        class_names=class_names_of(prepared.split),
-    )
-    if dist.is_main:
-        _check_free_space(state.run_dir, model, config)
-    if config.ema:
-        from gunctl.core.ema import ModelEma, fitted_decay
-
-        decay = config.ema_decay or fitted_decay(config.epochs * state.batches_per_epoch)
-        state.ema = ModelEma(model, decay)
-    if resumed is not None:
-        restore_training(state, resumed.checkpoint, resumed.path)
-    ddp_model = _wrap_ddp(model, dist, device)
-    return TrainingParts(
-        state=state,
-        train_loader=make_loader(
-            train_set, config.workers, device, config.seed, batch_sampler=sampler
-        ),
-        val_loader=make_loader(
-            val_set, config.workers, device, config.seed, batch_size=config.batch_size
-        ),
-        sampler=sampler,
-        ddp_model=ddp_model,
-    )
-
-
-def _datasets(config: TrainConfig, split: dict, dist: DistInfo) -> tuple[GunDataset, GunDataset]:
-    train_set = GunDataset(
-        config.layout.raw, split["train"], make_train_transform(config), seed=config.seed
-    )
-    val_set = GunDataset(config.layout.raw, split["val"], EvalTransform())
-    if config.cache == "ram":
-        train_set.cache_all()
-        if dist.is_main:
-            val_set.cache_all()
-    return train_set, val_set
-
-
-def _wrap_ddp(model: nn.Module, dist: DistInfo, device) -> nn.Module:
-    """Under torchrun, the DDP wrapper that trains ``model``; else ``model`` itself."""
-    if not dist.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
-    )
-
-
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    """Half-written checkpoints of a killed run (we hold the run's lock: none is in use)."""
-    for path in run_dir.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
-
-
-def _check_free_space(run_dir: Path, model: nn.Module, config: TrainConfig) -> None:
-    """Refuse to start when a checkpoint could not be written, rather than fail after an epoch."""
-    import shutil
-
-    from gunctl.errors import OutputError
-
-    states = {"adam": 3, "adamw": 3, "sgd": 2}.get(config.optimizer, 3)  # weights + moments
-    states += 1 if config.ema else 0  # the average beside the trained weights
-    needed = sum(p.numel() * p.element_size() for p in model.parameters()) * states
-    needed = int(needed * 2.2)  # the new file beside the old one, and some slack
-    free = shutil.disk_usage(run_dir).free
-    if free < needed:
-        raise OutputError(
-            f"{run_dir}: {free / 2**20:.0f} MiB free, checkpoints need about "
-            f"{needed / 2**20:.0f} MiB; free some space or pick another --out"
-        )
-
-
-def _build_model(config: TrainConfig, dist: DistInfo, resumed: Resumed | None):
-    model_config = config.model
-    if resumed is not None and model_config.weights not in WEIGHT_CHOICES:
-        # Resuming a fine-tuning run: its checkpoint holds the weights, and the checkpoint it
-        # started from (same architecture, not read again) may be gone since.
-        model_config = dataclasses.replace(model_config, weights="none")
-    # Rank 0 fetches any weights first, so that the other ranks find them in the cache.
-    if dist.enabled and not dist.is_main:
-        distributed.barrier()
-    built = build_model(model_config)
-    if dist.enabled and dist.is_main:
-        distributed.barrier()
-    if resumed is not None:  # where the run's weights first came from, as recorded
-        origin = read_facts(resumed.checkpoint).weights_origin or built.weights_origin
-        built = dataclasses.replace(built, weights_origin=origin)
-    return built
-
-
 def _saved(state: TrainState) -> str:
     return str(state.last_path) if state.saved_on_exit or state.last_path.exists() else "none yet"
-
-
-def _timestamp() -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _claim_timestamped_run(layout) -> tuple[str, list[Path]]:
-    """The default run name (the time, to the second), its folder made exclusively here: a
-    second run started in the same second takes ``-2``, ``-3``... (never the same folder).
-    Returns the name and the folders made (removed again if the run writes nothing)."""
-    import os
-
-    from gunctl.core.fileio import make_dirs
-    from gunctl.errors import cannot_write
-
-    base = _timestamp()
-    try:
-        made = make_dirs(layout.runs)
-        for number in range(1, 1000):
-            name = base if number == 1 else f"{base}-{number}"
-            try:
-                os.mkdir(layout.run_dir(name))
-            except FileExistsError:
-                continue
-            return name, [*made, layout.run_dir(name)]
-    except OSError as exc:
-        raise cannot_write(layout.runs, exc) from None
-    raise UsageError(f"{layout.runs}: no free run name for {base}; pass --run-name")
-
-
-def _check_run_identity(run_dir: Path, resumed: Resumed) -> None:
-    """A resume writes into ``run_dir`` only when it is the checkpoint's own run: its folder,
-    or one holding the same run (``check_same_run`` compares the run ids of their last.pth).
-    A folder of files of a run without a last.pth to compare (a run killed in its first
-    epoch, or one whose last.pth was removed) is refused, never mixed with another run."""
-    if not run_dir.is_dir() or resumed.path.resolve().parent == run_dir.resolve():
-        return
-    if (run_dir / "last.pth").exists():
-        return  # compared by check_same_run
-    files = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
-    if files:
-        raise CheckpointError(
-            f"{run_dir} holds files of another run ({', '.join(files[:3])}) and no last.pth "
-            f"to compare with {resumed.path}; resuming would mix them: rename that folder, or "
-            "resume under another --out"
-        )
