@@ -371,26 +371,27 @@ class _BudgetSpent(Exception):
 def _hold_budget(state: TrainState, setup: TrainSetup) -> None:
     """After a step of a --minutes run's final epoch: when the planned end would overrun the
     budget (the machine slowed down, or the plan's last epoch is a part one), rebuild the
-    schedule to end at the step that fits, and stop the epoch there (core.budget). Re-planned
-    after every step, both ways: a machine that speeds up again moves the end back out."""
+    schedule to end at the step that fits, and stop the epoch there (core.budget)."""
     budget = state.budget
-    full = state.config.epochs * state.batches_per_epoch
+    planned = budget.end_step or state.config.epochs * state.batches_per_epoch
     end = distributed.broadcast_object(  # rank 0's decision: every rank stops at one step
-        budget.final_step(time.perf_counter(), state.step, full)
+        budget.final_step(time.perf_counter(), state.step, planned)
     )
-    target = full if end is None else max(end, state.step)
-    if target != (budget.end_step or full):
-        budget.end_step = target if target < full else None
+    if end is None:
+        return
+    end = max(end, state.step)
+    if end != budget.end_step:
+        budget.end_step = end
         state.scheduler = make_scheduler(
             state.optimizer,
             state.config,
             state.batches_per_epoch,
             last_step=state.step,
-            total_steps=target,
+            total_steps=end,
             progress=schedule_progress(state.scheduler, state.step),
         )
         setup.scheduler = state.scheduler
-    if state.step >= target:
+    if state.step >= end:
         raise _BudgetSpent
 
 

@@ -6,22 +6,22 @@ import pytest
 
 from gunctl.config import TrainConfig
 from gunctl.core.checkpoint import class_names
+from gunctl.core.run_setup import Resumed, with_classes
 from gunctl.core.split import class_names_of
-from gunctl.core.trainer import Resumed, _with_classes
 from gunctl.errors import CheckpointError
 
 
 def test_model_outputs_follow_the_class_names():
-    config = _with_classes(TrainConfig(), ["pistol", "rifle", "knife"], None)
+    config = with_classes(TrainConfig(), ["pistol", "rifle", "knife"], None)
     assert config.model.num_classes == 4
-    assert _with_classes(TrainConfig(), ["gun"], None).model.num_classes == 2
+    assert with_classes(TrainConfig(), ["gun"], None).model.num_classes == 2
 
 
 def test_resume_on_other_classes_is_refused_and_one_class_checkpoints_still_resume():
     old = {"class_names": ["background", "gun"]}  # what every checkpoint so far holds
-    assert _with_classes(TrainConfig(), ["gun"], Resumed(old, "last.pth")).model.num_classes == 2
+    assert with_classes(TrainConfig(), ["gun"], Resumed(old, "last.pth")).model.num_classes == 2
     with pytest.raises(CheckpointError, match="trained on classes gun, but the data set has"):
-        _with_classes(TrainConfig(), ["pistol", "rifle"], Resumed(old, "last.pth"))
+        with_classes(TrainConfig(), ["pistol", "rifle"], Resumed(old, "last.pth"))
 
 
 def test_checkpoint_and_document_class_names():
