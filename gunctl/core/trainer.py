@@ -371,27 +371,26 @@ class _BudgetSpent(Exception):
 def _hold_budget(state: TrainState, setup: TrainSetup) -> None:
     """After a step of a --minutes run's final epoch: when the planned end would overrun the
     budget (the machine slowed down, or the plan's last epoch is a part one), rebuild the
-    schedule to end at the step that fits, and stop the epoch there (core.budget)."""
+    schedule to end at the step that fits, and stop the epoch there (core.budget). Re-planned
+    after every step, both ways: a machine that speeds up again moves the end back out."""
     budget = state.budget
-    planned = budget.end_step or state.config.epochs * state.batches_per_epoch
+    full = state.config.epochs * state.batches_per_epoch
     end = distributed.broadcast_object(  # rank 0's decision: every rank stops at one step
-        budget.final_step(time.perf_counter(), state.step, planned)
+        budget.final_step(time.perf_counter(), state.step, full)
     )
-    if end is None:
-        return
-    end = max(end, state.step)
-    if end != budget.end_step:
-        budget.end_step = end
+    target = full if end is None else max(end, state.step)
+    if target != (budget.end_step or full):
+        budget.end_step = target if target < full else None
         state.scheduler = make_scheduler(
             state.optimizer,
             state.config,
             state.batches_per_epoch,
             last_step=state.step,
-            total_steps=end,
+            total_steps=target,
             progress=schedule_progress(state.scheduler, state.step),
         )
         setup.scheduler = state.scheduler
-    if state.step >= end:
+    if state.step >= target:
         raise _BudgetSpent
 
 
