@@ -75,8 +75,10 @@ class Snapshots:
         from PIL import Image
 
         from gunctl.core.draw import annotate
+        from gunctl.core.fileio import make_dirs_under
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs_under(self.root, Path(SNAPSHOTS) / self.run)  # never through a link
         stem = f"{source}-{track}"
         clean = Image.fromarray(pixels)
         drawn = clean.copy()

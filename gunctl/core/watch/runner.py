@@ -27,7 +27,7 @@ from gunctl.core.watch.events import EventLog, Snapshots, new_event, now_iso
 from gunctl.core.watch.reader import Reader, ReaderOptions
 from gunctl.core.watch.rules import AlertRules, Track, Zone, parse_zone
 from gunctl.core.watch.tracking import BoxTracker
-from gunctl.errors import UsageError
+from gunctl.errors import GunctlError, UsageError
 
 log = logging.getLogger("gunctl")
 UPDATE_S = 2.0  # at most one `update` event per track in this many seconds
@@ -230,11 +230,18 @@ class _Watch:
 
     def emit_track(self, kind: str, source: _Source, track: TrackInfo) -> None:
         if track.snapshot_stale or (kind == "new" and track.snapshot is None):
-            label = track.label
-            track.snapshot = self.snapshots.save(
-                source.name, track.id, track.best_pixels, track.best_box, label, track.best_score
-            )
             track.snapshot_stale = False
+            try:
+                track.snapshot = self.snapshots.save(
+                    source.name,
+                    track.id,
+                    track.best_pixels,
+                    track.best_box,
+                    track.label,
+                    track.best_score,
+                )
+            except (OSError, GunctlError) as exc:  # a full disk: the alert still goes out
+                log.warning("snapshot of %s track %d not written: %s", source.name, track.id, exc)
         self.emit(
             kind,
             source.name,

@@ -105,3 +105,24 @@ def test_events_jsonl_is_never_written_through_a_symlink(tmp_path: Path):
     with pytest.raises(OSError):
         EventLog(out)
     assert outside.read_text() == "keep\n"
+
+
+def test_snapshots_are_never_written_through_a_symlinked_folder(tmp_path: Path):
+    import numpy as np
+
+    from gunctl.core.watch.events import Snapshots
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "snapshots").symlink_to(outside, target_is_directory=True)
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    with pytest.raises(OSError, match="symlink"):
+        Snapshots(out, "run1").save("cam", 1, pixels, (5, 5, 20, 20), "gun", 0.9)
+    assert list(outside.iterdir()) == []
+    written = Snapshots(tmp_path / "ok", "run1").save("cam", 1, pixels, (5, 5, 20, 20), "gun", 0.9)
+    assert written == {
+        "clean": "snapshots/run1/cam-1.jpg",
+        "annotated": "snapshots/run1/cam-1-annotated.jpg",
+    }
