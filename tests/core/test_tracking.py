@@ -87,6 +87,20 @@ def test_store_defaults_to_sqlite_under_the_output_root(tmp_path, monkeypatch):
     assert tracking.tracking_uri(layout) == "http://127.0.0.1:1"
 
 
+def test_mlflow_ui_serves_the_store_train_writes_on_loopback(tmp_path, monkeypatch):
+    from gunctl.errors import UsageError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    command = tracking.ui_command(Layout(tmp_path), "127.0.0.1", 5001)
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    shown = dict(zip(command[4::2], command[5::2], strict=True))
+    assert shown["--host"] == "127.0.0.1" and shown["--port"] == "5001"
+    assert shown["--backend-store-uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert shown["--default-artifact-root"] == (tmp_path / "mlartifacts").as_uri()
+    with pytest.raises(UsageError, match="--port"):
+        tracking.ui_command(Layout(tmp_path), "127.0.0.1", 70000)
+
+
 def test_without_the_extra_mlflow_says_which_to_install(tmp_path, monkeypatch, gunctl, caplog):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
     # on by MLFLOW_TRACKING_URI alone: a warning, and training goes on without tracking
