@@ -109,7 +109,7 @@ class Budget:
         if step_time <= 0.0:
             return None
         left = self.seconds - (now - self.started) - END_SECONDS - self._val_estimate()
-        end = step + max(0, math.floor(left / step_time))
+        end = step + max(0, round(left / step_time))  # the nearest step: errs either way
         return end if end < planned_end else None
 
     def out_of_time(self, now: float, step: int, steps_per_epoch: int) -> bool:
