@@ -89,6 +89,12 @@ def test_bad_sources_are_refused_before_anything_runs(gunctl, ckpt, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 2000)
+    result = gunctl("watch", junk, "--weights", ckpt, "--out", tmp_path / "out2")
+    assert result.exit_code == 2, result.output
+    assert "nothing could be read (junk: cannot open" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def start(ckpt: Path, clip: Path, out: Path) -> subprocess.Popen:

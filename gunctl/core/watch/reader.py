@@ -61,6 +61,7 @@ class Reader(threading.Thread):
         self.frames_read = 0
         self.dropped = 0  # live frames replaced before they were taken
         self.outages = 0
+        self.last_reason = ""  # why it was last down
         self.size: tuple[int, int] | None = None
 
     # --- consumer side ---------------------------------------------------------------------
@@ -90,7 +91,7 @@ class Reader(threading.Thread):
                 self.finished = True
                 self.wake.set()
                 return
-            was_up = self.up
+            was_up, self.last_reason = self.up, reason
             if was_up or failures == 0:
                 self.outages += 1
                 self.emit("stream_down", self.source, {"reason": reason})

@@ -27,7 +27,7 @@ from gunctl.core.watch.events import EventLog, Snapshots, new_event, now_iso
 from gunctl.core.watch.reader import Reader, ReaderOptions
 from gunctl.core.watch.rules import AlertRules, Track, Zone, parse_zone
 from gunctl.core.watch.tracking import BoxTracker
-from gunctl.errors import GunctlError, UsageError
+from gunctl.errors import DataError, GunctlError, UsageError
 
 log = logging.getLogger("gunctl")
 UPDATE_S = 2.0  # at most one `update` event per track in this many seconds
@@ -292,6 +292,9 @@ class _Watch:
             self.result.interrupted = self.stop.is_set()
             self._close()
             self.result.seconds = time.monotonic() - started
+        if not self.result.events.get("stream_up") and all(s.reader.finished for s in self.sources):
+            reasons = "; ".join(f"{s.name}: {s.reader.last_reason}" for s in self.sources)
+            raise DataError(f"nothing could be read ({reasons})")
         return self.result
 
     def _pending(self) -> bool:
