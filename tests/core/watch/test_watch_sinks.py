@@ -126,3 +126,46 @@ def test_snapshots_are_never_written_through_a_symlinked_folder(tmp_path: Path):
         "clean": "snapshots/run1/cam-1.jpg",
         "annotated": "snapshots/run1/cam-1-annotated.jpg",
     }
+
+
+def test_watch_delivers_every_alert_once_to_a_slow_then_failing_webhook(tmp_path: Path):
+    """The whole loop: a clip with two appearances; the receiver holds its first answer until
+    the second alert exists (detection must go on while the webhook waits), then answers two
+    500s. At exit every new/end event was accepted once, in order, signed."""
+    from watchkit import RedDetector, background, red_frames, write_clip
+
+    from gunctl.config import WatchConfig
+    from gunctl.core.watch.runner import watch
+
+    base = background(None)
+    frames = red_frames(base, 60, range(10, 30)) + red_frames(base, 40, range(10, 30))
+    clip = write_clip(tmp_path / "cam.mkv", frames)
+    receiver = WebhookReceiver(slow=1, delay=60, failing=2)
+    pending_at_second_alert = []
+
+    def on_event(event):
+        if event["event"] == "new" and event["track"] != first.setdefault("track", event["track"]):
+            pending_at_second_alert.append(not receiver.answered)
+            receiver.release.set()
+
+    first: dict = {}
+    config = WatchConfig(
+        sources=(str(clip),),
+        out=tmp_path / "out",
+        cooldown=0.0,
+        webhook=receiver.url,
+        webhook_secret=SECRET,
+        webhook_timeout=90.0,
+        notify=("new", "end"),
+    )
+    watch(config, detector=RedDetector(), on_event=on_event)
+    receiver.close()
+    assert pending_at_second_alert == [True]  # the first POST was still waiting
+    events = read_events(config.out / "events.jsonl")
+    sent = [e for e in events if e["event"] in ("new", "end")]
+    assert [e["event"] for e in sent] == ["new", "end", "new", "end"]
+    assert [e["id"] for e in receiver.accepted()] == [e["id"] for e in sent]
+    assert [status for status, _, _ in receiver.requests].count(500) == 2
+    for _, headers, body in receiver.requests:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers[SIGNATURE_HEADER] == expected

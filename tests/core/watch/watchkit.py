@@ -215,11 +215,14 @@ def rtsp_server(frames_dir: Path, fps: int, seconds: float):
 
 
 class WebhookReceiver:
-    """POSTs on http://127.0.0.1:PORT/hook: the first ``slow`` answered after ``delay`` s, the
-    next ``failing`` with 500, the rest with 200. Records (status, headers, body) of each."""
+    """POSTs on http://127.0.0.1:PORT/hook: the first ``slow`` answered after ``delay`` s (or
+    when ``release`` is set), the next ``failing`` with 500, the rest with 200. Records
+    (status, headers, body) of each, and when each answer went out."""
 
     def __init__(self, slow: int = 2, delay: float = 1.0, failing: int = 3):
         self.requests: list[tuple[int, dict, bytes]] = []
+        self.answered: list[float] = []
+        self.release = threading.Event()  # set it to end a slow answer early
         self.lock = threading.Lock()
         owner = self
 
@@ -234,7 +237,8 @@ class WebhookReceiver:
                     status = 200 if number < slow or number >= slow + failing else 500
                     owner.requests.append((status, dict(self.headers), body))
                 if number < slow:
-                    time.sleep(delay)
+                    owner.release.wait(delay)
+                owner.answered.append(time.time())  # when each answer went out
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
