@@ -46,7 +46,7 @@ def unreadable(member: zipfile.ZipInfo) -> str | None:
         return "encrypted (password-protected members are not read)"
     if member.compress_type not in READABLE_METHODS:
         method = METHOD_NAMES.get(member.compress_type, f"method {member.compress_type}")
-        return f"compressed with {method}, which gunctl cannot read"
+        return f"compression method {method}, which gunctl cannot read"
     return None
 
 

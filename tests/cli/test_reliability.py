@@ -172,7 +172,7 @@ def test_unreadable_and_repeated_zip_members_are_named_and_skipped(mixed_predict
     result, out, _, _ = mixed_predict
     stderr = result.stderr
     assert "pack.zip:enc.jpg: encrypted" in stderr
-    assert "pack.zip:d64.jpg: compressed with deflate64, which gunctl cannot read" in stderr
+    assert "pack.zip:d64.jpg: compression method deflate64, which gunctl cannot read" in stderr
     assert "pack.zip:crc.jpg: cannot read (bad CRC-32 (the member is corrupt))" in stderr
     assert "pack.zip:twice.jpg: 2 members of this name; the last is read" in stderr
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]

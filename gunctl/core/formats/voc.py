@@ -80,8 +80,9 @@ def _parse(file: SourceFile, where: str) -> _Parsed:
         root = ElementTree.fromstring(file.read(), forbid_dtd=True)  # any DOCTYPE, as said
     except DefusedXmlException as exc:
         raise SourceError(
-            f"{where}/{file.name}: refused: {type(exc).__name__} (XML entity declarations and "
-            "external references are not accepted; nothing was read on their behalf)"
+            f"{where}/{file.name}: refused: {type(exc).__name__} (XML DTDs, entity "
+            "declarations and external references are not accepted; nothing was read on their "
+            "behalf)"
         ) from None
     except ParseError as exc:
         line = exc.position[0] if getattr(exc, "position", None) else None
