@@ -14,6 +14,7 @@ from torch import nn
 
 from gunctl.config import ALL_LOSS_KEYS
 from gunctl.core.distributed import all_reduce_mean, any_rank
+from gunctl.core.forward import detections
 from gunctl.errors import DivergedError
 
 
@@ -264,15 +265,6 @@ def _evaluate(
         map_seconds=map_seconds,
     )
     return EvalResult(metrics, predictions, targets_cpu)
-
-
-def detections(model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Eval-mode detections through the inference core's forward (what predict, serve and the
-    exported files run); a wrapper without torchvision's ``transform`` (flip TTA) runs its own
-    forward, which goes through the core for each view."""
-    from gunctl.core.inference import DetectionModule
-
-    return DetectionModule(model)(images) if hasattr(model, "transform") else model(images)
 
 
 def mean_average_precision(predictions, targets, class_names: Sequence[str] = ("gun",)) -> dict:

@@ -34,7 +34,7 @@ from gunctl.core.checkpoint import (
     slim_payload,
 )
 from gunctl.core.fileio import write_bytes_atomic
-from gunctl.core.inference import OneImageModule, configure_heads
+from gunctl.core.forward import OneImageModule, configure_heads
 from gunctl.core.model import model_from_checkpoint
 from gunctl.errors import OutputError, UsageError, first_line
 

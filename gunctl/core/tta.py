@@ -22,7 +22,7 @@ class FlipTTA(nn.Module):
     def forward(self, images, targets=None):
         if self.training:
             return self.model(images, targets)
-        from gunctl.core.engine import detections
+        from gunctl.core.forward import detections
 
         plain = detections(self.model, images)
         mirrored = detections(self.model, [image.flip(-1) for image in images])
