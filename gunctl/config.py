@@ -406,7 +406,8 @@ class SweepConfig:
     minutes: float | None = opt(None, "--minutes", POSITIVE, "Each trial's --minutes.")
     # an Optuna RDB URL or journal:<file>; None: SQLite in <out>/sweeps/
     storage: str | None = opt(None, "--storage", TEXT)
-    study: str | None = opt(None, "--study", TEXT, "Study name.")  # None: the space's file name
+    # None: the space file's name; a plain field: its rule (check_model_name) is a pattern
+    study: str | None = None
     # go on with a study that has trials (those of a killed run again)
     resume: bool = opt(False, "--resume", FLAG)
     # print the best trial and importances, write best.yaml; no training
