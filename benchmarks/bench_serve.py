@@ -10,8 +10,9 @@ randomly initialised, or ``--checkpoint`` names a real one.
 - ``serve``: a real ``gunctl serve`` process on 127.0.0.1 (free port); this process sends a
   fixed number of ``POST /v1/detect`` requests (raw JPEG bodies, the images in turn) at
   concurrency 1, 4 and 16 (httpx, one thread per connection), after a few warm-up requests;
-  images/s over the whole set, and p50/p95/p99 latency. Twice: micro-batching on (the
-  defaults: up to 8 images, 5 ms) and off (``--max-batch-size 1``). ``overhead``: the median
+  images/s over the whole set, and p50/p95/p99 latency. Twice: micro-batching on (up to 8
+  images of one size, waiting 5 ms: the CUDA default) and off (``--max-batch-size 1``: the
+  CPU default). ``overhead``: the median
   of each request's latency less the server's own decode, queue and inference times (HTTP,
   multipart/JSON, FastAPI and uvicorn, and the client), what the framework choice costs.
 - ratio = served images/s / predict images/s, predict run just before each row (the issue's
@@ -233,7 +234,10 @@ def main() -> None:
         checkpoint = args.checkpoint or write_checkpoint(tmp / "model.pth")
         predict_rate(checkpoint, tmp / "images", tmp / "warm", args.device)  # warm caches
         rows = []
-        for mode, options in (("on", ()), ("off", ("--max-batch-size", "1"))):
+        for mode, options in (
+            ("on", ("--max-batch-size", "8")),
+            ("off", ("--max-batch-size", "1")),
+        ):
             server = Server(checkpoint, args.device, *options)
             try:
                 load(server.url, bodies, 4, 2)  # warm-up

@@ -612,10 +612,11 @@ class ServeConfig(DetectorOptions):
     api_key: str | None = opt(None, "--api-key", TEXT)  # or GUNCTL_API_KEY; see check()
     # processes (uvicorn's workers), each with its own model and inference thread
     workers: int = opt(1, "--workers", whole(1, 64))
-    # Micro-batching: images waiting together go through one forward pass. A GPU runs 8 of
-    # the data set's ~0.05 MP images in about the time of one; on the CPU batching gains
-    # little (benchmarks/README.md, bench_serve.py), and the wait costs a request <= 5 ms.
-    max_batch_size: int = opt(8, "--max-batch-size", whole(1, 256))
+    # Micro-batching: images of one size waiting together go through one forward pass. None:
+    # 8 on CUDA (a GPU runs 8 of the data set's ~0.05 MP images in about the time of one), 1 on
+    # the CPU (a batch costs what its images cost one by one: no gain in bench_serve.py,
+    # benchmarks/README.md, and no request waits for company).
+    max_batch_size: int | None = opt(None, "--max-batch-size", whole(1, 256))
     # how long the first image of a batch waits for company
     batch_timeout_ms: float = opt(5.0, "--batch-timeout-ms", number(0, 10_000))
     # images waiting; more get 503 + Retry-After (bounded memory)

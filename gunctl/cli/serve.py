@@ -50,8 +50,13 @@ def serve(
         int, typer.Option("--workers", help="Processes, each with its own model.")
     ] = _S.workers,
     max_batch_size: Annotated[
-        int,
-        typer.Option("--max-batch-size", help="Images per forward pass (1: no micro-batching)."),
+        int | None,
+        typer.Option(
+            "--max-batch-size",
+            help="Images of one size per forward pass (1: no micro-batching; default: 8 on "
+            "CUDA, 1 on the CPU).",
+            show_default=False,
+        ),
     ] = _S.max_batch_size,
     batch_timeout_ms: Annotated[
         float,
@@ -129,9 +134,10 @@ def _show_start(info) -> None:
         ("workers", str(config.workers)),
         (
             "batching",
-            f"up to {config.max_batch_size} images, waiting {config.batch_timeout_ms:g} ms"
-            if config.max_batch_size > 1
-            else "off (--max-batch-size 1)",
+            f"up to {info.max_batch_size} images of one size, waiting "
+            f"{config.batch_timeout_ms:g} ms"
+            if info.max_batch_size > 1
+            else "off (--max-batch-size 1; the default on the CPU)",
         ),
         ("queue", f"{config.max_queue} images, then 503"),
         (

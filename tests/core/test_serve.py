@@ -193,6 +193,17 @@ def test_model_route(served, model):
     assert body["name"] == "tiny.pth" and body["format"] == "checkpoint"
     assert body["score_threshold"] == THRESHOLD and body["device"] == "cpu"
     assert "path" not in body  # the server's own paths stay on the server
+    assert body["limits"]["max_batch_size"] == 1  # the CPU's default: no micro-batching
+
+
+def test_batch_size_by_device():
+    import torch
+
+    from gunctl.core.serve.batching import batch_size_for
+
+    assert batch_size_for(None, torch.device("cpu")) == 1
+    assert batch_size_for(None, torch.device("cuda", 0)) == 8
+    assert batch_size_for(4, torch.device("cpu")) == 4
 
 
 # --- bad input -----------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def _routes(app, state: ServeState) -> None:
             "max_detections": detector.max_detections,
             "device": str(detector.device),
             "limits": {
-                "max_batch_size": config.max_batch_size,
+                "max_batch_size": state.batcher.max_batch_size,
                 "batch_timeout_ms": config.batch_timeout_ms,
                 "max_queue": config.max_queue,
                 "max_upload_mb": config.max_upload_mb,

@@ -26,6 +26,16 @@ log = logging.getLogger("gunctl.serve")
 WARMUP_SHAPE = (3, 240, 320)  # about the data set's images (~180x280 px)
 
 
+GPU_BATCH = 8  # --max-batch-size when not given, on CUDA; 1 on the CPU (config.py)
+
+
+def batch_size_for(requested: int | None, device) -> int:
+    """--max-batch-size as given, else by the model's device."""
+    if requested is not None:
+        return requested
+    return GPU_BATCH if getattr(device, "type", str(device)) == "cuda" else 1
+
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` images already."""
 
@@ -56,13 +66,13 @@ class Job:
 
 
 class Batcher:
-    """The one inference thread of a process and its bounded queue (``metrics``: optional
-    gunctl.core.serve.metrics.Metrics)."""
+    """The one inference thread of a process and its bounded queue (``max_batch_size`` None:
+    by the model's device, once loaded; ``metrics``: optional gunctl.core.serve.metrics.Metrics)."""
 
     def __init__(
         self,
         load: Callable[[], Any],
-        max_batch_size: int,
+        max_batch_size: int | None,
         batch_timeout_s: float,
         max_queue: int,
         metrics=None,
@@ -119,6 +129,7 @@ class Batcher:
     def _main(self) -> None:
         try:
             self.detector = self._load()
+            self.max_batch_size = batch_size_for(self.max_batch_size, self.detector.device)
             self._warm_up()
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log, not raised
             from gunctl.errors import first_line

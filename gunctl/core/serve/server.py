@@ -28,6 +28,7 @@ class ServeInfo:
     device: str
     threshold: float
     threshold_origin: str
+    max_batch_size: int  # --max-batch-size, resolved for the device
     config: ServeConfig
 
 
@@ -38,6 +39,7 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
 
     from gunctl.core.inference import load_detector
     from gunctl.core.serve.app import CONFIG_ENV, create_app
+    from gunctl.core.serve.batching import batch_size_for
     from gunctl.core.serve.logs import log_config
 
     detector = load_detector(**config.detector_kwargs())
@@ -56,6 +58,7 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
         device=str(detector.device),
         threshold=detector.threshold,
         threshold_origin=detector.threshold_origin,
+        max_batch_size=batch_size_for(config.max_batch_size, detector.device),
         config=config,
     )
     if config.workers == 1:
