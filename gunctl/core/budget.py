@@ -9,9 +9,10 @@ slows down or speeds up part-way is seen within two epochs). Each new count re-p
 of the schedule from where it stands (``optim.make_scheduler(progress=...)``): the learning
 rate goes on smoothly to the schedule's end over the remaining steps, never jumps. In the
 final epoch, after every step, ``final_step`` re-plans the end from the
-measured step times (median of the latest ``STEP_WINDOW``) and the last validation's cost
-(scaled by the slowdown since it ran): when the planned end would overrun, the schedule is
-rebuilt to end at the step that fits and the epoch stops there, so the learning-rate schedule
+measured step times (median of the latest ``STEP_WINDOW``), the last validation's cost
+(scaled by the slowdown since it ran) and what an epoch spends beyond its steps and
+validation (its checkpoint and logging, measured): when the planned end would overrun, the
+schedule is rebuilt to end at the step that fits and the epoch stops there, so the schedule
 still reaches its end (the cosine's floor) and the run ends with a validated checkpoint,
 within the margin (``MARGIN_SHARE`` of the budget or ``MARGIN_SECONDS``, whichever is larger).
 Validation runs every k epochs, k chosen so that validating takes at most ``VAL_SHARE`` of the
@@ -57,6 +58,8 @@ class Budget:
         self.end_step: int | None = None  # the final epoch's last step, once cut to fit
         self.val_guess: tuple[int, int] = (0, 1)  # val images, batch: before any validation
         self.recorded = 0  # steps recorded (record_step)
+        self.epoch_step_seconds = 0.0  # the steps' time in the current epoch
+        self.overheads: list[float] = []  # per epoch: wall time beyond steps and validation
 
     def probe(self, seconds: float) -> bool:
         """Record one step's time; True once enough steps are timed for a provisional plan."""
@@ -79,6 +82,7 @@ class Budget:
         least ``least`` (2 when epoch 1 ran on a longer provisional schedule: the second
         finishes it). More than the provisional count restarts the decay from there."""
         epoch_wall = now - (self.epoch_started if self.epoch_started is not None else now)
+        self._overhead_of(epoch_wall, val)
         fitted = plan(self.seconds - (now - self.started), max(epoch_wall - val, 0.0), val, 1)
         self.planned, self.val_seconds, self.step_at_val = True, val, self._step_time()
         return Plan(epochs=max(least, fitted.epochs), val_every=fitted.val_every)
@@ -88,6 +92,7 @@ class Budget:
         (0 when it did not validate): a new plan when the count changes, else None. Never
         fewer than ``done + 1`` epochs (the final one may be cut short by ``final_step``)."""
         self.epoch_costs.append(max(epoch_wall - val, 0.0))
+        self._overhead_of(epoch_wall, val)
         if val:
             self.val_seconds, self.step_at_val = val, self._step_time()
         costs = sorted(self.epoch_costs[-RECENT:])
@@ -98,6 +103,7 @@ class Budget:
 
     def record_step(self, seconds: float) -> None:
         self.recorded += 1
+        self.epoch_step_seconds += seconds
         if self.recorded > SKIP_STEPS:  # the first steps carry the start-up
             self.recent_steps.append(seconds)
 
@@ -108,7 +114,7 @@ class Budget:
         step_time = self._step_time()
         if step_time <= 0.0:
             return None
-        left = self.seconds - (now - self.started) - END_SECONDS - self._val_estimate()
+        left = self.seconds - (now - self.started) - self._reserve()
         end = step + max(0, round(left / step_time))  # the nearest step: errs either way
         return end if end < planned_end else None
 
@@ -119,8 +125,21 @@ class Budget:
             return False
         step_time = self._step_time()
         left_steps = steps_per_epoch - step
-        left = self.seconds - (now - self.started) - END_SECONDS - self._val_estimate()
+        left = self.seconds - (now - self.started) - self._reserve()
         return step_time > 0.0 and left_steps * step_time > left
+
+    def _overhead_of(self, epoch_wall: float, val: float) -> None:
+        """What an epoch spent beyond its steps and validation (its checkpoint, logging): the
+        final epoch spends it too, so ``final_step`` keeps it free."""
+        if self.recorded:
+            self.overheads.append(max(0.0, epoch_wall - val - self.epoch_step_seconds))
+        self.epoch_step_seconds = 0.0
+
+    def _reserve(self) -> float:
+        """The time kept free after the final step: the end, an epoch's overhead, validation."""
+        recent = sorted(self.overheads[-RECENT:])
+        overhead = recent[len(recent) // 2] if recent else 0.0
+        return END_SECONDS + overhead + self._val_estimate()
 
     def _step_time(self) -> float:
         steps = sorted(self.recent_steps)

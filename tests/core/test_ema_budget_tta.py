@@ -139,8 +139,7 @@ def _simulate(minutes: float, step_seconds, steps: int = 20, val_steps: int = 4)
         for _ in range(steps):
             now += step_seconds(now)
             step += 1
-            if budget.planned:
-                budget.record_step(step_seconds(now))
+            budget.record_step(step_seconds(now))  # as the trainer does, every step
             if budget.planned and final:
                 end = budget.final_step(now, step, (done + 1) * steps)
                 if end is not None and step >= end:
