@@ -244,7 +244,11 @@ def open_storage(url: str):
     import optuna
 
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        try:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+        except ImportError:  # Optuna 3.x names
+            from optuna.storages import JournalFileStorage as JournalFileBackend
+            from optuna.storages import JournalStorage
 
         path = Path(url.removeprefix("journal:")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)

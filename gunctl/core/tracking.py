@@ -348,13 +348,9 @@ class MlflowTracker(Callback):
         with _quiet_mlflow(), _fluent_uri(uri), mlflow.start_run(run_id=self.run_id, nested=True):
             mlflow.pytorch.log_model(
                 model,
-                name="model",
                 registered_model_name=self.register,
                 pip_requirements=requirements,  # inferring them would load the model again
-                # torch.export (MLflow's "pt2" default) needs an input example and does not
-                # take a detector's control flow; pickle does (loading it asks for
-                # MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true; best.pth is the plain-data copy)
-                serialization_format="pickle",
+                **_model_kwargs(mlflow.pytorch.log_model),
             )
 
     def _tag(self, tags: dict[str, str]) -> None:
@@ -422,6 +418,21 @@ def _find_run(client, experiment_id: str, checkpoint: dict) -> str | None:
 
 def _shown_uri(layout: Layout) -> str:
     return tracking_uri(layout) if not _embedded(layout) else str(Path(layout.root) / DB_NAME)
+
+
+def _model_kwargs(log_model) -> dict[str, str]:
+    """The model's name, and its format, as this MLflow version takes them: MLflow 3 names
+    a model with ``name`` (2.x: ``artifact_path``); where MLflow defaults to "pt2"
+    (torch.export, which needs an input example and does not take a detector's control
+    flow), pickle is asked for: loading it needs MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true
+    (best.pth is the plain-data copy)."""
+    import inspect
+
+    parameters = inspect.signature(log_model).parameters
+    kwargs = {"name" if "name" in parameters else "artifact_path": "model"}
+    if "serialization_format" in parameters:
+        kwargs["serialization_format"] = "pickle"
+    return kwargs
 
 
 @contextlib.contextmanager
