@@ -159,12 +159,34 @@ def test_workers_share_one_port(model, image):
     try:
         server.wait_ready(180)
         headers = {"X-API-Key": KEY}
+        deadline = time.monotonic() + 180  # gunctl_ready: the lowest over the workers
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{server.url}/metrics", headers=headers).text
+            if "gunctl_ready 1.0" in text.splitlines():
+                break
+            assert "gunctl_ready 0.0" in text.splitlines()  # one worker still loading
+            time.sleep(0.2)
         for _ in range(4):
             response = httpx.post(
                 f"{server.url}/v1/detect", content=image, headers=headers, timeout=120
             )
             assert response.status_code == 200
         assert httpx.post(f"{server.url}/v1/detect", content=image).status_code == 401
+        # whichever worker answers the scrape, it counts the requests of both
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for _ in range(3):
+            text = httpx.get(f"{server.url}/metrics", headers=headers).text
+            counted = {
+                (s.labels.get("route"), s.labels.get("status")): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "gunctl_http_requests_total"
+            }
+            assert counted[("/v1/detect", "200")] == 4
+            assert counted[("/v1/detect", "401")] == 1
+        ready = [line for line in text.splitlines() if line.startswith("gunctl_ready")]
+        assert ready == ["gunctl_ready 1.0"], text
     finally:
         assert server.stop() == 0
     started = {

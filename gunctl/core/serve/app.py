@@ -178,6 +178,7 @@ def _lifespan(state: ServeState, ready_to_start: bool):
         finally:
             state.draining.set()
             await asyncio.get_running_loop().run_in_executor(None, state.batcher.stop)
+            state.metrics.process_ended()
             if restore is not None:
                 restore()
 

@@ -1,14 +1,18 @@
 """The service's Prometheus metrics (prometheus_client), one registry per app.
 
 A registry per app (not the library's global one) so that several apps in one process (tests)
-count apart. With ``--workers N`` each process counts its own requests: a scrape of the shared
-port reaches one of them (run one process per port, or per container, to scrape each; see the
-README).
+count apart. With ``--workers N`` the server sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers start: each writes its values there (prometheus_client's multiprocess mode) and a
+scrape of the shared port, whichever worker answers it, adds up all of them (gauges: the sum
+over live workers, or the lowest for ``gunctl_ready``).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Routes with their own label; anything else (404s, scans) is "other", so that a client cannot
 # grow the label set.
@@ -23,7 +27,7 @@ def route_label(path: str) -> str:
 
 class Metrics:
     def __init__(self, class_names: list[str] | None = None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         registry = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -43,6 +47,7 @@ class Metrics:
             "gunctl_http_requests_in_flight",
             "Requests being read, queued or answered now.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.inference = Histogram(
             "gunctl_inference_seconds",
@@ -57,7 +62,10 @@ class Metrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "gunctl_queue_depth", "Images waiting for the inference thread.", registry=registry
+            "gunctl_queue_depth",
+            "Images waiting for the inference thread.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.images = Counter("gunctl_images", "Images detected.", registry=registry)
         self.detections = Counter(
@@ -67,16 +75,25 @@ class Metrics:
             registry=registry,
         )
         self.ready = Gauge(
-            "gunctl_ready", "1 once the model is loaded and warmed up.", registry=registry
+            "gunctl_ready",
+            "1 once the model is loaded and warmed up.",
+            registry=registry,
+            multiprocess_mode="livemin",
         )
-        self.model = Info("gunctl_model", "The model this process serves.", registry=registry)
+        self.model = Gauge(  # the Info convention, as a gauge: Info has no multiprocess mode
+            "gunctl_model_info",
+            "The model this process serves (value 1).",
+            ["name", "sha256", "format", "model"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         for name in class_names or ():  # every class shows up at 0 before its first detection
             self.detections.labels(class_name=name)
 
     def loaded(self, identity: dict[str, Any]) -> None:
         """The model is loaded and warmed up: its identity, and readiness."""
         keys = ("name", "sha256", "format", "model")
-        self.model.info({key: str(identity.get(key, "")) for key in keys})
+        self.model.labels(**{key: str(identity.get(key, "")) for key in keys}).set(1)
         self.ready.set(1)
 
     def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
@@ -93,6 +110,20 @@ class Metrics:
                 self.detections.labels(class_name=name).inc()
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # every worker's values, from the shared folder
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    @staticmethod
+    def process_ended() -> None:
+        """Drop this process's live gauges from the shared folder (multiprocess mode)."""
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(os.getpid())

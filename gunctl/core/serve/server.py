@@ -70,10 +70,17 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
             server.run(sockets=[sock])
         return
     del detector  # each worker loads its own
+    import shutil
+    import tempfile
+
     from uvicorn.supervisors import Multiprocess
+
+    from gunctl.core.serve.metrics import MULTIPROC_ENV
 
     settings = to_dict(config) | {"torch_threads": max(1, (os.cpu_count() or 1) // config.workers)}
     os.environ[CONFIG_ENV] = json.dumps(settings)
+    metrics_dir = tempfile.mkdtemp(prefix="gunctl-serve-metrics-")  # the workers' values
+    os.environ[MULTIPROC_ENV] = metrics_dir
     uv = uvicorn.Config(
         "gunctl.core.serve.app:app_from_environment",
         factory=True,
@@ -84,7 +91,10 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
     )
     if on_start:
         on_start(info)
-    Multiprocess(uv, sockets=[sock]).run()
+    try:
+        Multiprocess(uv, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def bind(host: str, port: int) -> socket.socket:
