@@ -39,6 +39,7 @@ from gunctl.core.engine import (
     evaluate,
     train_one_epoch,
 )
+from gunctl.core.hooks import EmaHook, PatienceHook
 from gunctl.core.manifest import class_names_of
 from gunctl.core.optim import (
     default_batch_size,
@@ -176,23 +177,20 @@ def _run(parts: TrainingParts, callbacks: list, dist: DistInfo) -> None:
         world_size=dist.world_size,
     )
     state.precision = setup.precision()
-    fire = CallbackList(callbacks, state)
+    # Hooks run on every rank (the callbacks that write are given on rank 0 only): EMA
+    # first, the callbacks, then patience and the budget, which decide on rank 0 and
+    # broadcast (core/hooks.py).
+    hooks = [EmaHook(), *callbacks, PatienceHook(), BudgetHook(setup, dist)]
+    fire = CallbackList(hooks, state)
     fire("on_fit_start")
     with _GracefulStop(second_stops_at_once=not dist.enabled) as stop:
         try:
-            epoch_wall = 0.0
             while state.epoch < state.config.epochs or _fitting_first_epoch(state):
                 if distributed.any_rank(stop.requested, state.device):  # Ctrl-C during validation
                     raise KeyboardInterrupt
-                if state.budget is not None and state.epoch >= 1:  # a --minutes budget: refit
-                    _fit_budget(state, setup, dist, epoch_wall)
-                    if state.epoch >= state.config.epochs:
-                        break
-                began = time.perf_counter()
                 _train_epoch(parts, fire, setup, stop)
                 _validate_epoch(state, fire, parts.val_loader, setup, dist)
-                epoch_wall = time.perf_counter() - began
-                if _patience_ran_out(state):
+                if state.stopped_early:  # --patience (PatienceHook)
                     break
             _check_ranks_agree(state, dist)
             fire("on_fit_end")
@@ -229,24 +227,12 @@ def _train_epoch(parts: TrainingParts, fire: CallbackList, setup: TrainSetup, st
     epoch = state.epoch
     parts.sampler.set_epoch(epoch, state.batches_done)
     state.meter = state.meter or LossMeter()
-    if state.budget is not None and epoch == 0:
-        state.budget.epoch_started = time.perf_counter()
     fire("on_epoch_start")
 
     def on_step(step) -> None:
         state.batches_done = step.batch
         state.step = step.step
-        if state.ema is not None:
-            state.ema.update(state.model)
-        if state.budget is not None and state.budget.probe(step.seconds):
-            batch = state.config.batch_size * state.world_size
-            plan = state.budget.provisional(
-                time.perf_counter(), state.batches_per_epoch, len(state.val_dataset), batch
-            )
-            _replan(state, setup, distributed.broadcast_object(plan))
-        fire("on_step_end", step)
-        if state.budget is not None:
-            _hold_budget_step(state, setup, step.seconds, epoch)
+        fire("on_step_end", step)  # EMA, callbacks, then the budget (BudgetHook)
 
     try:
         state.step = train_one_epoch(
@@ -282,7 +268,7 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
         if dist.is_main:  # not validated this epoch: saved (resumable), shown without metrics
             record.update(val={}, seconds=record["train"]["seconds"])
             state.history.append(record)
-            fire("on_epoch_end", record, None)
+        fire("on_epoch_end", record, None)  # every rank: the hooks decide together
         distributed.barrier()
         return
     if dist.is_main:
@@ -303,6 +289,8 @@ def _validate_epoch(state: TrainState, fire: CallbackList, val_loader, setup, di
         if score is not None and (state.best_metric is None or score > state.best_metric):
             state.best_metric, state.best_epoch = score, state.epoch
         fire("on_epoch_end", record, result)
+    else:  # the hooks run on every rank (the callbacks only on rank 0, the one evaluating)
+        fire("on_epoch_end", record, None)
     distributed.barrier()  # the other ranks wait while rank 0 evaluates and writes
 
 
@@ -364,6 +352,40 @@ def _hold_budget_step(state: TrainState, setup: TrainSetup, seconds: float, epoc
         _hold_budget(state, setup)
 
 
+class BudgetHook(Callback):
+    """--minutes: the budget's call sites as a hook on every rank (the plans are rank 0's,
+    broadcast). In an epoch's steps: the first probes and the provisional plan, then the
+    step's time and, in the final epoch, its end (``_hold_budget_step``); after an epoch: the
+    epoch count fitted or refitted (``_fit_budget``) when the run goes on."""
+
+    def __init__(self, setup: TrainSetup, dist: DistInfo):
+        self.setup, self.dist = setup, dist
+        self.began = 0.0
+
+    def on_epoch_start(self, state) -> None:
+        self.began = time.perf_counter()
+        if state.budget is not None and state.epoch == 0:
+            state.budget.epoch_started = self.began
+
+    def on_step_end(self, state, step) -> None:
+        budget = state.budget
+        if budget is None:
+            return
+        if budget.probe(step.seconds):
+            batch = state.config.batch_size * state.world_size
+            plan = budget.provisional(
+                time.perf_counter(), state.batches_per_epoch, len(state.val_dataset), batch
+            )
+            _replan(state, self.setup, distributed.broadcast_object(plan))
+        _hold_budget_step(state, self.setup, step.seconds, state.epoch)
+
+    def on_epoch_end(self, state, record, result) -> None:
+        goes_on = state.epoch < state.config.epochs or _fitting_first_epoch(state)
+        if state.budget is None or state.stopped_early or not goes_on:
+            return
+        _fit_budget(state, self.setup, self.dist, time.perf_counter() - self.began)
+
+
 class _BudgetSpent(Exception):
     """The final epoch of a --minutes run stops here: its schedule ends at this step."""
 
@@ -417,22 +439,6 @@ def _replan(state: TrainState, setup: TrainSetup, plan) -> None:
         plan.epochs,
         plan.val_every,
     )
-
-
-def _patience_ran_out(state: TrainState) -> bool:
-    """--patience N: stop when val mAP@0.5 has not improved for N epochs (all ranks agree)."""
-    patience = state.config.patience
-    stale = state.epoch - (state.best_epoch or 0)
-    stop = bool(patience and state.epoch < state.config.epochs and stale >= patience)
-    stop = distributed.broadcast_object(stop)
-    if stop:
-        state.stopped_early = (
-            f"stopped after epoch {state.epoch} of {state.config.epochs}: val mAP@0.5 has not "
-            f"improved for {stale} epoch(s) (--patience {patience}); best: epoch "
-            f"{state.best_epoch}"
-        )
-        log.info("%s", state.stopped_early)
-    return stop
 
 
 def _check_ranks_agree(state: TrainState, dist: DistInfo) -> None:
