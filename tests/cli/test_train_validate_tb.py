@@ -92,6 +92,7 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     assert gunctl("validate", ckpt, "--out", out, "--min-map", "1").exit_code == 1
 
 
+@pytest.mark.slow
 def test_train_names_the_recipe_and_validate_tta_reports_beside(trained, gunctl):
     out, result = trained
     assert "recipe scratch" in result.stdout  # --weights none: the scratch recipe
@@ -106,6 +107,7 @@ def test_train_names_the_recipe_and_validate_tta_reports_beside(trained, gunctl)
     assert table.exit_code == 0 and "With flip TTA" in table.stdout
 
 
+@pytest.mark.slow
 def test_minutes_goes_not_with_epochs(trained, gunctl):
     out, _ = trained
     result = gunctl("train", "--minutes", "1", "--epochs", "2", "--out", out, *TINY_CLI)
