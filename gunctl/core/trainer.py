@@ -86,17 +86,7 @@ def fit(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> FitResult:
 
 def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitResult:
     started = time.perf_counter()
-    resumed = None
-    if config.resume:
-        path = resolve_resume(config)
-        resumed = Resumed(load_checkpoint(path), path)
-        require_full(path, resumed.checkpoint)
-        config = resumed_train_config(resumed, config)
-    else:
-        config = recipes.resolve(config)
-    if config.batch_size is None:
-        config = dataclasses.replace(config, batch_size=default_batch_size(device))
-    config.check()
+    config, resumed = _resolved(config, device)
     stored_name = read_facts(resumed.checkpoint).run_name if resumed else None
     run_name, made = config.run_name or stored_name, []
     if run_name is None and dist.is_main:  # the default name: a folder of its own, made here
@@ -139,14 +129,35 @@ def _fit(config: TrainConfig, callbacks: list, dist: DistInfo, device) -> FitRes
             [CheckpointSaver(), TensorBoardLogger(), *callbacks] if dist.is_main else []
         )
         _run(parts, main_callbacks, dist)
-    state = parts.state
     if config.minutes is not None and dist.is_main:
         _report_budget(config.minutes, time.perf_counter() - started)
+    return _fit_result(parts.state, dist, started)
+
+
+def _resolved(config: TrainConfig, device) -> tuple[TrainConfig, Resumed | None]:
+    """The run's whole config: a resumed run's from its checkpoint (with what may change on
+    resume), a new run's with its recipe filled in; checked, relations included."""
+    resumed = None
+    if config.resume:
+        path = resolve_resume(config)
+        resumed = Resumed(load_checkpoint(path), path)
+        require_full(path, resumed.checkpoint)
+        config = resumed_train_config(resumed, config)
+    else:
+        config = recipes.resolve(config)
+    if config.batch_size is None:
+        config = dataclasses.replace(config, batch_size=default_batch_size(device))
+    config.check()
+    return config, resumed
+
+
+def _fit_result(state: TrainState, dist: DistInfo, started: float) -> FitResult:
+    config = state.config
     best = state.best_path if state.best_epoch is not None else None
     return FitResult(
         is_main=dist.is_main,
-        run_name=run_name,
-        run_dir=run_dir,
+        run_name=state.run_name,
+        run_dir=state.run_dir,
         last_checkpoint=state.last_path,
         best_checkpoint=best,
         model_copy=config.layout.best_model if best and state.promoted else None,
