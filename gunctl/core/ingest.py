@@ -484,6 +484,21 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
     report.problems.extend(labels.problems)
     if not labels.usable:
         return None
+    boxes, classes = _kept_boxes(labels, meta, report, index)
+    multi = len(report.class_names) > 1
+    image_name = Path(image.name).name
+    label_bytes = format_label(boxes, classes if multi else None).encode()
+    (stage / tree.IMAGES / image_name).write_bytes(data)
+    (stage / tree.LABELS / f"{record.stem}.txt").write_bytes(label_bytes)
+    _count(report, meta, len(boxes))
+    for k in classes:
+        report.boxes_per_class[report.class_names[k]] += 1
+    return _manifest_entry(record, image_name, meta, (data, label_bytes), (boxes, classes), report)
+
+
+def _kept_boxes(labels, meta, report: IngestReport, index) -> tuple[list, list[int]]:
+    """The boxes of the kept classes that pass the box checks, and their class indices; what
+    is left out is counted in ``report`` (classes, crowd boxes) or reported (box problems)."""
     boxes, classes = [], []
     for annotation in labels.annotations:
         if annotation.class_name not in index:
@@ -498,14 +513,13 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
             classes.append(index[annotation.class_name])
             report.difficult += annotation.difficult
     report.crowd_left_out += labels.crowd
-    multi = len(report.class_names) > 1
-    image_name = Path(image.name).name
-    label_bytes = format_label(boxes, classes if multi else None).encode()
-    (stage / tree.IMAGES / image_name).write_bytes(data)
-    (stage / tree.LABELS / f"{record.stem}.txt").write_bytes(label_bytes)
-    _count(report, meta, len(boxes))
-    for k in classes:
-        report.boxes_per_class[report.class_names[k]] += 1
+    return boxes, classes
+
+
+def _manifest_entry(record, image_name: str, meta, files, kept, report) -> dict:
+    """The manifest's line for one staged pair (``files``: the image's and the label's bytes;
+    ``kept``: the boxes and their class indices)."""
+    (data, label_bytes), (boxes, classes) = files, kept
     entry = {
         "stem": record.stem,
         "image": image_name,
@@ -516,7 +530,7 @@ def _ingest_record(record: Record, stage: Path, config, report: IngestReport, in
         "image_sha256": hashlib.sha256(data).hexdigest(),
         "label_sha256": hashlib.sha256(label_bytes).hexdigest(),
     }
-    if multi:  # boxes per class, for the stratified split (one-class entries stay as they were)
+    if len(report.class_names) > 1:  # boxes per class, for the stratified split
         entry["classes"] = [classes.count(k) for k in range(len(report.class_names))]
     if record.split is not None:
         entry["source_split"] = record.split
