@@ -255,13 +255,43 @@ def _retina_anchors(config: ModelConfig):
     return AnchorGenerator(scales, (ratios,) * len(scales))
 
 
+class SafeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises with its running statistics, in training too, when a batch
+    has one value per channel (SSDlite's last extra layers are 1x1: a batch of one image
+    would otherwise stop training). The same parameters and buffers as ``nn.BatchNorm2d``, so
+    torchvision's weights load; scriptable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.shape[0] * x.shape[2] * x.shape[3] == 1
+        momentum = 0.0 if self.momentum is None else float(self.momentum)
+        return nn.functional.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training and not single,
+            momentum,
+            self.eps,
+        )
+
+
+def _ssd_norm():
+    from functools import partial
+
+    return partial(SafeBatchNorm2d, **_SSD_NORM)
+
+
 def _build_ssdlite(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     """torchvision's SSDlite320 MobileNetV3-Large, its fixed square input at ``min_size``."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
     num_classes = None if weights is not None else config.num_classes
     model = ssdlite320_mobilenet_v3_large(
-        weights=weights, weights_backbone=weights_backbone, num_classes=num_classes
+        weights=weights,
+        weights_backbone=weights_backbone,
+        num_classes=num_classes,
+        norm_layer=_ssd_norm(),
     )
     size = config.min_size
     model.transform.min_size = (size,)
@@ -453,8 +483,9 @@ def _new_predictor(model: nn.Module, num_classes: int) -> None:
         logits = head.classification_head.module_list
         channels = [block[0][0].in_channels for block in logits]
         anchors = model.anchor_generator.num_anchors_per_location()
-        norm = partial(nn.BatchNorm2d, **_SSD_NORM)
-        head.classification_head = SSDLiteClassificationHead(channels, anchors, num_classes, norm)
+        head.classification_head = SSDLiteClassificationHead(
+            channels, anchors, num_classes, _ssd_norm()
+        )
         return
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, num_classes)

@@ -96,6 +96,15 @@ def test_one_training_step_gives_the_family_losses(family):
     assert grads and all(g is not None for g in grads[-4:])  # the heads learn
 
 
+def test_ssdlite_trains_on_a_batch_of_one_image():
+    """Its last extra layers are 1x1: BatchNorm over one value per channel would raise (a
+    batch of one comes at an epoch's end, or with --batch-size 1)."""
+    model, _ = small_model("ssdlite", min_size=320, max_size=320)
+    model.train()
+    losses = model(images()[:1], TARGETS[:1])
+    assert all(math.isfinite(float(v.detach())) for v in losses.values())
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_inference_core_runs_every_family_in_float32_resize(family):
     """The core's forward returns boxes in each image's own pixels and, apart from the float32
