@@ -92,6 +92,7 @@ RECIPES = ("auto", "scratch", "finetune", "plain")  # auto: scratch without pret
 NORMS = ("default", "bn", "frozen_bn", "gn")  # default: torchvision's choice for the weights
 VALIDATE_PARTS = ("train", "val", "all")  # what `validate --split` may score
 RUN_SORT_KEYS = ("name", "start", "map50", "loss", "epochs")  # `tb --list --sort`
+RECIPE_NOTE = " Set by --recipe unless given (see the README)."  # in the help of such options
 # TrainConfig fields that --resume takes from the command line; the rest come from the checkpoint.
 RESUMABLE_OPTIONS = (
     "epochs",
@@ -196,7 +197,12 @@ class SplitConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # the original pipeline's model
-    name: str = opt("fasterrcnn_resnet50_fpn", "--model", choice(*MODEL_NAMES))
+    name: str = opt(
+        "fasterrcnn_resnet50_fpn",
+        "--model",
+        choice(*MODEL_NAMES),
+        (", ".join(MODEL_NAMES) + "." + RECIPE_NOTE),
+    )
     weights: str = "auto"  # COCO when cached or downloadable, else from scratch (with a warning)
     num_classes: int = opt(
         len(CLASS_NAMES), "classes (with the background)", whole(2, MAX_CLASSES + 1)
@@ -204,9 +210,14 @@ class ModelConfig:
     # The data set's images are ~180x280 px: torchvision's 800 px up-samples them 4.5x for ~10x
     # the compute. Same budget from scratch on the real sample (benchmarks/README.md): val
     # mAP@0.5 0.43 at 256 px, 0.39 at 320, 0.36 at 224, 0.35 at 800.
-    min_size: int = opt(256, "--min-size", whole(*SIDES))
+    min_size: int = opt(
+        256,
+        "--min-size",
+        whole(*SIDES),
+        ("Shorter image side fed to the model (the data set's images are ~180 px)." + RECIPE_NOTE),
+    )
     # 1.75:1, above the typical 1.6:1 of the data set's images
-    max_size: int = opt(448, "--max-size", whole(*SIDES))
+    max_size: int = opt(448, "--max-size", whole(*SIDES), ("Cap on the longer side." + RECIPE_NOTE))
     # Proposal and RoI counts: torchvision's (2000/2000/512) are sized for COCO's up to
     # ~100 objects per image; this data set has 1-12. RoIAlign backward runs on one CPU core.
     # Same budget at 320 px: val mAP@0.5 0.39 with these counts, 0.40 with torchvision's.
@@ -222,23 +233,63 @@ class ModelConfig:
     # Normalisation of ResNet backbones (and the FPN with gn): torchvision uses BatchNorm from
     # scratch and frozen BatchNorm with pretrained weights; at batch 2 BatchNorm's statistics
     # are noise, GroupNorm has none (He et al., "Rethinking ImageNet Pre-training").
-    norm: str = opt("default", "--norm", choice(*NORMS))
+    norm: str = opt(
+        "default",
+        "--norm",
+        choice(*NORMS),
+        (
+            f"{', '.join(NORMS)}: normalisation of ResNet-FPN backbones (gn: GroupNorm, "
+            "also in the FPN)." + RECIPE_NOTE
+        ),
+    )
     # one per FPN level; (): the model's own (32 ... 512)
     anchor_sizes: tuple[int, ...] = opt((), "anchor sizes", wholes(1, SIDES[1]))
     # height / width; (): (0.5, 1.0, 2.0)
     aspect_ratios: tuple[float, ...] = opt((), "aspect ratios", numbers(*RATIOS))
     # multi-scale training: a shorter side drawn per batch
-    train_sizes: tuple[int, ...] = opt((), "--multiscale", wholes(*SIDES))
+    train_sizes: tuple[int, ...] = opt(
+        (),
+        "--multiscale",
+        wholes(*SIDES),
+        (
+            "Shorter sides drawn per batch in training, e.g. 192,224,288,320, or off "
+            "(validation uses --min-size)." + RECIPE_NOTE
+        ),
+    )
     # ResNet stages feeding the FPN; (): all four. (2, 3, 4) drops the stride-4 level, which
     # holds three quarters of the FPN's and RPN's pixels and serves objects under ~32 px.
-    fpn_levels: tuple[int, ...] = opt((), "--fpn-levels", wholes(1, 4))
+    fpn_levels: tuple[int, ...] = opt(
+        (),
+        "--fpn-levels",
+        wholes(1, 4),
+        (
+            "ResNet stages feeding the FPN, e.g. 2,3,4 (no stride-4 level: faster), or all "
+            "(ResNet-FPN models)." + RECIPE_NOTE
+        ),
+    )
     # Widths: the FPN's channels (so also the RPN head's and the pooled RoI features'; ResNet-FPN
     # models) and the box head's two fully connected layers (all models but the v2).
     # torchvision's 256 and 1024 are sized for COCO's 80 classes; for one class on the CPU the
     # box head's 12544x1024 layer and RoIAlign's single-threaded backward are a third of a
     # ResNet-18 step (benchmarks/README.md).
-    fpn_channels: int = opt(256, "--fpn-channels", whole(32, 1024, step=32))
-    box_head_dim: int = opt(1024, "--box-head-dim", whole(16, 4096))
+    fpn_channels: int = opt(
+        256,
+        "--fpn-channels",
+        whole(32, 1024, step=32),
+        (
+            "Width of the FPN, the RPN head and the pooled RoI features, a multiple of 32 "
+            "(ResNet-FPN models)." + RECIPE_NOTE
+        ),
+    )
+    box_head_dim: int = opt(
+        1024,
+        "--box-head-dim",
+        whole(16, 4096),
+        (
+            "Width of the box head's two fully connected layers (all models but "
+            "fasterrcnn_resnet50_fpn_v2)." + RECIPE_NOTE
+        ),
+    )
 
     def check(self, relations: bool = True) -> None:
         """Every value's rule (declared with its field), for the command line, config files and
@@ -277,36 +328,81 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     layout: Layout = field(default_factory=Layout)
     # enough for COCO-initialised weights to converge on ~3000 images
-    epochs: int = opt(10, "--epochs", COUNT)
+    epochs: int = opt(10, "--epochs", COUNT, ("Epochs in all (with --resume: the new total)."))
     # None: the whole split; N: a fresh seeded split of N images
     subset: int | None = opt(None, "--subset", whole(2, 10**9))
     # Per process. None: 8 on CUDA (bf16 img/s 43 at 8 vs 14 at 2 on an H100, memory 16 GiB
     # at 800 px), 2 on the CPU (peak RSS 2.6 GiB vs 3.4 GiB at 4, and no slower per image).
-    batch_size: int | None = opt(None, "--batch-size", BATCH)
-    lr: float = opt(1e-4, "--lr", POSITIVE)  # the original pipeline's Adam learning rate
-    optimizer: str = opt("adam", "--optimizer", choice(*OPTIMIZERS))  # as in the original pipeline
+    batch_size: int | None = opt(
+        None,
+        "--batch-size",
+        BATCH,
+        ("Images per step, per process (the global batch is this x processes)."),
+    )
+    lr: float = opt(
+        1e-4, "--lr", POSITIVE, ("Peak learning rate." + RECIPE_NOTE)
+    )  # the original pipeline's Adam learning rate
+    optimizer: str = opt(
+        "adam", "--optimizer", choice(*OPTIMIZERS), (f"{', '.join(OPTIMIZERS)}." + RECIPE_NOTE)
+    )  # as in the original pipeline
     # the original pipeline used none; try 1e-4 with adamw/sgd
-    weight_decay: float = opt(0.0, "--weight-decay", NON_NEGATIVE)
+    weight_decay: float = opt(
+        0.0, "--weight-decay", NON_NEGATIVE, ("L2 penalty on the weights." + RECIPE_NOTE)
+    )
     momentum: float = opt(0.9, "momentum", NON_NEGATIVE)  # sgd only; the usual value
     # decays to ~0 at the last step: no tuning of decay epochs
-    lr_schedule: str = opt("cosine", "--lr-schedule", choice(*LR_SCHEDULES))
+    lr_schedule: str = opt(
+        "cosine",
+        "--lr-schedule",
+        choice(*LR_SCHEDULES),
+        (
+            f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps."
+            + RECIPE_NOTE
+        ),
+    )
     # linear warm-up, capped at one epoch for short runs
-    warmup_steps: int = opt(50, "--warmup-steps", whole(0, 10**9))
+    warmup_steps: int = opt(
+        50,
+        "--warmup-steps",
+        whole(0, 10**9),
+        ("Warm-up length (capped at one epoch)." + RECIPE_NOTE),
+    )
     # keeps from-scratch runs from diverging on a bad batch
     grad_clip: float | None = opt(10.0, "grad_clip", POSITIVE)
     device: str = opt("auto", "--device", DEVICE)  # cuda when available, else cpu
     # bf16/fp16 autocast on CUDA; a CPU with native bf16: the backbone in bf16
-    amp: bool = opt(True, "--amp", FLAG)
+    amp: bool = opt(
+        True,
+        "--amp",
+        FLAG,
+        (
+            "Mixed precision: bf16 (else fp16) autocast on CUDA; on a CPU with native "
+            "bf16 (AVX-512 BF16 or AMX), bf16 for the backbone only. Evaluation on the CPU "
+            "stays fp32."
+        ),
+    )
     # CUDA only: +13 % (batch 8) to +24 % (16) train img/s with bf16
-    channels_last: bool = opt(True, "channels_last", FLAG)
+    channels_last: bool = opt(
+        True,
+        "channels_last",
+        FLAG,
+        ("Channels-last memory format on CUDA (faster with AMP); no effect on the CPU."),
+    )
     # decoding is cheap (~1 ms per image); 2 hides it behind the model
     workers: int = opt(2, "--workers", WORKERS)
     # "ram" keeps decoded images in memory (small data sets)
-    cache: str = opt("none", "--cache", choice(*CACHE_MODES))
+    cache: str = opt(
+        "none",
+        "--cache",
+        choice(*CACHE_MODES),
+        (f"{', '.join(CACHE_MODES)}: ram keeps decoded images in memory."),
+    )
     # batch landscape with landscape: less padding per batch
     group_aspect_ratios: bool = opt(True, "group_aspect_ratios", FLAG)
     seed: int = opt(0, "--seed", SEED)  # same seed, same losses on the CPU
-    hflip: bool = opt(True, "--hflip", FLAG)  # guns point both ways: a free doubling of the data
+    hflip: bool = opt(
+        True, "--hflip", FLAG, ("Random horizontal flips (augmentation).")
+    )  # guns point both ways: a free doubling of the data
     run_name: str | None = None  # None: a timestamp
     resume: str | None = None  # a run name or a checkpoint path
     # used only when train has to make a split itself
@@ -316,36 +412,102 @@ class TrainConfig:
     # for precision/recall in the epoch table
     score_threshold: float = opt(0.5, "score_threshold", UNIT)
     # replace models/fasterrcnn.pth even when the run is not as good
-    promote: bool = opt(False, "--promote", FLAG)
+    promote: bool = opt(
+        False,
+        "--promote",
+        FLAG,
+        (
+            "Make this run's best the default model (models/fasterrcnn.pth) even when the "
+            "one there scored higher or on another split."
+        ),
+    )
     # None: all epochs; N: stop after N epochs without a better mAP
-    patience: int | None = opt(None, "--patience", COUNT)
+    patience: int | None = opt(
+        None,
+        "--patience",
+        COUNT,
+        ("Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept)."),
+    )
     # None: last.pth only; N: also keep epoch_<E>.pth every N
-    save_period: int | None = opt(None, "--save-period", COUNT)
+    save_period: int | None = opt(
+        None, "--save-period", COUNT, ("Also keep a full checkpoint epoch_<E>.pth every N epochs.")
+    )
 
     # The recipe fills the options below that the user did not set (``explicit``); the
     # defaults here are the plain recipe: gunctl's behaviour before recipes existed.
     # scratch without pretrained weights, finetune with them
-    recipe: str = opt("auto", "--recipe", choice(*RECIPES))
+    recipe: str = opt(
+        "auto",
+        "--recipe",
+        choice(*RECIPES),
+        (
+            f"{', '.join(RECIPES)}. scratch: from random weights; finetune: pretrained; "
+            "plain: flip only, Adam 1e-4 (gunctl before recipes); auto: finetune with "
+            "pretrained weights, else scratch. Options given explicitly override the recipe's."
+        ),
+    )
     explicit: tuple[str, ...] = ()  # options the user set ("lr", "model.name"): kept as given
     # probability of brightness/contrast/saturation/hue distortion
-    photometric: float = opt(0.0, "--photometric", UNIT)
+    photometric: float = opt(
+        0.0,
+        "--photometric",
+        UNIT,
+        ("Probability of brightness/contrast/saturation/hue distortion." + RECIPE_NOTE),
+    )
     # probability of placing the image on a canvas up to 2x larger
-    zoom_out: float = opt(0.0, "--zoom-out", UNIT)
-    crop: float = opt(0.0, "--crop", UNIT)  # probability of an IoU-aware random crop (SSD's)
-    mosaic: float = opt(0.0, "--mosaic", UNIT)  # probability of a 2x2 mosaic of 4 training images
+    zoom_out: float = opt(
+        0.0,
+        "--zoom-out",
+        UNIT,
+        ("Probability of a zoom-out (image on a canvas up to 2x larger)." + RECIPE_NOTE),
+    )
+    crop: float = opt(
+        0.0, "--crop", UNIT, ("Probability of an IoU-aware crop." + RECIPE_NOTE)
+    )  # probability of an IoU-aware random crop (SSD's)
+    mosaic: float = opt(
+        0.0, "--mosaic", UNIT, ("Probability of a 2x2 mosaic of training images." + RECIPE_NOTE)
+    )  # probability of a 2x2 mosaic of 4 training images
     # evaluate and save an exponential moving average of the weights
-    ema: bool = opt(False, "--ema", FLAG)
+    ema: bool = opt(
+        False,
+        "--ema",
+        FLAG,
+        ("Evaluate and save an exponential moving average of the weights." + RECIPE_NOTE),
+    )
     # None: fitted to the run's length (window ~ steps / 10)
-    ema_decay: float | None = opt(None, "--ema-decay", number(0, 1, open_high=True))
+    ema_decay: float | None = opt(
+        None, "--ema-decay", number(0, 1, open_high=True), ("EMA decay per step.")
+    )
     # anchor sizes and ratios from the training boxes' quantiles
-    fit_anchors: bool = opt(False, "--fit-anchors", FLAG)
+    fit_anchors: bool = opt(
+        False,
+        "--fit-anchors",
+        FLAG,
+        ("Anchor sizes and ratios from the training boxes (ResNet-FPN models)." + RECIPE_NOTE),
+    )
     # a wall-time budget: epochs and schedule fitted to it
-    minutes: float | None = opt(None, "--minutes", POSITIVE)
+    minutes: float | None = opt(
+        None,
+        "--minutes",
+        POSITIVE,
+        (
+            "Train for a wall-time budget instead of --epochs: epochs, schedule and EMA "
+            "are fitted to it, validation included."
+        ),
+    )
     # validate every k epochs (and always after the last)
-    val_every: int = opt(1, "--val-every", COUNT)
+    val_every: int = opt(1, "--val-every", COUNT, ("Validate every k epochs, and after the last."))
     # Experiment tracking (core/tracking.py): off unless asked (--mlflow, or
     # MLFLOW_TRACKING_URI set), since MLflow is an optional extra; not in config.yaml.
-    mlflow: bool = opt(False, "--mlflow", FLAG)
+    mlflow: bool = opt(
+        False,
+        "--mlflow",
+        FLAG,
+        (
+            "Track the run with MLflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db): "
+            "options, per-epoch metrics, artifacts and the model. Needs the mlflow extra."
+        ),
+    )
     register: str | None = None  # --register NAME: the model into MLflow's registry
 
     def check(self, relations: bool = True) -> None:

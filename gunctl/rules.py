@@ -125,7 +125,7 @@ class Rule:
     def metavar(self) -> str:
         """What the value is, once, for ``--help``: ``0-1``, ``N``, ``X>0``, ``a|b|c``."""
         if self.kind in ("choice", "choices"):
-            return "|".join(self.choices) if len(", ".join(self.choices)) <= 30 else "NAME"
+            return "|".join(self.choices) if len("|".join(self.choices)) <= 10 else "NAME"
         if self.kind == "wholes":
             return "N,N,..."
         if self.kind == "device":

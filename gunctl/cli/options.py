@@ -11,15 +11,17 @@ from gunctl.config import DetectorOptions
 from gunctl.rules import declared
 
 
-def option(cls, name: str, *names: str, **settings: Any) -> Any:
+def option(cls, name: str, *names: str, flags: Any = None, **settings: Any) -> Any:
     """The command line's ``typer.Option`` of an option declared in config.py: its flag and
-    help come from the declaration (``settings`` add Typer's display details only)."""
+    help come from the declaration (``settings`` add Typer's display details only; ``flags``
+    spells an on/off pair, ``"--ema/--no-ema"``)."""
     declaration = declared(cls, name)
     settings.setdefault("help", declaration.help)
     rule = declaration.rule
     if rule is not None and rule.kind != "flag":
         settings.setdefault("metavar", rule.metavar())  # what the value is: 0-1, N, DEVICE
-    return typer.Option(declaration.flag, *names, **settings)
+    spelled = (flags,) if isinstance(flags, str) else tuple(flags or (declaration.flag,))
+    return typer.Option(*spelled, *names, **settings)
 
 
 def config_from(cls, values: dict[str, Any], **given: Any) -> Any:

@@ -1,4 +1,4 @@
-"""gunctl train: train a Faster R-CNN on the split, with progress, TensorBoard and checkpoints."""
+"""gunctl train: train a detector on the split, with progress, TensorBoard and checkpoints."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, note, warn
-from gunctl.cli.options import ConfigFile, Device, Out, Quiet, Seed, Subset, Workers, config_from
+from gunctl.cli.options import (
+    ConfigFile,
+    Device,
+    Out,
+    Quiet,
+    Seed,
+    Subset,
+    Workers,
+    config_from,
+    option,
+)
 from gunctl.config import (
-    CACHE_MODES,
-    LR_SCHEDULES,
-    MODEL_NAMES,
-    NORMS,
-    OPTIMIZERS,
-    RECIPES,
     RESUMABLE_OPTIONS,
     LaunchConfig,
     Layout,
@@ -47,76 +51,43 @@ _BY_RECIPE = "the recipe's"
 
 def train(
     ctx: typer.Context,
-    epochs: Annotated[
-        int, typer.Option("--epochs", help="Epochs in all (with --resume: the new total).")
-    ] = _TRAIN_DEFAULTS.epochs,
+    epochs: Annotated[int, option(TrainConfig, "epochs")] = _TRAIN_DEFAULTS.epochs,
     minutes: Annotated[
         float | None,
-        typer.Option(
-            "--minutes",
-            show_default="off: --epochs",
-            help="Train for a wall-time budget instead of --epochs: epochs, schedule and EMA "
-            "are fitted to it, validation included.",
-        ),
+        option(TrainConfig, "minutes", show_default="off: --epochs"),
     ] = None,
     recipe: Annotated[
         str,
-        typer.Option(
-            "--recipe",
-            help=f"{', '.join(RECIPES)}. scratch: from random weights; finetune: pretrained; "
-            "plain: flip only, Adam 1e-4 (gunctl before recipes); auto: finetune with "
-            "pretrained weights, else scratch. Options given explicitly override the recipe's.",
-        ),
+        option(TrainConfig, "recipe"),
     ] = _TRAIN_DEFAULTS.recipe,
     subset: Subset = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(
-            "--batch-size",
-            show_default="8 on CUDA, 2 on the CPU",
-            help="Images per step, per process (the global batch is this x processes).",
-        ),
+        option(TrainConfig, "batch_size", show_default="8 on CUDA, 2 on the CPU"),
     ] = None,
     lr: Annotated[
         float,
-        typer.Option("--lr", help="Peak learning rate." + _RECIPE_NOTE, show_default=_BY_RECIPE),
+        option(TrainConfig, "lr", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.lr,
     optimizer: Annotated[
         str,
-        typer.Option(
-            "--optimizer", help=f"{', '.join(OPTIMIZERS)}." + _RECIPE_NOTE, show_default=_BY_RECIPE
-        ),
+        option(TrainConfig, "optimizer", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.optimizer,
     weight_decay: Annotated[
         float,
-        typer.Option(
-            "--weight-decay",
-            help="L2 penalty on the weights." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "weight_decay", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.weight_decay,
     lr_schedule: Annotated[
         str,
-        typer.Option(
-            "--lr-schedule",
-            help=f"{', '.join(LR_SCHEDULES)}; after a linear warm-up of up to --warmup-steps."
-            + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "lr_schedule", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.lr_schedule,
     warmup_steps: Annotated[
         int,
-        typer.Option(
-            "--warmup-steps",
-            help="Warm-up length (capped at one epoch)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "warmup_steps", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.warmup_steps,
     model: Annotated[
         str,
-        typer.Option(
-            "--model", help=", ".join(MODEL_NAMES) + "." + _RECIPE_NOTE, show_default=_BY_RECIPE
-        ),
+        option(ModelConfig, "name", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.name,
     weights: Annotated[
         str,
@@ -128,44 +99,25 @@ def train(
     ] = _MODEL_DEFAULTS.weights,
     min_size: Annotated[
         int,
-        typer.Option(
-            "--min-size",
-            help="Shorter image side fed to the model (the data set's images are ~180 px)."
-            + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "min_size", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.min_size,
     max_size: Annotated[
         int,
-        typer.Option(
-            "--max-size",
-            help="Cap on the longer side." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "max_size", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.max_size,
     device: Device = _TRAIN_DEFAULTS.device,
     amp: Annotated[
         bool,
-        typer.Option(
-            "--amp/--no-amp",
-            help="Mixed precision: bf16 (else fp16) autocast on CUDA; on a CPU with native "
-            "bf16 (AVX-512 BF16 or AMX), bf16 for the backbone only. Evaluation on the CPU "
-            "stays fp32.",
-        ),
+        option(TrainConfig, "amp", flags=("--amp/--no-amp")),
     ] = _TRAIN_DEFAULTS.amp,
     channels_last: Annotated[
         bool,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            help="Channels-last memory format on CUDA (faster with AMP); no effect on the CPU.",
-        ),
+        option(TrainConfig, "channels_last", flags=("--channels-last/--no-channels-last")),
     ] = _TRAIN_DEFAULTS.channels_last,
     workers: Workers = _TRAIN_DEFAULTS.workers,
     cache: Annotated[
         str,
-        typer.Option(
-            "--cache", help=f"{', '.join(CACHE_MODES)}: ram keeps decoded images in memory."
-        ),
+        option(TrainConfig, "cache"),
     ] = _TRAIN_DEFAULTS.cache,
     seed: Seed = _TRAIN_DEFAULTS.seed,
     run_name: Annotated[
@@ -184,149 +136,84 @@ def train(
         ),
     ] = None,
     hflip: Annotated[
-        bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (augmentation).")
+        bool, option(TrainConfig, "hflip", flags=("--hflip/--no-hflip"))
     ] = _TRAIN_DEFAULTS.hflip,
     photometric: Annotated[
         float,
-        typer.Option(
-            "--photometric",
-            help="Probability of brightness/contrast/saturation/hue distortion." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "photometric", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.photometric,
     zoom_out: Annotated[
         float,
-        typer.Option(
-            "--zoom-out",
-            help="Probability of a zoom-out (image on a canvas up to 2x larger)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "zoom_out", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.zoom_out,
     crop: Annotated[
         float,
-        typer.Option(
-            "--crop",
-            help="Probability of an IoU-aware crop." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "crop", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.crop,
     mosaic: Annotated[
         float,
-        typer.Option(
-            "--mosaic",
-            help="Probability of a 2x2 mosaic of training images." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "mosaic", show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.mosaic,
     multiscale: Annotated[
         str,
-        typer.Option(
-            "--multiscale",
-            help="Shorter sides drawn per batch in training, e.g. 192,224,288,320, or off "
-            "(validation uses --min-size)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "train_sizes", show_default=_BY_RECIPE),
     ] = "off",
     norm: Annotated[
         str,
-        typer.Option(
-            "--norm",
-            help=f"{', '.join(NORMS)}: normalisation of ResNet-FPN backbones (gn: GroupNorm, "
-            "also in the FPN)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "norm", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.norm,
     fpn_levels: Annotated[
         str,
-        typer.Option(
-            "--fpn-levels",
-            help="ResNet stages feeding the FPN, e.g. 2,3,4 (no stride-4 level: faster), or all "
-            "(ResNet-FPN models)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "fpn_levels", show_default=_BY_RECIPE),
     ] = "all",
     fpn_channels: Annotated[
         int,
-        typer.Option(
-            "--fpn-channels",
-            help="Width of the FPN, the RPN head and the pooled RoI features, a multiple of 32 "
-            "(ResNet-FPN models)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "fpn_channels", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.fpn_channels,
     box_head_dim: Annotated[
         int,
-        typer.Option(
-            "--box-head-dim",
-            help="Width of the box head's two fully connected layers (all models but "
-            "fasterrcnn_resnet50_fpn_v2)." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(ModelConfig, "box_head_dim", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.box_head_dim,
     fit_anchors: Annotated[
         bool,
-        typer.Option(
-            "--fit-anchors/--no-fit-anchors",
-            help="Anchor sizes and ratios from the training boxes (ResNet-FPN models)."
-            + _RECIPE_NOTE,
+        option(
+            TrainConfig,
+            "fit_anchors",
+            flags=("--fit-anchors/--no-fit-anchors"),
             show_default=_BY_RECIPE,
         ),
     ] = _TRAIN_DEFAULTS.fit_anchors,
     ema: Annotated[
         bool,
-        typer.Option(
-            "--ema/--no-ema",
-            help="Evaluate and save an exponential moving average of the weights." + _RECIPE_NOTE,
-            show_default=_BY_RECIPE,
-        ),
+        option(TrainConfig, "ema", flags=("--ema/--no-ema"), show_default=_BY_RECIPE),
     ] = _TRAIN_DEFAULTS.ema,
     ema_decay: Annotated[
         float | None,
-        typer.Option(
-            "--ema-decay",
-            show_default="a window of a tenth of the run's steps",
-            help="EMA decay per step.",
-        ),
+        option(TrainConfig, "ema_decay", show_default="a window of a tenth of the run's steps"),
     ] = None,
     val_every: Annotated[
         int,
-        typer.Option(
-            "--val-every",
-            show_default="1; fitted with --minutes",
-            help="Validate every k epochs, and after the last.",
-        ),
+        option(TrainConfig, "val_every", show_default="1; fitted with --minutes"),
     ] = _TRAIN_DEFAULTS.val_every,
     promote: Annotated[
         bool,
-        typer.Option(
-            "--promote",
-            help="Make this run's best the default model (models/fasterrcnn.pth) even when the "
-            "one there scored higher or on another split.",
-        ),
+        option(TrainConfig, "promote"),
     ] = _TRAIN_DEFAULTS.promote,
     patience: Annotated[
         int | None,
-        typer.Option(
-            "--patience",
-            show_default="off",
-            help="Stop when val mAP@0.5 has not improved for N epochs (best.pth is kept).",
-        ),
+        option(TrainConfig, "patience", show_default="off"),
     ] = None,
     save_period: Annotated[
         int | None,
-        typer.Option(
-            "--save-period",
-            show_default="off",
-            help="Also keep a full checkpoint epoch_<E>.pth every N epochs.",
-        ),
+        option(TrainConfig, "save_period", show_default="off"),
     ] = None,
     mlflow: Annotated[
         bool | None,
-        typer.Option(
-            "--mlflow/--no-mlflow",
+        option(
+            TrainConfig,
+            "mlflow",
+            flags=("--mlflow/--no-mlflow"),
             show_default="on when MLFLOW_TRACKING_URI is set",
-            help="Track the run with MLflow (MLFLOW_TRACKING_URI, else <out>/mlflow.db): "
-            "options, per-epoch metrics, artifacts and the model. Needs the mlflow extra.",
         ),
     ] = None,
     register: Annotated[
@@ -349,7 +236,7 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a Faster R-CNN on the split; writes checkpoints and a TensorBoard run.
+    """Train a detector on the split; writes checkpoints and a TensorBoard run.
 
     Several GPUs or machines: torchrun --nproc_per_node=N -m gunctl train ... (or --nproc N).
     """
