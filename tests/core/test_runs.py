@@ -21,7 +21,7 @@ def write_run(runs, name: str, epochs: int, loss: float, map50: float) -> None:
             writer.add_scalar("val/map_50", map50 - 0.1 * (epochs - epoch), epoch)
     checkpoint = {
         "model": {"w": torch.zeros(1)},
-        "config": {"model": {"name": "fasterrcnn_x"}},
+        "config": {"model": {"name": "fasterrcnn_resnet18_fpn"}},
         "epoch": epochs,
         "class_names": ["background", "gun"],
     }
@@ -36,7 +36,7 @@ def test_lists_runs_with_their_numbers_and_sorts(tmp_path):
     listed = list_runs(runs, sort="name")
     assert [r.name for r in listed] == ["a", "b"]
     a = listed[0]
-    assert (a.model, a.epochs, a.checkpoint) == ("fasterrcnn_x", 2, runs / "a" / Layout.LAST)
+    assert (a.model, a.epochs, a.checkpoint) == ("fasterrcnn_resnet18_fpn", 2, runs / "a" / Layout.LAST)
     assert a.final_train_loss == pytest.approx(0.5) and a.best_map50 == pytest.approx(0.3)
     assert [r.name for r in list_runs(runs, sort="map50")] == ["b", "a"]
     assert [r.name for r in list_runs(runs, sort="loss")] == ["b", "a"]
