@@ -71,8 +71,11 @@ def test_resuming_a_foreign_checkpoint_never_overwrites_a_run(demo_copy, tmp_pat
         ({"history": [{"epoch": 1}]}, "history[0]"),
         ({"config": {"model": "fasterrcnn"}}, "'model'"),
         ({"config": {"lr": "fast", "model": {"name": "x"}}}, "'lr'"),
-        ({"config": {"seed": 2**70, "model": {"name": "x"}}}, "'seed'"),
-        ({"config": {"model": {"name": "x", "min_size": 0}}}, "'min_size'"),
+        ({"config": {"seed": 2**70, "model": {"name": "x"}}}, "config.seed: --seed"),
+        (
+            {"config": {"model": {"name": "fasterrcnn_resnet18_fpn", "min_size": 0}}},
+            "config.model.min_size: --min-size",
+        ),
         ({"model": {"w": "not a tensor"}}, "'model'"),
         ({"rng": {"torch": [1, 2]}}, "rng"),
         ({"scheduler": {"last_epoch": "x"}}, "scheduler: 'last_epoch'"),
