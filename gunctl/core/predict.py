@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from gunctl.config import PredictConfig
-from gunctl.core import sources
+from gunctl.core import inputs
 from gunctl.core.fileio import atomic_open, make_dirs, remove_created, write_with
 from gunctl.core.images import ImageProblem, decode_rgb
 from gunctl.core.inference import load_detector
@@ -73,7 +73,7 @@ def predict(
         detector.threshold,
         detector.threshold_origin,
     )
-    found = sources.collect(config.sources)
+    found = inputs.collect(config.sources)
     result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
     result.ignored = len(found.ignored)
     for problem in found.problems:
@@ -154,7 +154,7 @@ class _Run:
 
     # --- images ------------------------------------------------------------------------------
 
-    def _images(self, items: list[sources.Item]) -> None:
+    def _images(self, items: list[inputs.Item]) -> None:
         dataset = _ImageSet(items, self.config.max_pixels)
         workers = min(self.config.workers, len(items) // max(self.config.batch_size, 1))
         loader = torch.utils.data.DataLoader(
@@ -182,7 +182,7 @@ class _Run:
 
     # --- videos ------------------------------------------------------------------------------
 
-    def _video(self, item: sources.Item, info) -> None:
+    def _video(self, item: inputs.Item, info) -> None:
         from gunctl.core.video import FrameSource, VideoProblem, VideoWriter
 
         writer, target, partial = None, None, None
@@ -270,7 +270,7 @@ class _Run:
 class _ImageSet(torch.utils.data.Dataset):
     """Items -> (index, uint8 CxHxW tensor, None) or (index, None, problem line)."""
 
-    def __init__(self, items: list[sources.Item], max_pixels: int):
+    def __init__(self, items: list[inputs.Item], max_pixels: int):
         self.items, self.max_pixels = items, max_pixels
 
     def __len__(self) -> int:
@@ -279,7 +279,7 @@ class _ImageSet(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         try:
-            rgb, _ = decode_rgb(sources.read_item(item), self.max_pixels)
+            rgb, _ = decode_rgb(inputs.read_item(item), self.max_pixels)
         except ImageProblem as problem:
             return index, None, f"{item.name}: {problem.detail or problem.kind}"
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
@@ -293,7 +293,7 @@ def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: _Run) -> 
 
     image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
     _draw(image, record, run)
-    fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"  # sources named it (.jpg added)
+    fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"  # inputs named it (.jpg added)
     write_with(target, lambda handle: image.save(handle, format=fmt, quality=90))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import jpeg_bytes
 
-from gunctl.core import sources
+from gunctl.core import inputs
 from gunctl.core.callbacks import _promotion
 from gunctl.core.checkpoint import default_score_threshold
 from gunctl.core.draw import style
@@ -31,7 +31,7 @@ def test_collect_walks_folders_globs_and_zips(tmp_path):
         zf.writestr("x/1.png", jpeg_bytes(fmt="PNG"))
         zf.writestr("../evil.jpg", jpeg_bytes())
         zf.writestr("readme.md", "hi")
-    found = sources.collect([str(root), str(archive), str(tmp_path / "*.jpg"), "missing.jpg"])
+    found = inputs.collect([str(root), str(archive), str(tmp_path / "*.jpg"), "missing.jpg"])
     outputs = [item.output for item in found.items]
     assert outputs == ["pics/a.jpg", "pics/deep/er/a.jpg", "more/x/1.png", "secret.jpg"]
     assert [item.member for item in found.items] == [None, None, "x/1.png", None]
@@ -41,11 +41,11 @@ def test_collect_walks_folders_globs_and_zips(tmp_path):
     assert "missing.jpg: no such file or folder" in problems
     assert len(found.problems) == 3
     assert sorted(Path(p).name for p in found.ignored) == ["more.zip:readme.md", "notes.txt"]
-    assert sources.read_item(found.items[2]) == zipfile.ZipFile(archive).read("x/1.png")
+    assert inputs.read_item(found.items[2]) == zipfile.ZipFile(archive).read("x/1.png")
 
 
 def test_output_names_stay_unique_and_inside(tmp_path):
-    names = sources._Names()
+    names = inputs._Names()
     assert names.unique("a/1.jpg") == "a/1.jpg"
     assert names.unique("a/1.jpg") == "a/1_2.jpg"
     assert names.unique("A/1.JPG") == "A/1_3.JPG"  # names clash case-insensitively
