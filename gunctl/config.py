@@ -160,14 +160,18 @@ class Layout:
 class IngestConfig:
     source: str = "kaggle"  # the real data set; "demo" or a path work offline
     # None: kagglehub's latest version
-    version: int | None = opt(None, "--version", whole(1, 10**6))
+    version: int | None = opt(
+        None, "--version", whole(1, 10**6), ("Kaggle data set version to pin.")
+    )
     layout: Layout = field(default_factory=Layout)
-    force: bool = opt(False, "--force", FLAG)  # never replace an existing raw tree unless asked
+    force: bool = opt(
+        False, "--force", FLAG, ("Replace an existing raw/ tree.")
+    )  # never replace an existing raw tree unless asked
     # repairs (clipping, dropping bad boxes) are warnings by default
-    strict: bool = opt(False, "--strict", FLAG)
+    strict: bool = opt(False, "--strict", FLAG, ("Fail on any problem instead of repairing it."))
     seed: int = opt(0, "--seed", SEED)  # demo data only: same seed, same images
     # demo data only: small enough to train on in a minute on a laptop CPU
-    count: int = opt(40, "--count", whole(1, 100_000))
+    count: int = opt(40, "--count", whole(1, 100_000), ("Number of demo images (--source demo)."))
     handle: str = KAGGLE_HANDLE
     # refuse decompression bombs; real images are ~0.05 MP
     max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
@@ -183,7 +187,9 @@ class IngestConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     seed: int = opt(0, "--seed", SEED)  # fixed, so that two users get the same split
-    val_fraction: float = opt(0.2, "--val-fraction", FRACTION)  # the usual 80/20 hold-out
+    val_fraction: float = opt(
+        0.2, "--val-fraction", FRACTION, ("Share of images held out for validation.")
+    )  # the usual 80/20 hold-out
     # None: all images; N: a seeded sample of N images first
     subset: int | None = opt(None, "--subset", whole(2, 10**9))
     layout: Layout = field(default_factory=Layout)
@@ -527,7 +533,12 @@ class ValidateConfig:
     checkpoint: Path = field(default_factory=lambda: Layout().best_model)
     layout: Layout = field(default_factory=Layout)
     # None: the images the run validated on (else the split's val part)
-    part: str | None = opt(None, "--split", choice(*VALIDATE_PARTS))
+    part: str | None = opt(
+        None,
+        "--split",
+        choice(*VALIDATE_PARTS),
+        (f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}."),
+    )
     data: Path | None = None  # another raw tree in the Kaggle layout, scored whole
     batch_size: int = opt(4, "--batch-size", BATCH)
     workers: int = opt(2, "--workers", WORKERS)
@@ -535,17 +546,42 @@ class ValidateConfig:
     channels_last: bool = opt(True, "channels_last", FLAG)
     device: str = opt("auto", "--device", DEVICE)
     # detections below it do not count for precision/recall/F1
-    score_threshold: float = opt(0.5, "--score-threshold", UNIT)
+    score_threshold: float = opt(
+        0.5,
+        "--score-threshold",
+        UNIT,
+        ("Detections below it do not count for precision, recall and F1."),
+    )
     # a detection matches a true box at IoU >= 0.5 (PASCAL VOC)
     iou_threshold: float = opt(0.5, "iou_threshold", UNIT)
     amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA, as in training; ignored on the CPU
     save_predictions: Path | None = None
     # also score with horizontal-flip test-time augmentation (box fusion)
-    tta: bool = opt(False, "--tta", FLAG)
-    min_map50: float | None = opt(None, "--min-map50", UNIT)  # the bar of a CI gate; None: none
-    min_map: float | None = opt(None, "--min-map", UNIT)
+    tta: bool = opt(
+        False,
+        "--tta",
+        FLAG,
+        (
+            "Also score with horizontal-flip test-time augmentation (boxes of both views "
+            "fused), reported beside the plain scores; --min-map50/--min-map still judge those."
+        ),
+    )
+    min_map50: float | None = opt(
+        None, "--min-map50", UNIT, ("Exit 1 when mAP@0.5 is below this.")
+    )  # the bar of a CI gate; None: none
+    min_map: float | None = opt(
+        None, "--min-map", UNIT, ("Exit 1 when mAP@0.5:0.95 is below this.")
+    )
     # log the figures to the checkpoint's MLflow run (core/tracking.py)
-    mlflow: bool = opt(False, "--mlflow", FLAG)
+    mlflow: bool = opt(
+        False,
+        "--mlflow",
+        FLAG,
+        (
+            "Log the figures to the MLflow run that trained the checkpoint (else a new "
+            "run). Needs the mlflow extra."
+        ),
+    )
 
     def check(self) -> None:
         check_declared(self)
@@ -571,15 +607,42 @@ class SweepConfig:
     # None: the space file's name; a plain field: its rule (check_model_name) is a pattern
     study: str | None = None
     # go on with a study that has trials (those of a killed run again)
-    resume: bool = opt(False, "--resume", FLAG)
+    resume: bool = opt(
+        False,
+        "--resume",
+        FLAG,
+        ("Go on with the study; trials a killed or interrupted process left run again."),
+    )
     # print the best trial and importances, write best.yaml; no training
-    show: bool = opt(False, "--show", FLAG)
-    mlflow: bool = opt(False, "--mlflow", FLAG)  # each trial an MLflow child run of the study's
+    show: bool = opt(
+        False,
+        "--show",
+        FLAG,
+        (
+            "Print the trials, the best one and parameter importances; write best.yaml "
+            "(gunctl train --config best.yaml). Trains nothing."
+        ),
+    )
+    mlflow: bool = opt(
+        False,
+        "--mlflow",
+        FLAG,
+        ("Each trial an MLflow child run of the study's run. Needs the mlflow extra."),
+    )  # each trial an MLflow child run of the study's
     # stop a trial whose mAP@0.5 is below the median at that epoch
-    pruner: str = opt("median", "--pruner", choice(*SWEEP_PRUNERS))
-    warmup_epochs: int = opt(1, "--warmup-epochs", whole(0, 10**6))  # before a trial is pruned
+    pruner: str = opt(
+        "median",
+        "--pruner",
+        choice(*SWEEP_PRUNERS),
+        (f"{', '.join(SWEEP_PRUNERS)}: stop poor trials early."),
+    )
+    warmup_epochs: int = opt(
+        1, "--warmup-epochs", whole(0, 10**6), ("Epochs a trial trains before it may be pruned.")
+    )  # before a trial is pruned
     # trials that finish before any is pruned (the median needs some)
-    startup_trials: int = opt(2, "--startup-trials", whole(0, 10**6))
+    startup_trials: int = opt(
+        2, "--startup-trials", whole(0, 10**6), ("Trials that finish before any is pruned.")
+    )
     seed: int | None = opt(None, "--seed", SEED, "The sampler's seed.")  # None: a fresh draw
 
     def check(self) -> None:
@@ -722,9 +785,15 @@ class PredictConfig(DetectorOptions):
     batch_size: int = opt(4, "--batch-size", BATCH)
     # decoding in worker processes, hidden behind the model
     workers: int = opt(2, "--workers", WORKERS)
-    vid_stride: int = opt(1, "--vid-stride", COUNT)  # every Nth video frame
-    save_images: bool = opt(True, "--save-images", FLAG)  # annotated images and videos under out/
-    save_json: bool = opt(True, "--save-json", FLAG)  # out/predictions.jsonl
+    vid_stride: int = opt(
+        1, "--vid-stride", COUNT, ("Predict every Nth video frame.")
+    )  # every Nth video frame
+    save_images: bool = opt(
+        True, "--save-images", FLAG, ("Write annotated images and videos.")
+    )  # annotated images and videos under out/
+    save_json: bool = opt(
+        True, "--save-json", FLAG, ("Write predictions.jsonl (a line each).")
+    )  # out/predictions.jsonl
     # the same decompression-bomb limit as ingest
     max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
 
@@ -770,26 +839,47 @@ class ServeConfig(DetectorOptions):
 
     # loopback: safe by default; any other address needs an API key
     host: str = opt("127.0.0.1", "--host", TEXT)
-    port: int = opt(8000, "--port", whole(0, 65535))  # FastAPI's usual port; 0: any free one
+    port: int = opt(
+        8000, "--port", whole(0, 65535), ("Port (0: any free port).")
+    )  # FastAPI's usual port; 0: any free one
     api_key: str | None = opt(None, "--api-key", TEXT)  # or GUNCTL_API_KEY; see check()
     # processes (uvicorn's workers), each with its own model and inference thread
-    workers: int = opt(1, "--workers", whole(1, 64))
+    workers: int = opt(1, "--workers", whole(1, 64), ("Processes, each with its own model."))
     # Micro-batching: images of one size waiting together go through one forward pass. None:
     # 8 on CUDA (a GPU runs 8 of the data set's ~0.05 MP images in about the time of one), 1 on
     # the CPU (a batch costs what its images cost one by one: no gain in bench_serve.py,
     # benchmarks/README.md, and no request waits for company).
     max_batch_size: int | None = opt(None, "--max-batch-size", whole(1, 256))
     # how long the first image of a batch waits for company
-    batch_timeout_ms: float = opt(5.0, "--batch-timeout-ms", number(0, 10_000))
+    batch_timeout_ms: float = opt(
+        5.0, "--batch-timeout-ms", number(0, 10_000), ("How long a batch waits for more images.")
+    )
     # images waiting; more get 503 + Retry-After (bounded memory)
-    max_queue: int = opt(64, "--max-queue", whole(1, 100_000))
+    max_queue: int = opt(
+        64,
+        "--max-queue",
+        whole(1, 100_000),
+        ("Images waiting at most; beyond it 503 + Retry-After."),
+    )
     # request body; 413 as soon as it passes (the data set's images are ~30 KB)
-    max_upload_mb: float = opt(10.0, "--max-upload-mb", number(0, 1024, open_low=True))
-    max_images: int = opt(16, "--max-images", whole(1, 1024))  # per /v1/detect/batch request
+    max_upload_mb: float = opt(
+        10.0,
+        "--max-upload-mb",
+        number(0, 1024, open_low=True),
+        ("Request body limit (413 beyond it)."),
+    )
+    max_images: int = opt(
+        16, "--max-images", whole(1, 1024), ("Images per /v1/detect/batch request.")
+    )  # per /v1/detect/batch request
     # the same decompression-bomb limit as ingest and predict
     max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
     # s: reading the body, waiting and inference; then 408 or 504
-    request_timeout: float = opt(30.0, "--request-timeout", number(0, 3600, open_low=True))
+    request_timeout: float = opt(
+        30.0,
+        "--request-timeout",
+        number(0, 3600, open_low=True),
+        ("Seconds for reading, queueing and detection."),
+    )
     # s after SIGTERM: /readyz and new requests get 503, so a load balancer moves on
     drain_seconds: float = opt(1.0, "--drain-seconds", number(0, 600))
     # s: requests in flight at SIGTERM may take this long to finish
@@ -830,23 +920,53 @@ class WatchConfig(DetectorOptions):
     names: tuple[str, ...] = ()  # --name per source, in order; the rest named from the URL/file
     out: Path = Path("artifacts/watch")  # events.jsonl (appended) and snapshots/<run>/
     # frames detected per second and source: a gun is held for seconds
-    detect_fps: float = opt(5.0, "--detect-fps", number(0, 120, open_low=True))
+    detect_fps: float = opt(
+        5.0,
+        "--detect-fps",
+        number(0, 120, open_low=True),
+        ("Frames detected per second and source."),
+    )
     # 0.6 s at 5 fps: one-frame false positives never alert
-    min_hits: int = opt(3, "--min-hits", whole(1, 1000))
+    min_hits: int = opt(
+        3, "--min-hits", whole(1, 1000), ("Detections a track needs before it alerts.")
+    )
     # of the frames detected since a track began: a distractor the detector takes for a gun
     # now and then flickers (benchmarks/README.md, bench_watch.py)
-    min_hit_ratio: float = opt(0.5, "--min-hit-ratio", UNIT)
-    alert_threshold: float = opt(0.5, "--alert-threshold", UNIT)  # median score of the hits
-    cooldown: float = opt(10.0, "--cooldown", number(0, 86400))  # s between alerts of a source
+    min_hit_ratio: float = opt(
+        0.5,
+        "--min-hit-ratio",
+        UNIT,
+        ("Share of the frames since a track began in which it must be detected."),
+    )
+    alert_threshold: float = opt(
+        0.5, "--alert-threshold", UNIT, ("Median score of a track's hits to alert.")
+    )  # median score of the hits
+    cooldown: float = opt(
+        10.0, "--cooldown", number(0, 86400), ("Seconds between two alerts of one source.")
+    )  # s between alerts of a source
     # s without a detection before a track ends
-    track_timeout: float = opt(2.0, "--track-timeout", number(0, 3600, open_low=True))
+    track_timeout: float = opt(
+        2.0,
+        "--track-timeout",
+        number(0, 3600, open_low=True),
+        ("Seconds without a detection before a track ends."),
+    )
     # of the box's size: a track moving less is stationary
     stationary_px: float = opt(0.1, "--stationary", number(0, 10))
     zones: tuple[str, ...] = ()  # NAME[@SOURCE]:x1,y1,x2,y2,... (pixels, or fractions <= 1)
     # files at their own frame rate (newest frame only, as a camera)
-    realtime: bool = opt(False, "--realtime", FLAG)
-    open_timeout: float = opt(10.0, "--open-timeout", TIMEOUT)  # s to open a stream
-    read_timeout: float = opt(5.0, "--read-timeout", TIMEOUT)  # s without data: down
+    realtime: bool = opt(
+        False,
+        "--realtime",
+        FLAG,
+        ("Read files at their own frame rate, as a camera delivers them."),
+    )
+    open_timeout: float = opt(
+        10.0, "--open-timeout", TIMEOUT, ("Seconds to open a stream.")
+    )  # s to open a stream
+    read_timeout: float = opt(
+        5.0, "--read-timeout", TIMEOUT, ("Seconds without data before a stream is down.")
+    )  # s without data: down
     # s: first reconnect delay, doubled per failure, with jitter
     reconnect_min: float = opt(1.0, "--reconnect-min", number(0.01, 3600))
     reconnect_max: float = opt(30.0, "--reconnect-max", number(0.01, 86400))  # the cap
@@ -861,10 +981,15 @@ class WatchConfig(DetectorOptions):
     # --exec: run per event, event JSON on stdin (no shell)
     exec_cmd: str | None = opt(None, "--exec", TEXT)
     notify: tuple[str, ...] = opt(  # what the sinks receive
-        ("new", "end", "stream_down", "stream_up"), "--notify", choices(*WATCH_EVENTS)
+        ("new", "end", "stream_down", "stream_up"),
+        "--notify",
+        choices(*WATCH_EVENTS),
+        ("Events the webhook and --exec get (comma-separated)."),
     )
     # s: stop after this long (None: until Ctrl-C/SIGTERM)
-    duration: float | None = opt(None, "--duration", POSITIVE)
+    duration: float | None = opt(
+        None, "--duration", POSITIVE, ("Stop after this many seconds (default: Ctrl-C).")
+    )
     # the same decompression-bomb limit as ingest and predict
     max_pixels: int = opt(50_000_000, "max_pixels", whole(1, 10**9))
 

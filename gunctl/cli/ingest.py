@@ -16,7 +16,7 @@ from gunctl.cli.console import (
     task_progress,
     warn,
 )
-from gunctl.cli.options import Json, Out, Quiet, Seed
+from gunctl.cli.options import Json, Out, Quiet, Seed, option
 from gunctl.config import IngestConfig, Layout
 from gunctl.core.labels import PROBLEM_KINDS
 from gunctl.errors import UsageError
@@ -50,18 +50,12 @@ def ingest(
             help="Map every (kept) class to this one name [default: when the source has one].",
         ),
     ] = None,
-    version: Annotated[
-        int | None, typer.Option("--version", help="Kaggle data set version to pin.")
-    ] = None,
+    version: Annotated[int | None, option(IngestConfig, "version")] = None,
     out: Out = Layout().root,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing raw/ tree.")] = False,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on any problem instead of repairing it.")
-    ] = False,
+    force: Annotated[bool, option(IngestConfig, "force")] = False,
+    strict: Annotated[bool, option(IngestConfig, "strict")] = False,
     seed: Seed = IngestConfig.seed,
-    count: Annotated[
-        int, typer.Option("--count", help="Number of demo images (--source demo).")
-    ] = IngestConfig.count,
+    count: Annotated[int, option(IngestConfig, "count")] = IngestConfig.count,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:

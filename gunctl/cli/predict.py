@@ -20,6 +20,7 @@ from gunctl.cli.options import (
     Weights,
     Workers,
     config_from,
+    option,
 )
 from gunctl.config import Layout, PredictConfig
 from gunctl.errors import DetectionError
@@ -49,19 +50,17 @@ def predict(
     max_detections: MaxDetections = None,
     save_images: Annotated[
         bool,
-        typer.Option("--save-images/--no-save-images", help="Write annotated images and videos."),
+        option(PredictConfig, "save_images", flags=("--save-images/--no-save-images",)),
     ] = _P.save_images,
     save_json: Annotated[
         bool,
-        typer.Option("--save-json/--no-save-json", help="Write predictions.jsonl (a line each)."),
+        option(PredictConfig, "save_json", flags=("--save-json/--no-save-json",)),
     ] = _P.save_json,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print the JSON lines on stdout and nothing else there."),
     ] = False,
-    vid_stride: Annotated[
-        int, typer.Option("--vid-stride", help="Predict every Nth video frame.")
-    ] = _P.vid_stride,
+    vid_stride: Annotated[int, option(PredictConfig, "vid_stride")] = _P.vid_stride,
     batch_size: BatchSize = _P.batch_size,
     workers: Workers = _P.workers,
     device: Device = _P.device,

@@ -16,6 +16,7 @@ from gunctl.cli.options import (
     ScoreThreshold,
     WeightsAlias,
     one_checkpoint,
+    option,
 )
 from gunctl.config import Layout, ServeConfig
 
@@ -37,7 +38,7 @@ def serve(
         str,
         typer.Option("--host", help="Address to bind; any other than loopback needs an API key."),
     ] = _S.host,
-    port: Annotated[int, typer.Option("--port", help="Port (0: any free port).")] = _S.port,
+    port: Annotated[int, option(ServeConfig, "port")] = _S.port,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -46,9 +47,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option("--workers", help="Processes, each with its own model.")
-    ] = _S.workers,
+    workers: Annotated[int, option(ServeConfig, "workers")] = _S.workers,
     max_batch_size: Annotated[
         int | None,
         typer.Option(
@@ -60,21 +59,17 @@ def serve(
     ] = _S.max_batch_size,
     batch_timeout_ms: Annotated[
         float,
-        typer.Option("--batch-timeout-ms", help="How long a batch waits for more images."),
+        option(ServeConfig, "batch_timeout_ms"),
     ] = _S.batch_timeout_ms,
     max_queue: Annotated[
         int,
-        typer.Option("--max-queue", help="Images waiting at most; beyond it 503 + Retry-After."),
+        option(ServeConfig, "max_queue"),
     ] = _S.max_queue,
-    max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", help="Request body limit (413 beyond it).")
-    ] = _S.max_upload_mb,
-    max_images: Annotated[
-        int, typer.Option("--max-images", help="Images per /v1/detect/batch request.")
-    ] = _S.max_images,
+    max_upload_mb: Annotated[float, option(ServeConfig, "max_upload_mb")] = _S.max_upload_mb,
+    max_images: Annotated[int, option(ServeConfig, "max_images")] = _S.max_images,
     request_timeout: Annotated[
         float,
-        typer.Option("--request-timeout", help="Seconds for reading, queueing and detection."),
+        option(ServeConfig, "request_timeout"),
     ] = _S.request_timeout,
     drain_seconds: Annotated[
         float,

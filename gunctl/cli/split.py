@@ -8,15 +8,13 @@ import typer
 from rich.table import Table
 
 from gunctl.cli.console import console, print_json, print_path, warn
-from gunctl.cli.options import Json, Out, Quiet, Seed, Subset
+from gunctl.cli.options import Json, Out, Quiet, Seed, Subset, option
 from gunctl.config import Layout, SplitConfig
 
 
 def split(
     seed: Seed = SplitConfig.seed,
-    val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of images held out for validation.")
-    ] = SplitConfig.val_fraction,
+    val_fraction: Annotated[float, option(SplitConfig, "val_fraction")] = SplitConfig.val_fraction,
     subset: Subset = None,
     keep_source_split: Annotated[
         bool,

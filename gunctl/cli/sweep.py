@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, escape, note, print_path, say
-from gunctl.cli.options import Out, Quiet
-from gunctl.config import SWEEP_PRUNERS, Layout, SweepConfig
+from gunctl.cli.options import Out, Quiet, option
+from gunctl.config import Layout, SweepConfig
 
 _DEFAULTS = SweepConfig()
 
@@ -48,29 +48,20 @@ def sweep(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option(
-            "--resume",
-            help="Go on with the study; trials a killed or interrupted process left run again.",
-        ),
+        option(SweepConfig, "resume"),
     ] = False,
     show: Annotated[
         bool,
-        typer.Option(
-            "--show",
-            help="Print the trials, the best one and parameter importances; write best.yaml "
-            "(gunctl train --config best.yaml). Trains nothing.",
-        ),
+        option(SweepConfig, "show"),
     ] = False,
     pruner: Annotated[
         str,
-        typer.Option("--pruner", help=f"{', '.join(SWEEP_PRUNERS)}: stop poor trials early."),
+        option(SweepConfig, "pruner"),
     ] = _DEFAULTS.pruner,
-    warmup_epochs: Annotated[
-        int, typer.Option("--warmup-epochs", help="Epochs a trial trains before it may be pruned.")
-    ] = _DEFAULTS.warmup_epochs,
+    warmup_epochs: Annotated[int, option(SweepConfig, "warmup_epochs")] = _DEFAULTS.warmup_epochs,
     startup_trials: Annotated[
         int,
-        typer.Option("--startup-trials", help="Trials that finish before any is pruned."),
+        option(SweepConfig, "startup_trials"),
     ] = _DEFAULTS.startup_trials,
     seed: Annotated[
         int | None,
@@ -78,10 +69,11 @@ def sweep(
     ] = None,
     mlflow: Annotated[
         bool | None,
-        typer.Option(
-            "--mlflow/--no-mlflow",
+        option(
+            SweepConfig,
+            "mlflow",
+            flags=("--mlflow/--no-mlflow",),
             show_default="on when MLFLOW_TRACKING_URI is set",
-            help="Each trial an MLflow child run of the study's run. Needs the mlflow extra.",
         ),
     ] = None,
     out: Out = Layout().root,

@@ -28,8 +28,9 @@ from gunctl.cli.options import (
     WeightsAlias,
     Workers,
     one_checkpoint,
+    option,
 )
-from gunctl.config import VALIDATE_PARTS, Layout, ValidateConfig
+from gunctl.config import Layout, ValidateConfig
 from gunctl.errors import ThresholdError
 
 _DEFAULTS = ValidateConfig()
@@ -45,11 +46,7 @@ def validate(
     weights: WeightsAlias = None,
     part: Annotated[
         str | None,
-        typer.Option(
-            "--split",
-            show_default="the images the run validated on",
-            help=f"Part of the split to score instead: {', '.join(VALIDATE_PARTS)}.",
-        ),
+        option(ValidateConfig, "part", show_default="the images the run validated on"),
     ] = None,
     data: Annotated[
         Path | None,
@@ -67,26 +64,15 @@ def validate(
     ] = None,
     score_threshold: Annotated[
         float,
-        typer.Option(
-            "--score-threshold",
-            help="Detections below it do not count for precision, recall and F1.",
-        ),
+        option(ValidateConfig, "score_threshold"),
     ] = _DEFAULTS.score_threshold,
     min_map50: Annotated[
         float | None,
-        typer.Option(
-            "--min-map50",
-            show_default="no bar",
-            help="Exit 1 when mAP@0.5 is below this.",
-        ),
+        option(ValidateConfig, "min_map50", show_default="no bar"),
     ] = None,
     min_map: Annotated[
         float | None,
-        typer.Option(
-            "--min-map",
-            show_default="no bar",
-            help="Exit 1 when mAP@0.5:0.95 is below this.",
-        ),
+        option(ValidateConfig, "min_map", show_default="no bar"),
     ] = None,
     json_out: Json = False,
     report_file: Annotated[
@@ -103,22 +89,18 @@ def validate(
     ] = None,
     tta: Annotated[
         bool,
-        typer.Option(
-            "--tta",
-            help="Also score with horizontal-flip test-time augmentation (boxes of both views "
-            "fused), reported beside the plain scores; --min-map50/--min-map still judge those.",
-        ),
+        option(ValidateConfig, "tta"),
     ] = False,
     device: Device = _DEFAULTS.device,
     batch_size: BatchSize = _DEFAULTS.batch_size,
     workers: Workers = _DEFAULTS.workers,
     mlflow: Annotated[
         bool | None,
-        typer.Option(
-            "--mlflow/--no-mlflow",
+        option(
+            ValidateConfig,
+            "mlflow",
+            flags=("--mlflow/--no-mlflow",),
             show_default="on when MLFLOW_TRACKING_URI is set",
-            help="Log the figures to the MLflow run that trained the checkpoint (else a new "
-            "run). Needs the mlflow extra.",
         ),
     ] = None,
     config_file: ConfigFile = None,

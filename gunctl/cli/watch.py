@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, err_console, escape, is_terminal, key_value_table
-from gunctl.cli.options import Device, Quiet, ScoreThreshold, Weights
+from gunctl.cli.options import Device, Quiet, ScoreThreshold, Weights, option
 from gunctl.config import Layout, WatchConfig
 from gunctl.errors import EXIT_INTERRUPTED
 
@@ -37,29 +37,20 @@ def watch(
         Path,
         typer.Option("--out", help="events.jsonl (appended) and snapshots/<run>/ go here."),
     ] = _W.out,
-    detect_fps: Annotated[
-        float, typer.Option("--detect-fps", help="Frames detected per second and source.")
-    ] = _W.detect_fps,
-    min_hits: Annotated[
-        int, typer.Option("--min-hits", help="Detections a track needs before it alerts.")
-    ] = _W.min_hits,
+    detect_fps: Annotated[float, option(WatchConfig, "detect_fps")] = _W.detect_fps,
+    min_hits: Annotated[int, option(WatchConfig, "min_hits")] = _W.min_hits,
     min_hit_ratio: Annotated[
         float,
-        typer.Option(
-            "--min-hit-ratio",
-            help="Share of the frames since a track began in which it must be detected.",
-        ),
+        option(WatchConfig, "min_hit_ratio"),
     ] = _W.min_hit_ratio,
     alert_threshold: Annotated[
         float,
-        typer.Option("--alert-threshold", help="Median score of a track's hits to alert."),
+        option(WatchConfig, "alert_threshold"),
     ] = _W.alert_threshold,
-    cooldown: Annotated[
-        float, typer.Option("--cooldown", help="Seconds between two alerts of one source.")
-    ] = _W.cooldown,
+    cooldown: Annotated[float, option(WatchConfig, "cooldown")] = _W.cooldown,
     track_timeout: Annotated[
         float,
-        typer.Option("--track-timeout", help="Seconds without a detection before a track ends."),
+        option(WatchConfig, "track_timeout"),
     ] = _W.track_timeout,
     zone: Annotated[
         list[str] | None,
@@ -72,9 +63,7 @@ def watch(
     score_threshold: ScoreThreshold = None,
     realtime: Annotated[
         bool,
-        typer.Option(
-            "--realtime", help="Read files at their own frame rate, as a camera delivers them."
-        ),
+        option(WatchConfig, "realtime"),
     ] = _W.realtime,
     webhook: Annotated[
         str | None, typer.Option("--webhook", help="POST each event as JSON to this URL.")
@@ -94,17 +83,13 @@ def watch(
     ] = None,
     notify: Annotated[
         str,
-        typer.Option("--notify", help="Events the webhook and --exec get (comma-separated)."),
+        option(WatchConfig, "notify"),
     ] = ",".join(_W.notify),
-    open_timeout: Annotated[
-        float, typer.Option("--open-timeout", help="Seconds to open a stream.")
-    ] = _W.open_timeout,
-    read_timeout: Annotated[
-        float, typer.Option("--read-timeout", help="Seconds without data before a stream is down.")
-    ] = _W.read_timeout,
+    open_timeout: Annotated[float, option(WatchConfig, "open_timeout")] = _W.open_timeout,
+    read_timeout: Annotated[float, option(WatchConfig, "read_timeout")] = _W.read_timeout,
     duration: Annotated[
         float | None,
-        typer.Option("--duration", help="Stop after this many seconds (default: Ctrl-C)."),
+        option(WatchConfig, "duration"),
     ] = None,
     device: Device = _W.device,
     quiet: Quiet = False,
