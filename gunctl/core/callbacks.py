@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gunctl.config import LOSS_KEYS
+from gunctl.config import ALL_LOSS_KEYS
 
 if TYPE_CHECKING:
     from gunctl.core.engine import EvalResult, StepInfo
@@ -177,7 +177,7 @@ class TensorBoardLogger(Callback):
     def on_epoch_end(self, state, record, result) -> None:
         epoch = record["epoch"]
         for part in ("train", "val"):
-            for key in (*LOSS_KEYS, "loss"):
+            for key in (*ALL_LOSS_KEYS, "loss"):
                 if record[part].get(key) is not None:
                     self.writer.add_scalar(f"{part}/{key}", record[part][key], epoch)
         for key in ("map", "map_50", "map_75", "mar_100", "precision", "recall", "f1"):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
-from gunctl.config import LOSS_KEYS, ModelConfig, TrainConfig
+from gunctl.config import ALL_LOSS_KEYS, ModelConfig, TrainConfig
 from gunctl.core.fileio import write_with
 from gunctl.core.schema import check_fields, dataclass_spec, kind_problem
 from gunctl.errors import CheckpointError, first_line
@@ -60,7 +60,7 @@ FIELDS = {
     "rng": "dict?",
     "created": "str?",
 }
-_SHOWN = (*LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
+_SHOWN = (*ALL_LOSS_KEYS, "loss", "map", "map_50", "images", "seconds", "images_per_s")  # displayed
 HISTORY_SPEC = {"epoch": "int>=0", "lr": "number", "seconds": "number", "train": "dict"}
 SCHEDULER_SPEC = {"last_epoch": "int?", "_step_count": "int>=0?", "base_lrs": "list?"}
 METER_SPEC = {"sums": "dict", "steps": "int>=0", "images": "int>=0", "seconds": "number>=0"}

@@ -38,7 +38,7 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
     import uvicorn
 
     from gunctl.core.inference import load_detector
-    from gunctl.core.serve.app import CONFIG_ENV, create_app
+    from gunctl.core.serve.app import create_app
     from gunctl.core.serve.batching import batch_size_for
     from gunctl.core.serve.logs import log_config
 
@@ -70,13 +70,22 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
             server.run(sockets=[sock])
         return
     del detector  # each worker loads its own
+    _run_workers(config, sock, options, lambda: on_start(info) if on_start else None)
+
+
+def _run_workers(config: ServeConfig, sock, options: dict, started: Callable[[], None]) -> None:
+    """``--workers N``: uvicorn's own supervisor, each worker building the app (and loading
+    the model) from the config passed in the environment; one metrics folder for them all."""
     import shutil
     import tempfile
 
+    import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from gunctl.core.serve.app import CONFIG_ENV
     from gunctl.core.serve.metrics import MULTIPROC_ENV
 
+    port = sock.getsockname()[1]
     settings = to_dict(config) | {"torch_threads": max(1, (os.cpu_count() or 1) // config.workers)}
     os.environ[CONFIG_ENV] = json.dumps(settings)
     metrics_dir = tempfile.mkdtemp(prefix="gunctl-serve-metrics-")  # the workers' values
@@ -89,8 +98,7 @@ def serve(config: ServeConfig, on_start: Callable[[ServeInfo], None] | None = No
         port=port,
         **options,
     )
-    if on_start:
-        on_start(info)
+    started()
     try:
         Multiprocess(uv, sockets=[sock]).run()
     finally:
