@@ -33,6 +33,7 @@ from gunctl.rules import (
     number,
     numbers,
     opt,
+    options,
     whole,
     wholes,
 )
@@ -209,7 +210,14 @@ class ModelConfig:
         choice(*MODEL_NAMES),
         (", ".join(MODEL_NAMES) + "." + RECIPE_NOTE),
     )
-    weights: str = "auto"  # COCO when cached or downloadable, else from scratch (with a warning)
+    # COCO when cached or downloadable, else from scratch (with a warning)
+    weights: str = opt(
+        "auto",
+        "--weights",
+        None,  # a choice or a checkpoint's path: core/model.py resolves it
+        "auto (COCO when available, else from scratch), coco, imagenet, none, or a gunctl "
+        "checkpoint to fine-tune.",
+    )
     num_classes: int = opt(
         len(CLASS_NAMES), "classes (with the background)", whole(2, MAX_CLASSES + 1)
     )
@@ -221,19 +229,22 @@ class ModelConfig:
         "--min-size",
         whole(*SIDES),
         ("Shorter image side fed to the model (the data set's images are ~180 px)." + RECIPE_NOTE),
+        builder=True,
     )
     # 1.75:1, above the typical 1.6:1 of the data set's images
-    max_size: int = opt(448, "--max-size", whole(*SIDES), ("Cap on the longer side." + RECIPE_NOTE))
+    max_size: int = opt(
+        448, "--max-size", whole(*SIDES), ("Cap on the longer side." + RECIPE_NOTE), builder=True
+    )
     # Proposal and RoI counts: torchvision's (2000/2000/512) are sized for COCO's up to
     # ~100 objects per image; this data set has 1-12. RoIAlign backward runs on one CPU core.
     # Same budget at 320 px: val mAP@0.5 0.39 with these counts, 0.40 with torchvision's.
-    rpn_pre_nms_top_n_train: int = opt(600, "rpn_pre_nms_top_n_train", PROPOSALS)
-    rpn_post_nms_top_n_train: int = opt(300, "rpn_post_nms_top_n_train", PROPOSALS)
-    rpn_pre_nms_top_n_test: int = opt(300, "rpn_pre_nms_top_n_test", PROPOSALS)
-    rpn_post_nms_top_n_test: int = opt(150, "rpn_post_nms_top_n_test", PROPOSALS)
-    box_batch_size_per_image: int = opt(128, "box_batch_size_per_image", PROPOSALS)
+    rpn_pre_nms_top_n_train: int = opt(600, "rpn_pre_nms_top_n_train", PROPOSALS, builder=True)
+    rpn_post_nms_top_n_train: int = opt(300, "rpn_post_nms_top_n_train", PROPOSALS, builder=True)
+    rpn_pre_nms_top_n_test: int = opt(300, "rpn_pre_nms_top_n_test", PROPOSALS, builder=True)
+    rpn_post_nms_top_n_test: int = opt(150, "rpn_post_nms_top_n_test", PROPOSALS, builder=True)
+    box_batch_size_per_image: int = opt(128, "box_batch_size_per_image", PROPOSALS, builder=True)
     # far above the data set's maximum of 12 guns per image
-    box_detections_per_img: int = opt(50, "box_detections_per_img", DETECTIONS)
+    box_detections_per_img: int = opt(50, "box_detections_per_img", DETECTIONS, builder=True)
     # The fields below default to torchvision's own behaviour (the plain recipe); the scratch
     # recipe (core/recipes.py) sets them. Old checkpoints, which lack them, rebuild as before.
     # Normalisation of ResNet backbones (and the FPN with gn): torchvision uses BatchNorm from
@@ -309,21 +320,9 @@ class ModelConfig:
             raise UsageError(f"--min-size {self.min_size} is above --max-size {self.max_size}")
 
     def builder_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the torchvision builder (besides weights)."""
-        fields = dataclasses.asdict(self)
-        for key in (
-            "name",
-            "weights",
-            "num_classes",
-            "norm",
-            "anchor_sizes",
-            "aspect_ratios",
-            "train_sizes",
-            "fpn_levels",
-            "fpn_channels",
-            "box_head_dim",
-        ):
-            fields.pop(key)
+        """Keyword arguments for the torchvision builder (besides weights): the options
+        declared with ``builder=True``."""
+        fields = {name: getattr(self, name) for name, o in options(self).items() if o.builder}
         if self.train_sizes:  # torchvision draws from the tuple in training, uses the last in eval
             fields["min_size"] = (*self.train_sizes, self.min_size)
         return fields

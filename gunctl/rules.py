@@ -181,6 +181,7 @@ class Option:
     flag: str  # the command line's name, e.g. "--lr"; errors name it
     rule: Rule | None  # None: no rule of its own (a path, a nested config)
     help: str = ""
+    builder: bool = False  # a keyword argument of torchvision's detector builders, as it is
 
 
 def opt(
@@ -189,10 +190,11 @@ def opt(
     rule: Rule | None = None,
     help: str = "",  # noqa: A002 - the word the CLI uses
     *,
+    builder: bool = False,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field that declares an option (see the module's docstring)."""
-    metadata = {_KEY: Option(flag, rule, help)}
+    metadata = {_KEY: Option(flag, rule, help, builder)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -27,25 +27,20 @@ from gunctl.config import (
     TrainConfig,
 )
 from gunctl.errors import UsageError
+from gunctl.rules import options
 
 _MODEL_DEFAULTS, _TRAIN_DEFAULTS = ModelConfig(), TrainConfig()
 
 # Options that --resume takes from the command line (the others are ignored, with a warning):
 # the config's RESUMABLE_OPTIONS, plus those that are not part of what was trained.
 _RESUME_OPTIONS = (*RESUMABLE_OPTIONS, "out", "quiet", "nproc", "config_file", "debug")
-# Command-line names whose TrainConfig field differs (the recipe keeps what the user set).
+# The model's options on the command line -> their field, from the declarations (the recipe
+# keeps what the user set): a flag without its dashes, --multiscale -> model.train_sizes.
 _FIELDS = {
-    "model": "model.name",
-    "weights": "model.weights",
-    "min_size": "model.min_size",
-    "max_size": "model.max_size",
-    "norm": "model.norm",
-    "multiscale": "model.train_sizes",
-    "fpn_levels": "model.fpn_levels",
-    "fpn_channels": "model.fpn_channels",
-    "box_head_dim": "model.box_head_dim",
+    option.flag[2:].replace("-", "_"): f"model.{name}"
+    for name, option in options(ModelConfig).items()
+    if option.flag.startswith("--")
 }
-_RECIPE_NOTE = " Set by --recipe unless given (see the README)."
 _BY_RECIPE = "the recipe's"
 
 
@@ -89,14 +84,7 @@ def train(
         str,
         option(ModelConfig, "name", show_default=_BY_RECIPE),
     ] = _MODEL_DEFAULTS.name,
-    weights: Annotated[
-        str,
-        typer.Option(
-            "--weights",
-            help="auto (COCO when available, else from scratch), coco, imagenet, none, "
-            "or a gunctl checkpoint to fine-tune.",
-        ),
-    ] = _MODEL_DEFAULTS.weights,
+    weights: Annotated[str, option(ModelConfig, "weights")] = _MODEL_DEFAULTS.weights,
     min_size: Annotated[
         int,
         option(ModelConfig, "min_size", show_default=_BY_RECIPE),
@@ -251,11 +239,13 @@ def train(
     config = config_from(
         TrainConfig,
         values,
-        model=config_from(
-            ModelConfig,
-            {**values, "name": model},
-            train_sizes=_sizes(multiscale),
-            fpn_levels=_levels(fpn_levels),
+        model=ModelConfig(
+            **{
+                field.removeprefix("model."): values[param]
+                for param, field in _FIELDS.items()
+                if param in values
+            }
+            | {"train_sizes": _sizes(multiscale), "fpn_levels": _levels(fpn_levels)}
         ),
         layout=Layout(out),
         explicit=explicit,
