@@ -1,7 +1,7 @@
 # Two commands on a fresh machine (Python 3.10+, PyPI reachable):
 #   make demo   creates .venv, installs gunctl, and runs the whole job on built-in demo data
 #   make test   creates .venv with the test extras and runs the test suite (what CI runs)
-#   make test-fast   the tests not marked slow (no training, no torchrun): under 2 minutes
+#   make test-fast   the tests not marked slow (no training, no torchrun): about 5 minutes
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
