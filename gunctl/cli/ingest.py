@@ -16,7 +16,7 @@ from gunctl.cli.console import (
     task_progress,
     warn,
 )
-from gunctl.cli.options import Json, Out, Quiet, Seed, option
+from gunctl.cli.options import Json, Out, Quiet, Seed, config_from, option
 from gunctl.config import IngestConfig, Layout
 from gunctl.core.labels import PROBLEM_KINDS
 from gunctl.errors import UsageError
@@ -62,14 +62,10 @@ def ingest(
     """Bring the data set into <out>/raw: Kaggle, a folder, a zip or demo data."""
     from gunctl.core.ingest import ingest as run_ingest
 
-    config = IngestConfig(
-        source=source,
-        version=version,
+    config = config_from(
+        IngestConfig,
+        locals(),
         layout=Layout(out),
-        force=force,
-        strict=strict,
-        seed=seed,
-        count=count,
         format=format_name,
         classes=_class_list(classes),
         merge_classes=merge_classes.strip() if merge_classes else None,

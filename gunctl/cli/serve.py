@@ -15,6 +15,7 @@ from gunctl.cli.options import (
     MaxDetections,
     ScoreThreshold,
     WeightsAlias,
+    config_from,
     one_checkpoint,
     option,
 )
@@ -93,24 +94,11 @@ def serve(
     """
     from gunctl.core.serve.server import serve as run_server
 
-    config = ServeConfig(
+    config = config_from(
+        ServeConfig,
+        locals(),
         checkpoint=one_checkpoint(model, weights) or Layout().best_model,
-        host=host,
-        port=port,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
-        workers=workers,
-        device=device,
-        half=half,
-        score_threshold=score_threshold,
-        max_detections=max_detections,
-        max_batch_size=max_batch_size,
-        batch_timeout_ms=batch_timeout_ms,
-        max_queue=max_queue,
-        max_upload_mb=max_upload_mb,
-        max_images=max_images,
-        request_timeout=request_timeout,
-        drain_seconds=drain_seconds,
-        json_logs=json_logs,
     )
     run_server(config, on_start=_show_start)
     note("stopped")

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from gunctl.cli.console import console, print_json, print_path, warn
-from gunctl.cli.options import Json, Out, Quiet, Seed, Subset, option
+from gunctl.cli.options import Json, Out, Quiet, Seed, Subset, config_from, option
 from gunctl.config import Layout, SplitConfig
 
 
@@ -30,12 +30,10 @@ def split(
     """Make a seeded train/val split of the ingested images (<out>/splits/split.json)."""
     from gunctl.core.split import create_split, part_counts
 
-    config = SplitConfig(
-        seed=seed,
-        val_fraction=val_fraction,
-        subset=subset,
+    config = config_from(
+        SplitConfig,
+        locals(),
         layout=Layout(out),
-        keep_source_split=keep_source_split,
     )
     result = create_split(config)
     counts = part_counts(result.split)

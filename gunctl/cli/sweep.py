@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, escape, note, print_path, say
-from gunctl.cli.options import Out, Quiet, option
+from gunctl.cli.options import Out, Quiet, config_from, option
 from gunctl.config import Layout, SweepConfig
 
 _DEFAULTS = SweepConfig()
@@ -87,20 +87,11 @@ def sweep(
     from gunctl.core import tracking
 
     core.require_optuna()
-    config = SweepConfig(
-        space=space,
+    config = config_from(
+        SweepConfig,
+        locals(),
         layout=Layout(out),
-        trials=trials,
-        minutes=minutes,
-        storage=storage,
-        study=study,
-        resume=resume,
-        show=show,
         mlflow=False if show else tracking.resolve_flag(mlflow),
-        pruner=pruner,
-        warmup_epochs=warmup_epochs,
-        startup_trials=startup_trials,
-        seed=seed,
     )
     if show:
         _show(core.show(config), quiet)

@@ -27,6 +27,7 @@ from gunctl.cli.options import (
     Quiet,
     WeightsAlias,
     Workers,
+    config_from,
     one_checkpoint,
     option,
 )
@@ -118,20 +119,12 @@ def validate(
     if artifacts is not None:
         warn("--artifacts is deprecated: the output root is --out, as in the other commands")
         out = artifacts
-    config = ValidateConfig(
+    config = config_from(
+        ValidateConfig,
+        locals(),
         checkpoint=checkpoint or Layout(out).best_model,
         layout=Layout(out),
-        part=part,
-        data=data,
-        score_threshold=score_threshold,
-        save_predictions=save_predictions,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        tta=tta,
         mlflow=tracking.resolve_flag(mlflow),
-        min_map50=min_map50,
-        min_map=min_map,
     )
     with task_progress("scoring", enabled=not (quiet or json_out)) as progress:
         counter = _Counter(progress)

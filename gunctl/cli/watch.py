@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, err_console, escape, is_terminal, key_value_table
-from gunctl.cli.options import Device, Quiet, ScoreThreshold, Weights, option
+from gunctl.cli.options import Device, Quiet, ScoreThreshold, Weights, config_from, option
 from gunctl.config import Layout, WatchConfig
 from gunctl.errors import EXIT_INTERRUPTED
 
@@ -105,28 +105,14 @@ def watch(
     """
     from gunctl.core.watch.runner import watch as run_watch
 
-    config = WatchConfig(
+    config = config_from(
+        WatchConfig,
+        locals(),
         sources=tuple(sources or ()),
         names=tuple(name or ()),
         checkpoint=weights,
-        out=out,
-        device=device,
-        score_threshold=score_threshold,
-        detect_fps=detect_fps,
-        min_hits=min_hits,
-        min_hit_ratio=min_hit_ratio,
-        alert_threshold=alert_threshold,
-        cooldown=cooldown,
-        track_timeout=track_timeout,
         zones=tuple(zone or ()),
-        realtime=realtime,
-        open_timeout=open_timeout,
-        read_timeout=read_timeout,
-        webhook=webhook,
-        webhook_secret=webhook_secret,
-        exec_cmd=exec_cmd,
         notify=tuple(k.strip() for k in notify.split(",") if k.strip()),
-        duration=duration,
     )
     stop, signals = threading.Event(), []
     view = _View(quiet)
