@@ -244,23 +244,7 @@ def _routes(app, state: ServeState) -> None:
     @app.get("/v1/model")
     def model():
         _require_ready(state)
-        config, detector = state.config, state.detector
-        return {
-            **state.model(),
-            "score_threshold": detector.threshold,
-            "threshold_origin": detector.threshold_origin,
-            "max_detections": detector.max_detections,
-            "device": str(detector.device),
-            "limits": {
-                "max_batch_size": state.batcher.max_batch_size,
-                "batch_timeout_ms": config.batch_timeout_ms,
-                "max_queue": config.max_queue,
-                "max_upload_mb": config.max_upload_mb,
-                "max_images": config.max_images,
-                "max_pixels": config.max_pixels,
-                "request_timeout": config.request_timeout,
-            },
-        }
+        return _model_description(state)
 
     @app.post("/v1/detect")
     async def detect(
@@ -276,6 +260,27 @@ def _routes(app, state: ServeState) -> None:
         limit = state.config.max_images
         results, total = await _handle(request, state, score_threshold, max_detections, limit)
         return JSONResponse({"model": state.model(), "results": results, "timing_ms": total})
+
+
+def _model_description(state: ServeState) -> dict:
+    """GET /v1/model: the model's identity, its defaults and the service's limits."""
+    config, detector = state.config, state.detector
+    return {
+        **state.model(),
+        "score_threshold": detector.threshold,
+        "threshold_origin": detector.threshold_origin,
+        "max_detections": detector.max_detections,
+        "device": str(detector.device),
+        "limits": {
+            "max_batch_size": state.batcher.max_batch_size,
+            "batch_timeout_ms": config.batch_timeout_ms,
+            "max_queue": config.max_queue,
+            "max_upload_mb": config.max_upload_mb,
+            "max_images": config.max_images,
+            "max_pixels": config.max_pixels,
+            "request_timeout": config.request_timeout,
+        },
+    }
 
 
 async def _handle(request, state: ServeState, threshold, cap, max_images: int):
