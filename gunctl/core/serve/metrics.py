@@ -27,9 +27,18 @@ def route_label(path: str) -> str:
 
 class Metrics:
     def __init__(self, class_names: list[str] | None = None):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry
 
-        registry = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        self._http_metrics(self.registry)
+        self._model_metrics(self.registry)
+        for name in class_names or ():  # every class shows up at 0 before its first detection
+            self.detections.labels(class_name=name)
+
+    def _http_metrics(self, registry) -> None:
+        """Requests by route, method and status; their latency; requests in flight."""
+        from prometheus_client import Counter, Gauge, Histogram
+
         self.requests = Counter(
             "gunctl_http_requests",
             "HTTP requests answered, by route, method and status.",
@@ -49,6 +58,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+
+    def _model_metrics(self, registry) -> None:
+        """Forward passes, batch sizes, the queue, images and detections by class, readiness
+        and the model's identity."""
+        from prometheus_client import Counter, Gauge, Histogram
+
         self.inference = Histogram(
             "gunctl_inference_seconds",
             "One forward pass of the model (a micro-batch).",
@@ -87,8 +102,6 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
-        for name in class_names or ():  # every class shows up at 0 before its first detection
-            self.detections.labels(class_name=name)
 
     def loaded(self, identity: dict[str, Any]) -> None:
         """The model is loaded and warmed up: its identity, and readiness."""
