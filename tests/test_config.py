@@ -42,7 +42,10 @@ from gunctl.errors import UsageError
         (TrainConfig(grad_clip=float("nan")), "grad_clip: a number above 0"),
         (TrainConfig(weight_decay=float("inf")), "--weight-decay: a number from 0"),
         (TrainConfig(hflip="no"), "--hflip: true or false, got 'no'"),
-        (TrainConfig(model=ModelConfig(num_classes=1)), "classes \\(with the background\\): a whole number from 2 to 1001, got 1"),
+        (
+            TrainConfig(model=ModelConfig(num_classes=1)),
+            "classes \\(with the background\\): a whole number from 2 to 1001, got 1",
+        ),
         (TrainConfig(model=ModelConfig(min_size=16)), "--min-size: a whole number from 32 to 4096"),
         (TrainConfig(model=ModelConfig(train_sizes=(8000,))), "--multiscale: whole numbers"),
         (TrainConfig(model=ModelConfig(fpn_levels=(3, 2))), "--fpn-levels: ResNet stages in"),

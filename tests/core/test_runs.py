@@ -36,7 +36,8 @@ def test_lists_runs_with_their_numbers_and_sorts(tmp_path):
     listed = list_runs(runs, sort="name")
     assert [r.name for r in listed] == ["a", "b"]
     a = listed[0]
-    assert (a.model, a.epochs, a.checkpoint) == ("fasterrcnn_resnet18_fpn", 2, runs / "a" / Layout.LAST)
+    expected = ("fasterrcnn_resnet18_fpn", 2, runs / "a" / Layout.LAST)
+    assert (a.model, a.epochs, a.checkpoint) == expected
     assert a.final_train_loss == pytest.approx(0.5) and a.best_map50 == pytest.approx(0.3)
     assert [r.name for r in list_runs(runs, sort="map50")] == ["b", "a"]
     assert [r.name for r in list_runs(runs, sort="loss")] == ["b", "a"]
