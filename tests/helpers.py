@@ -211,3 +211,18 @@ def _calibrate_frozen_batchnorm(model) -> None:
         model(images)
     for hook in hooks:
         hook.remove()
+
+
+# A sweep trial in seconds: the tiny model at 64 px on a 12-image subset, one process.
+TINY_TRIAL = {
+    "model": TINY_MODEL,
+    "weights": "none",
+    "box_head_dim": TINY_HEAD,
+    "min_size": 64,
+    "max_size": 96,
+    "workers": 0,
+    "batch_size": 4,
+    "recipe": "plain",
+    "subset": 12,
+    "lr_schedule": "constant",
+}

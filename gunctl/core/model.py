@@ -200,7 +200,6 @@ def _build_dense(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     from torchvision.models import resnet
     from torchvision.models.detection import FCOS, RetinaNet
     from torchvision.models.detection.retinanet import RetinaNetHead
-    from torchvision.ops import misc as misc_ops
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
     kwargs = {
@@ -214,14 +213,7 @@ def _build_dense(config: ModelConfig, weights, weights_backbone) -> nn.Module:
     if weights is not None:  # torchvision's builder with its COCO head, replaced below
         builder = getattr(torchvision.models.detection, config.name)
         return builder(weights=weights, **kwargs)
-    norm = config.norm
-    if norm == "default":  # torchvision's rule: frozen statistics for pretrained weights
-        norm = "frozen_bn" if weights_backbone is not None else "bn"
-    layer = {
-        "bn": nn.BatchNorm2d,
-        "frozen_bn": misc_ops.FrozenBatchNorm2d,
-        "gn": lambda channels: nn.GroupNorm(_GN_GROUPS, channels),
-    }[norm]
+    layer = _norm_layer(config.norm, weights_backbone)
     body = getattr(resnet, _RESNET_FPN[config.name])(weights=weights_backbone, norm_layer=layer)
     channels = config.fpn_channels
     backbone = _fpn_backbone(
@@ -229,7 +221,7 @@ def _build_dense(config: ModelConfig, weights, weights_backbone) -> nn.Module:
         3 if weights_backbone is not None else 5,  # torchvision's trainable stages
         [2, 3, 4],  # RetinaNet's paper: P2 gives too many anchors
         channels,
-        norm_layer=layer if norm == "gn" else None,
+        norm_layer=layer if config.norm == "gn" else None,
         extra_blocks=LastLevelP6P7(channels, channels),
     )
     if not retina:
@@ -239,7 +231,7 @@ def _build_dense(config: ModelConfig, weights, weights_backbone) -> nn.Module:
         channels,
         generator.num_anchors_per_location()[0],
         config.num_classes,
-        norm_layer=partial(nn.GroupNorm, _GN_GROUPS) if norm == "gn" else None,
+        norm_layer=partial(nn.GroupNorm, _GN_GROUPS) if config.norm == "gn" else None,
     )
     return RetinaNet(backbone, None, anchor_generator=generator, head=head, **kwargs)
 
@@ -339,17 +331,9 @@ def _resnet_fpn_builder(config: ModelConfig):
     normalisation; GroupNorm also goes into the FPN, as in He et al.'s from-scratch detectors."""
     from torchvision.models import resnet
     from torchvision.models.detection import FasterRCNN
-    from torchvision.ops import misc as misc_ops
 
     def build(weights, weights_backbone, num_classes, **kwargs):
-        norm = config.norm
-        if norm == "default":  # torchvision's rule: frozen statistics for pretrained weights
-            norm = "frozen_bn" if weights_backbone is not None else "bn"
-        layer = {
-            "bn": nn.BatchNorm2d,
-            "frozen_bn": misc_ops.FrozenBatchNorm2d,
-            "gn": lambda channels: nn.GroupNorm(_GN_GROUPS, channels),
-        }[norm]
+        layer = _norm_layer(config.norm, weights_backbone)
         arch = getattr(resnet, _RESNET_FPN[config.name])
         trainable = 3 if weights_backbone is not None else 5  # torchvision's defaults
         levels = list(config.fpn_levels) or None
@@ -358,7 +342,7 @@ def _resnet_fpn_builder(config: ModelConfig):
             trainable,
             levels,
             config.fpn_channels,
-            norm_layer=layer if norm == "gn" else None,
+            norm_layer=layer if config.norm == "gn" else None,
         )
         if levels:  # RoIs pool from the FPN's own levels (torchvision's default names four)
             from torchvision.ops import MultiScaleRoIAlign
@@ -372,6 +356,20 @@ def _resnet_fpn_builder(config: ModelConfig):
         return FasterRCNN(backbone, num_classes=num_classes, **kwargs)
 
     return build
+
+
+def _norm_layer(norm: str, weights_backbone):
+    """The ResNet backbone's normalisation layer for --norm (default: torchvision's rule,
+    frozen statistics for pretrained weights, BatchNorm from scratch)."""
+    if norm == "default":
+        norm = "frozen_bn" if weights_backbone is not None else "bn"
+    from torchvision.ops import misc as misc_ops
+
+    return {
+        "bn": nn.BatchNorm2d,
+        "frozen_bn": misc_ops.FrozenBatchNorm2d,
+        "gn": lambda channels: nn.GroupNorm(_GN_GROUPS, channels),
+    }[norm]
 
 
 def _fpn_backbone(

@@ -11,21 +11,9 @@ import time
 
 import pytest
 import yaml
-from helpers import TINY_HEAD, TINY_MODEL, share_data
+from helpers import TINY_TRIAL, share_data
 
-TINY_FIXED = {
-    "model": TINY_MODEL,
-    "weights": "none",
-    "box_head_dim": TINY_HEAD,
-    "min_size": 64,
-    "max_size": 96,
-    "workers": 0,
-    "batch_size": 4,
-    "recipe": "plain",
-    "subset": 12,
-    "lr_schedule": "constant",
-    "epochs": 1,
-}
+TINY_FIXED = {**TINY_TRIAL, "epochs": 1}
 
 
 def write_space(path, params=None):

@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import TINY_HEAD, TINY_MODEL, share_data
+from helpers import TINY_MODEL, TINY_TRIAL, share_data
 
 from gunctl.config import Layout, SweepConfig
 from gunctl.core import sweep
 from gunctl.errors import UsageError
 
 # A trial in seconds: the tiny model at 64 px on 10 training images, one process.
-TINY_FIXED = {
-    "model": TINY_MODEL,
-    "weights": "none",
-    "box_head_dim": TINY_HEAD,
-    "min_size": 64,
-    "max_size": 96,
-    "workers": 0,
-    "batch_size": 4,
-    "recipe": "plain",
-    "subset": 12,
-    "lr_schedule": "constant",
-}
+TINY_FIXED = dict(TINY_TRIAL)
 
 
 def write_space(path, params, fixed=None, enqueue=None):
