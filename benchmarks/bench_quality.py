@@ -6,7 +6,11 @@ with that seed, under the given recipe and budget (--minutes, --epochs or --step
 gunctl's own trainer (what `gunctl train` runs). Reports, per fold and as mean and spread,
 val mAP@0.5 and mAP@0.5:0.95 of the final model (what the run ends with) and of the best
 epoch (what `gunctl validate` scores by default, artifacts/models/fasterrcnn.pth), training
-images/s and wall time; --tta also scores the final model with flip TTA. Any option of the
+images/s and wall time; --tta also scores the final model with flip TTA. With --holdout N,
+each seed first sets N images of the sample aside (a seeded draw, a different one per seed),
+ingests and splits the rest with a val part of about N images, and scores both the best-on-val
+checkpoint (best.pth) and the final EMA weights (last.pth) on the N images nobody selected on:
+how far the choice of checkpoint falls outside the images it was chosen on. Any option of the
 recipe can be changed with --set (e.g. --set lr=3e-4 --set model.norm=bn), as the user would
 with a flag: the recipe fills only the rest.
 
@@ -41,12 +45,37 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="gunctl-quality-"))
-    raw_root = ingest(args.data, root / "data")
+    raw_root = None if args.holdout else ingest(args.data, root / "data")
     runs = []
     for seed in args.seeds:
-        runs.append(run_fold(args, raw_root, root / f"fold{seed}", seed))
+        holdout = None
+        if args.holdout:
+            kept, holdout = set_aside(args.data, root / f"holdout{seed}", args.holdout, seed)
+            raw_root = ingest(kept, root / f"data{seed}")
+        runs.append(run_fold(args, raw_root, root / f"fold{seed}", seed, holdout))
         report(args, runs)
     return 0
+
+
+def set_aside(data: Path, root: Path, count: int, seed: int) -> tuple[Path, Path]:
+    """Copy the sample (Kaggle layout: Images/N.jpeg, Labels/N.txt) into two folders: ``count``
+    images drawn with ``seed`` (the holdout) and the rest."""
+    import random
+    import shutil
+
+    stems = sorted(p.stem for p in (data / "Images").iterdir() if p.is_file())
+    held = set(random.Random(seed).sample(stems, count))
+    parts = {"rest": root / "rest", "holdout": root / "holdout"}
+    for part in parts.values():
+        (part / "Images").mkdir(parents=True)
+        (part / "Labels").mkdir(parents=True)
+    for image in (data / "Images").iterdir():
+        part = parts["holdout" if image.stem in held else "rest"]
+        shutil.copy2(image, part / "Images" / image.name)
+        label = data / "Labels" / f"{image.stem}.txt"
+        if label.exists():
+            shutil.copy2(label, part / "Labels" / label.name)
+    return parts["rest"], parts["holdout"]
 
 
 def parse_args():
@@ -63,6 +92,9 @@ def parse_args():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tta", action="store_true", help="also score the final model with TTA")
     parser.add_argument("--name", default=None, help="results file: quality-<name>.json")
+    parser.add_argument(
+        "--holdout", type=int, default=0, help="images set aside per seed, scored at the end"
+    )
     args = parser.parse_args()
     if args.minutes is None and args.epochs is None and args.steps is None:
         args.epochs = 3
@@ -78,7 +110,7 @@ def ingest(data: Path, root: Path) -> Path:
     return layout.raw
 
 
-def run_fold(args, raw: Path, root: Path, seed: int) -> dict:
+def run_fold(args, raw: Path, root: Path, seed: int, holdout: Path | None) -> dict:
     from gunctl.config import Layout, SplitConfig
     from gunctl.core.split import create_split
     from gunctl.core.trainer import fit
@@ -86,7 +118,10 @@ def run_fold(args, raw: Path, root: Path, seed: int) -> dict:
     layout = Layout(root)
     root.mkdir(parents=True)
     (root / "raw").symlink_to(raw)
-    made = create_split(SplitConfig(seed=seed, layout=layout))
+    fraction = 0.2
+    if holdout is not None:  # a val part about as large as the holdout
+        fraction = round(args.holdout / (300 - args.holdout), 3)
+    made = create_split(SplitConfig(seed=seed, layout=layout, val_fraction=fraction))
     config = make_config(args, layout, seed, len(made.split["train"]))
     started = time.perf_counter()
     result = fit(config, [EpochPrinter(seed)])
@@ -111,6 +146,14 @@ def run_fold(args, raw: Path, root: Path, seed: int) -> dict:
     }
     if args.tta:
         row.update(tta_scores(layout, result.last_checkpoint))
+    if holdout is not None:
+        row["holdout"] = {
+            "images": args.holdout,
+            "best": holdout_scores(layout, result.best_checkpoint, holdout),
+            "last": holdout_scores(layout, result.last_checkpoint, holdout),
+        }
+        row["val_images"], row["train_images"] = result.val_images, result.train_images
+        print(f"seed {seed}: holdout {json.dumps(row['holdout'])}", flush=True)
     print(
         f"seed {seed}: final mAP@0.5 {row['final_map50']:.3f} mAP {row['final_map']:.3f}  "
         f"best mAP@0.5 {row['best_map50']:.3f} (epoch {row['best_epoch']})  "
@@ -174,6 +217,26 @@ def tta_scores(layout, checkpoint: Path) -> dict:
     return {"tta_map50": tta.get("map_50"), "tta_map": tta.get("map")}
 
 
+def holdout_scores(layout, checkpoint: Path | None, holdout: Path) -> dict | None:
+    """mAP@0.5, mAP, and precision/recall at the checkpoint's own threshold, on the holdout."""
+    from gunctl.config import ValidateConfig
+    from gunctl.core.checkpoint import default_score_threshold, load_checkpoint
+    from gunctl.core.validate import validate_checkpoint
+
+    if checkpoint is None:
+        return None
+    threshold, _ = default_score_threshold(load_checkpoint(checkpoint))
+    result = validate_checkpoint(
+        ValidateConfig(
+            checkpoint=checkpoint, layout=layout, data=holdout, workers=0,
+            score_threshold=threshold,
+        )
+    )  # fmt: skip
+    keep = ("map_50", "map", "precision", "recall")
+    scores = {k: result.metrics.get(k) for k in keep}
+    return scores | {"threshold": threshold, "epoch": result.facts.get("epoch")}
+
+
 def _stored_config(result) -> dict:
     from gunctl.core.checkpoint import load_checkpoint
 
@@ -189,7 +252,13 @@ def _parse(text: str):
 
 def report(args, runs: list[dict]) -> None:
     summary = {}
-    for key in ("final_map50", "final_map", "best_map50", "best_map", "tta_map50", "tta_map"):
+    for run in runs:
+        for which, scores in (run.get("holdout") or {}).items():
+            if isinstance(scores, dict):
+                run[f"holdout_{which}_map50"] = scores.get("map_50")
+    keys = ("final_map50", "final_map", "best_map50", "best_map", "tta_map50", "tta_map")
+    keys += ("holdout_best_map50", "holdout_last_map50")
+    for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0

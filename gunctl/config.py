@@ -735,6 +735,23 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 EXPORT_FORMATS = ("torchscript", "onnx", "pth")
 
 
+# How a loaded model runs its forward pass (core/inference.py): auto picks, per model and
+# machine, the fastest runtime that passes the parity check against torch.
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+
+
+def runtime_option() -> Any:
+    """The one declaration of --runtime, for predict, serve, watch (DetectorOptions) and
+    validate (ValidateConfig)."""
+    return opt(
+        "auto",
+        "--runtime",
+        choice(*RUNTIMES),
+        "What runs the model: torch, onnx (onnxruntime), openvino, or auto (the fastest "
+        "that matches torch's detections for this model on this machine).",
+    )
+
+
 @dataclass(frozen=True)
 class DetectorOptions:
     """How a model is loaded for inference, declared once for predict, serve and watch (their
@@ -763,6 +780,7 @@ class DetectorOptions:
     amp: bool = opt(True, "amp", FLAG)  # autocast on CUDA (bf16 where supported); not on the CPU
     half: bool = opt(False, "--half", FLAG, "fp16 weights and inputs (CUDA only).")
     channels_last: bool = opt(True, "channels_last", FLAG)  # CUDA only, as in training
+    runtime: str = runtime_option()
 
     def check(self) -> None:
         check_declared(self)

@@ -80,6 +80,7 @@ def one_checkpoint(argument: Path | None, weights: Path | None) -> Path | None:
 ScoreThreshold = Annotated[float | None, option(DetectorOptions, "score_threshold")]
 MaxDetections = Annotated[int | None, option(DetectorOptions, "max_detections")]
 Half = Annotated[bool, option(DetectorOptions, "half")]
+Runtime = Annotated[str, option(DetectorOptions, "runtime")]
 
 
 def _read_config_file(ctx: typer.Context, param, value: Path | None) -> Path | None:

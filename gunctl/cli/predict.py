@@ -16,6 +16,7 @@ from gunctl.cli.options import (
     Half,
     MaxDetections,
     Quiet,
+    Runtime,
     ScoreThreshold,
     Weights,
     Workers,
@@ -65,6 +66,7 @@ def predict(
     workers: Workers = _P.workers,
     device: Device = _P.device,
     half: Half = _P.half,
+    runtime: Runtime = _P.runtime,
     fail_on_detection: Annotated[
         bool, typer.Option("--fail-on-detection", help="Exit 1 when anything is detected.")
     ] = False,

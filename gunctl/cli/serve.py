@@ -13,6 +13,7 @@ from gunctl.cli.options import (
     Device,
     Half,
     MaxDetections,
+    Runtime,
     ScoreThreshold,
     WeightsAlias,
     config_from,
@@ -83,6 +84,7 @@ def serve(
     max_detections: MaxDetections = None,
     device: Device = _S.device,
     half: Half = _S.half,
+    runtime: Runtime = _S.runtime,
     json_logs: Annotated[
         bool, typer.Option("--json-logs", help="Log lines as JSON objects (log collectors).")
     ] = _S.json_logs,

@@ -11,7 +11,15 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, err_console, escape, is_terminal, key_value_table
-from gunctl.cli.options import Device, Quiet, ScoreThreshold, Weights, config_from, option
+from gunctl.cli.options import (
+    Device,
+    Quiet,
+    Runtime,
+    ScoreThreshold,
+    Weights,
+    config_from,
+    option,
+)
 from gunctl.config import Layout, WatchConfig
 from gunctl.errors import EXIT_INTERRUPTED
 
@@ -61,6 +69,7 @@ def watch(
         ),
     ] = None,
     score_threshold: ScoreThreshold = None,
+    runtime: Runtime = "auto",
     realtime: Annotated[
         bool,
         option(WatchConfig, "realtime"),

@@ -104,6 +104,7 @@ def load_detector(
     half: bool = False,
     amp: bool = True,
     channels_last: bool = True,
+    runtime: str = "auto",
 ) -> Detector:
     """Load a gunctl checkpoint (``.pth``, full or slim) or an exported ``.onnx`` file.
 

@@ -415,4 +415,3 @@ def _worker_init(_worker_id: int) -> None:
 
     torch.set_num_threads(1)  # decoding needs no intra-op threads; the model keeps the cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
