@@ -80,7 +80,7 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument(
-        "--quality-glob", default="quality-models-m*-*-seed*.json", help="in benchmarks/results"
+        "--quality-glob", default="quality-models-m*-*.json", help="in benchmarks/results"
     )
     return parser.parse_args()
 
@@ -248,56 +248,77 @@ def row(name: str, r: dict) -> list:
 
 
 def collect_quality(pattern: str) -> dict:
-    """{model: {minutes: {"seeds": {seed: best/final mAP@0.5}, "mean_final", ...}}}."""
+    """{model: {budget: {"seeds": {seed: figures}, "mean_final_map50", "n", ...}}}, from the
+    runs' own records (the model from ``--set model.name=...``, the budget from ``--minutes``);
+    a file name's tag after ``m<M>-`` (e.g. ``1core``) says the conditions."""
     out: dict = {}
     for path in sorted((BENCH_DIR / "results").glob(pattern)):
-        found = re.fullmatch(r"quality-models-m([\d.]+)-(.+)-seed(\d+)\.json", path.name)
+        found = re.fullmatch(r"quality-models-m([\d.]+)-(?:(\w+core)-)?(.+?)(?:-seed\d+)?\.json",
+                             path.name)  # fmt: skip
         if not found:
             continue
-        minutes, model, seed = float(found[1]), found[2], int(found[3])
         data = json.loads(path.read_text())
+        model = _set_model(data.get("set", [])) or found[3]
+        budget = f"{float(found[1]):g} min" + (f", {found[2]}" if found[2] else "")
         for run in data.get("runs", []):
-            entry = out.setdefault(model, {}).setdefault(str(minutes), {"seeds": {}})
-            entry["seeds"][str(seed)] = {
+            entry = out.setdefault(model, {}).setdefault(budget, {"seeds": {}})
+            holdout = run.get("holdout") or {}
+            entry["seeds"][str(run["seed"])] = {
                 "final_map50": run.get("final_map50"),
                 "best_map50": run.get("best_map50"),
+                "best_epoch": run.get("best_epoch"),
                 "epochs": run.get("epochs"),
                 "train_images_per_s": run.get("train_images_per_s"),
+                "holdout_best_map50": (holdout.get("best") or {}).get("map_50"),
+                "holdout_last_map50": (holdout.get("last") or {}).get("map_50"),
+                "holdout_images": holdout.get("images"),
                 "load_avg": data.get("environment", {}).get("load_avg_1m"),
             }
     for budgets in out.values():
         for entry in budgets.values():
-            finals = [
-                s["final_map50"] for s in entry["seeds"].values() if s["final_map50"] is not None
-            ]
-            entry["mean_final_map50"] = statistics.fmean(finals) if finals else None
-            entry["n"] = len(finals)
+            for key in ("final_map50", "best_map50", "holdout_best_map50", "holdout_last_map50"):
+                values = [s[key] for s in entry["seeds"].values() if s[key] is not None]
+                entry[f"mean_{key}"] = statistics.fmean(values) if values else None
+            entry["n"] = len(entry["seeds"])
     return out
+
+
+def _set_model(items: list[str]) -> str | None:
+    for item in items:
+        key, _, value = item.partition("=")
+        if key == "model.name":
+            return value.strip("'\"")
+    return None
 
 
 def quality_table(quality: dict) -> None:
     rows = []
     for model, budgets in quality.items():
-        for minutes, entry in sorted(budgets.items(), key=lambda kv: float(kv[0])):
-            seeds = entry["seeds"]
+        for budget, entry in sorted(budgets.items()):
+            seeds = sorted(entry["seeds"].items())
             rows.append(
                 [
                     model,
-                    minutes,
-                    " / ".join(
-                        f"{s}: {v['final_map50']:.3f}" for s, v in sorted(seeds.items())
-                        if v["final_map50"] is not None
-                    ),
-                    round(entry["mean_final_map50"], 3) if entry["mean_final_map50"] else "-",
-                    " / ".join(str(v["epochs"]) for _, v in sorted(seeds.items())),
+                    budget,
+                    " / ".join(_fmt(v["final_map50"]) for _, v in seeds),
+                    _fmt(entry["mean_final_map50"]),
+                    _fmt(entry["mean_best_map50"]),
+                    _fmt(entry["mean_holdout_last_map50"]),
+                    _fmt(entry["mean_holdout_best_map50"]),
+                    " / ".join(str(v["epochs"]) for _, v in seeds),
                 ]
-            )  # fmt: skip
+            )
     if rows:
         print_table(
-            ("model", "minutes", "final val mAP@0.5 per seed", "mean", "epochs"),
+            ("model", "budget", "final val mAP@0.5 per seed", "mean final", "mean best-on-val",
+             "holdout: final", "holdout: best-on-val", "epochs"),
             rows,
-            title="From scratch on the sample (bench_quality.py runs)",
-        )
+            title="From scratch on the sample (bench_quality.py runs; holdout: images set aside)",
+        )  # fmt: skip
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
