@@ -656,9 +656,16 @@ class SweepConfig:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """`train --nproc N`: how many processes torchrun starts on this machine."""
+    """`train --nproc N`, `predict --nproc N`: how many processes torchrun starts on this
+    machine."""
 
-    nproc: int | None = opt(None, "--nproc", whole(1, 1024))  # None: one process, no torchrun
+    nproc: int | None = opt(  # None: one process, no torchrun
+        None,
+        "--nproc",
+        whole(1, 1024),
+        "Start this many processes on this machine with torchrun (one per GPU, or CPU "
+        "processes with gloo); --batch-size is per process.",
+    )
 
     def check(self) -> None:
         check_declared(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from gunctl.cli.console import console, escape, is_terminal, key_value_table, task_progress
+from gunctl.cli.launch import Nproc, relaunch, under_torchrun
 from gunctl.cli.options import (
     BatchSize,
     Device,
@@ -23,7 +25,7 @@ from gunctl.cli.options import (
     config_from,
     option,
 )
-from gunctl.config import Layout, PredictConfig
+from gunctl.config import LaunchConfig, Layout, PredictConfig
 from gunctl.errors import DetectionError
 
 _P = PredictConfig()
@@ -71,19 +73,36 @@ def predict(
         bool, typer.Option("--fail-on-detection", help="Exit 1 when anything is detected.")
     ] = False,
     quiet: Quiet = False,
+    nproc: Nproc = None,
 ) -> None:
     """Detect guns in images and videos; write annotated copies and predictions.jsonl.
 
     Unreadable files are reported one line each and skipped. Exit codes: 0 done, 1 something
     was detected with --fail-on-detection, 2 bad usage, or nothing could be read.
+
+    Several GPUs or machines: torchrun --nproc_per_node=N -m gunctl predict ... (or --nproc N);
+    the ranks share the inputs out and write into one --out that all of them see.
     """
     from gunctl.core.predict import predict as run_predict
+    from gunctl.core.predict_dist import PeerFailed, predict_shared
 
     config = config_from(PredictConfig, locals(), sources=tuple(sources or ()), checkpoint=weights)
-    with task_progress("predicting", enabled=not (quiet or json_out)) as progress:
-        result = run_predict(
-            config, on_progress=progress, on_record=_print_line if json_out else None
-        )
+    LaunchConfig(nproc).check()
+    if nproc is not None and not under_torchrun():
+        config.check()  # a bad value fails here, not in each process
+        raise typer.Exit(relaunch(nproc))
+    if under_torchrun():  # each rank takes its share; rank 0 speaks for the job
+        run_predict = predict_shared
+    main = os.environ.get("RANK", "0") == "0"
+    try:
+        with task_progress("predicting", enabled=main and not (quiet or json_out)) as progress:
+            result = run_predict(
+                config, on_progress=progress, on_record=_print_line if json_out else None
+            )
+    except PeerFailed as exc:  # rank 0 has said why
+        raise typer.Exit(exc.exit_code) from None
+    if not main:
+        raise typer.Exit(1 if fail_on_detection and result.detections else 0)
     if not (quiet or json_out):
         show_predict_summary(result)
     if fail_on_detection and result.detections:
@@ -107,6 +126,7 @@ def show_predict_summary(result) -> None:
         ("detections", str(result.detections)),
         ("score threshold", f"{result.threshold:.3f}"),
         ("images/s", f"{result.images_per_s:.2f}"),
+        *([("processes", str(result.world_size))] if result.world_size > 1 else []),
         ("problems", str(len(result.problems))),
         ("output", str(result.out or "-")),
     ]

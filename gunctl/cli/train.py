@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from gunctl.cli.console import console, note, warn
+from gunctl.cli.console import console, warn
+from gunctl.cli.launch import Nproc, relaunch, under_torchrun
 from gunctl.cli.options import (
     ConfigFile,
     Device,
@@ -214,15 +215,7 @@ def train(
     ] = None,
     config_file: ConfigFile = None,
     quiet: Quiet = False,
-    nproc: Annotated[
-        int | None,
-        typer.Option(
-            "--nproc",
-            show_default="one process, no torchrun",
-            help="Start this many processes on this machine with torchrun (one per GPU, or CPU "
-            "processes with gloo); --batch-size is per process.",
-        ),
-    ] = None,
+    nproc: Nproc = None,
 ) -> None:
     """Train a detector on the split; writes checkpoints and a TensorBoard run.
 
@@ -253,8 +246,8 @@ def train(
     )
     config.check(relations=False)  # a bad value fails here, not in each --nproc process
     LaunchConfig(nproc).check()
-    if nproc is not None and "WORLD_SIZE" not in os.environ:
-        raise typer.Exit(_run_torchrun(nproc))
+    if nproc is not None and not under_torchrun():
+        raise typer.Exit(relaunch(nproc))
     if resume and os.environ.get("RANK", "0") == "0":
         _warn_ignored_on_resume(ctx)
     from gunctl.cli.train_display import TrainDisplay, fit_summary
@@ -291,33 +284,6 @@ def _levels(text: str) -> tuple[int, ...]:
         return tuple(sorted({int(part) for part in text.split(",")}))  # range: ModelConfig.check
     except ValueError:
         raise UsageError(f"--fpn-levels {text}: give ResNet stages, like 2,3,4, or all") from None
-
-
-def _run_torchrun(nproc: int) -> int:
-    """Re-run this very command under torchrun (standalone, this machine), without --nproc."""
-    import subprocess
-    import sys
-
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            args.append(arg)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "gunctl",
-        *args,
-    ]
-    note("running: " + " ".join(command[1:]))
-    return subprocess.call(command)
 
 
 def _warn_ignored_on_resume(ctx: typer.Context) -> None:

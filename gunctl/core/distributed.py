@@ -120,3 +120,21 @@ def broadcast_object(value, src: int = 0):
     holder = [value]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def gather_objects(value) -> list:
+    """Every rank's ``value``, in rank order, on every rank (``[value]`` in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def scatter_objects(values: list | None, src: int = 0):
+    """Rank ``r`` receives ``values[r]`` of rank ``src`` (the others pass None)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values[0]
+    received = [None]
+    dist.scatter_object_list(received, values if dist.get_rank() == src else None, src=src)
+    return received[0]

@@ -51,6 +51,8 @@ class PredictResult:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     ignored: int = 0
+    rank: int = 0  # under torchrun, this process's rank (the counts are the whole job's)
+    world_size: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -63,7 +65,8 @@ def predict(
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> PredictResult:
     """``on_progress(done, total)`` counts images and frames; ``on_record(line)`` receives each
-    JSONL record as it is made (for ``--json``)."""
+    JSONL record as it is made (for ``--json``). Under torchrun, ``predict_dist`` shares the
+    inputs out across the ranks."""
     config.check()
     out = _check_out(config)
     detector = load_detector(**config.detector_kwargs())
@@ -75,29 +78,21 @@ def predict(
     )
     found = inputs.collect(config.sources)
     result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
-    result.ignored = len(found.ignored)
-    for problem in found.problems:
-        _problem(result, problem)
-    if found.ignored:
-        log.info(
-            "%d file(s) left out: not images or videos (e.g. %s)",
-            len(found.ignored),
-            found.ignored[0],
-        )
-    videos = _probe_videos([i for i in found.items if i.kind == "video"], config, result)
-    images = [i for i in found.items if i.kind == "image"]
-    total = len(images) + sum(
-        math.ceil(max(info.frames, 1) / config.vid_stride) for _, info in videos
-    )
+    images, videos = _read_found(found, config, result)
+    total = len(images) + sum(frames_to_predict(info, config.vid_stride) for _, info in videos)
     run = _Run(config, detector, result, out, on_progress, on_record, total)
     run.go(images, videos)
     if result.images + result.frames == 0:
-        raise DataError(
-            f"nothing could be read ({len(result.problems)} problem(s) above"
-            + (f", {result.ignored} other file(s) left out" if result.ignored else "")
-            + ")"
-        )
+        raise nothing_read(result)
     return result
+
+
+def nothing_read(result: PredictResult) -> DataError:
+    return DataError(
+        f"nothing could be read ({len(result.problems)} problem(s) above"
+        + (f", {result.ignored} other file(s) left out" if result.ignored else "")
+        + ")"
+    )
 
 
 class _Run:
@@ -109,6 +104,9 @@ class _Run:
         self.done = 0
         self.jsonl = None
         self.pending: list[Future] = []
+        # under torchrun: each item's place in the whole job's input order, written before
+        # each JSONL line of a rank's part so that rank 0 can merge the parts in that order
+        self.order: dict[inputs.Item, int] | None = None
 
     def go(self, images, videos) -> None:
         if not images and not videos:
@@ -117,26 +115,32 @@ class _Run:
         if self.out is not None:
             self.out, made, claim = _claim_out(self.out, numbered=self.config.out is None)
             self.result.out = self.out
-        started = time.perf_counter()
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="gunctl-draw") as self.writer:
-                if self.config.save_json and self.out is not None:
-                    self._with_jsonl(images, videos)
-                else:
-                    self._all(images, videos)
-                self._drain(0)
+            self.write(images, videos, self.out / JSONL if self.out is not None else None)
         finally:
-            self.result.seconds = time.perf_counter() - started
             if made and self.result.images + self.result.frames == 0:
                 shutil.rmtree(self.out, ignore_errors=True)  # nothing read: leave nothing behind
                 remove_created(made)
             if claim is not None:
                 os.close(claim)
 
-    def _with_jsonl(self, images, videos) -> None:
-        """predictions.jsonl is written whole (renamed into place at the end) or not at all;
+    def write(self, images, videos, jsonl: Path | None) -> None:
+        """Detect ``images``, then ``videos``, into the claimed folder: annotated copies, and
+        the records in ``jsonl`` (with --save-json)."""
+        started = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="gunctl-draw") as self.writer:
+                if self.config.save_json and jsonl is not None:
+                    self._with_jsonl(images, videos, jsonl)
+                else:
+                    self._all(images, videos)
+                self._drain(0)
+        finally:
+            self.result.seconds = time.perf_counter() - started
+
+    def _with_jsonl(self, images, videos, path: Path) -> None:
+        """The JSONL file is written whole (renamed into place at the end) or not at all;
         a failed write of it (a full disk) is one line naming it."""
-        path = self.out / JSONL
         try:
             with atomic_open(path) as self.jsonl:
                 self._all(images, videos)
@@ -247,7 +251,10 @@ class _Run:
         self.result.with_detection += bool(found["labels"])
         line = {k: v for k, v in record.items() if k != "label_ids"}
         if self.jsonl is not None:
-            self.jsonl.write((json.dumps(line) + "\n").encode())
+            text = json.dumps(line)
+            if self.order is not None:
+                text = f"{self.order[item]} {text}"
+            self.jsonl.write((text + "\n").encode())
         if self.on_record:
             self.on_record(line)
         return record
@@ -328,6 +335,27 @@ def _discard_video(writer, partial: Path) -> None:
         writer.close()
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _read_found(found: inputs.Collected, config: PredictConfig, result: PredictResult):
+    """The images and the probed videos (item, info) to predict, in the order they are
+    predicted; what was left out is counted and named in ``result``."""
+    result.ignored = len(found.ignored)
+    for problem in found.problems:
+        _problem(result, problem)
+    if found.ignored:
+        log.info(
+            "%d file(s) left out: not images or videos (e.g. %s)",
+            len(found.ignored),
+            found.ignored[0],
+        )
+    videos = _probe_videos([i for i in found.items if i.kind == "video"], config, result)
+    return [i for i in found.items if i.kind == "image"], videos
+
+
+def frames_to_predict(info, vid_stride: int) -> int:
+    """How many frames of a probed video are predicted (1 when the container does not say)."""
+    return math.ceil(max(info.frames, 1) / vid_stride)
 
 
 def _probe_videos(items, config: PredictConfig, result: PredictResult) -> list:
