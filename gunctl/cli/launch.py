@@ -30,6 +30,7 @@ def under_torchrun() -> bool:
 def relaunch(nproc: int) -> int:
     """Re-run this very command (``sys.argv`` without ``--nproc``) as ``nproc`` ranks of a
     standalone torchrun job; the exit code of the first rank that failed, else 0."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -57,6 +58,8 @@ def relaunch(nproc: int) -> int:
         signal_name = failure.signal_name()
         error(f"rank {rank} ended by {signal_name}" if signal_name else f"rank {rank} failed")
         return 128 - failure.exitcode  # killed by signal N: 128 + N, as a shell says
+    except SignalException as exc:  # Ctrl-C or a stop: torchrun has ended the ranks, each of
+        return 128 + int(exc.sigval)  # which said "interrupted" (130 for Ctrl-C)
     return 0
 
 

@@ -26,7 +26,7 @@ from gunctl.cli.options import (
     option,
 )
 from gunctl.config import LaunchConfig, Layout, PredictConfig
-from gunctl.errors import DetectionError
+from gunctl.errors import EXIT_INTERRUPTED, DetectionError
 
 _P = PredictConfig()
 
@@ -101,6 +101,10 @@ def predict(
             )
     except PeerFailed as exc:  # rank 0 has said why
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if main:
+            raise
+        raise typer.Exit(EXIT_INTERRUPTED) from None  # rank 0 says "interrupted"
     if not main:
         raise typer.Exit(1 if fail_on_detection and result.detections else 0)
     if not (quiet or json_out):
