@@ -65,7 +65,10 @@ def runs(module_tmp, ckpt):
     pictures(pics, SIZES)
     (pics / "3b_broken.jpg").write_bytes(b"\xff\xd8\xff not a JPEG")
     clip = good_clip(module_tmp / "clip.avi", frames=CLIP_FRAMES)
-    common = [pics, clip, "--weights", ckpt, "--workers", "0", "--batch-size", "1"]
+    # two files of one name, named on the command line: dealt to different ranks (the clip
+    # weighs 5, so rank 1 takes the first 5 images, then they go in turn), named apart
+    twins = [pictures(module_tmp / "twins" / side, SIZES[:1])[0] for side in ("a", "b")]
+    common = [pics, clip, *twins, "--weights", ckpt, "--workers", "0", "--batch-size", "1"]
     one = run_gunctl("predict", *common, "--out", module_tmp / "one", env=ENV)
     command = ["--standalone", "--nproc_per_node=2", "-m", "gunctl", "predict", *common]
     two = subprocess.run(
@@ -75,19 +78,21 @@ def runs(module_tmp, ckpt):
         timeout=600,
         env=ENV,
     )
-    return module_tmp, pics, clip, one, two
+    return module_tmp, pics, clip, twins, one, two
 
 
 @pytest.mark.slow
 def test_two_ranks_leave_one_predictions_file_in_input_order(runs):
-    root, pics, clip, one, two = runs
+    root, pics, clip, twins, one, two = runs
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-3000:]
     merged = lines(root / "two" / "predictions.jsonl")
     expected = [(str(pics / f"{i}.png"), None) for i in range(len(SIZES))]  # the folder, sorted
+    expected += [(str(twin), None) for twin in twins]  # the images named after it
     expected += [(str(clip), frame) for frame in range(CLIP_FRAMES)]  # then the video, in order
     assert [(r["source"], r["frame"]) for r in merged] == expected
     assert [(r["width"], r["height"]) for r in merged[: len(SIZES)]] == SIZES
+    assert [r["output"] for r in merged[len(SIZES) : len(SIZES) + 2]] == ["0.png", "0_2.png"]
     single = lines(root / "one" / "predictions.jsonl")
     assert len(single) == len(merged)
     assert sum(len(r["boxes"]) for r in merged) > 0  # the comparison below compares something
@@ -101,12 +106,12 @@ def test_two_ranks_leave_one_predictions_file_in_input_order(runs):
 
 @pytest.mark.slow
 def test_one_summary_with_the_whole_jobs_totals_and_no_parts_left(runs):
-    root, _, _, one, two = runs
+    root, _, _, twins, one, two = runs
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("files: ") == 1  # rank 0 alone reports
     told = summary(two.stdout)
     merged = lines(root / "two" / "predictions.jsonl")
-    assert told["files"] == str(len(SIZES) + 1)  # six images and the clip
+    assert told["files"] == str(len(SIZES) + len(twins) + 1)  # eight images and the clip
     assert told["video frames"] == str(CLIP_FRAMES)
     assert told["detections"] == str(sum(len(r["boxes"]) for r in merged))
     assert told["images or frames with a detection"] == str(sum(bool(r["boxes"]) for r in merged))
@@ -116,6 +121,7 @@ def test_one_summary_with_the_whole_jobs_totals_and_no_parts_left(runs):
     assert two.stderr.count("3b_broken.jpg") == 1  # named once, by rank 0, for rank 0 or 1
     assert "Traceback" not in two.stderr
     written = sorted(p.relative_to(root / "two") for p in (root / "two").rglob("*"))
+    assert {Path("0.png"), Path("0_2.png"), Path("clip.avi")} <= set(written)
     assert written == sorted(p.relative_to(root / "one") for p in (root / "one").rglob("*"))
     assert not [p for p in (root / "two").rglob(".*")]  # no part or temporary file
 
