@@ -146,6 +146,23 @@ def test_a_rank_that_cannot_write_ends_the_job_with_one_line_and_no_predictions(
     assert not list(out.glob("predictions*"))
 
 
+@pytest.mark.slow
+def test_a_refusal_before_any_work_is_said_once_and_nothing_is_touched(module_tmp, ckpt):
+    """Both ranks stop, rank 0 alone says why; the existing folder is left as it was."""
+    out = module_tmp / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    image = pictures(module_tmp / "one-image", SIZES[:1])[0]
+    result = run_gunctl(
+        "predict", image, "--weights", ckpt, "--out", out, "--workers", "0", "--nproc", "2",
+        env=ENV,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out}: already exists; predict never overwrites, pick a new --out"]
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
 def _rank_pid(parent: int, rank: int) -> int | None:
     """The process of torchrun's worker ``rank`` (a child of ``parent``), from /proc."""
     for entry in Path("/proc").iterdir():
