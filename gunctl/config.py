@@ -527,6 +527,23 @@ class TrainConfig:
                 raise UsageError("--register needs --mlflow (or MLFLOW_TRACKING_URI set)")
 
 
+# How a loaded model runs its forward pass (core/inference.py): auto picks, per model and
+# machine, the fastest runtime that passes the parity check against torch.
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+
+
+def runtime_option() -> Any:
+    """The one declaration of --runtime, for predict, serve, watch (DetectorOptions) and
+    validate (ValidateConfig)."""
+    return opt(
+        "auto",
+        "--runtime",
+        choice(*RUNTIMES),
+        "What runs the model: torch, onnx (onnxruntime), openvino, or auto (the fastest "
+        "that matches torch's detections for this model on this machine).",
+    )
+
+
 @dataclass(frozen=True)
 class ValidateConfig:
     checkpoint: Path = field(default_factory=lambda: Layout().best_model)
@@ -565,6 +582,8 @@ class ValidateConfig:
             "fused), reported beside the plain scores; --min-map50/--min-map still judge those."
         ),
     )
+    # what runs the model: predict's runtimes; torch also gives the validation losses
+    runtime: str = runtime_option()
     min_map50: float | None = opt(
         None, "--min-map50", UNIT, ("Exit 1 when mAP@0.5 is below this.")
     )  # the bar of a CI gate; None: none
@@ -740,23 +759,6 @@ def resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what predict decodes in folders and archives
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 EXPORT_FORMATS = ("torchscript", "onnx", "pth")
-
-
-# How a loaded model runs its forward pass (core/inference.py): auto picks, per model and
-# machine, the fastest runtime that passes the parity check against torch.
-RUNTIMES = ("auto", "torch", "onnx", "openvino")
-
-
-def runtime_option() -> Any:
-    """The one declaration of --runtime, for predict, serve, watch (DetectorOptions) and
-    validate (ValidateConfig)."""
-    return opt(
-        "auto",
-        "--runtime",
-        choice(*RUNTIMES),
-        "What runs the model: torch, onnx (onnxruntime), openvino, or auto (the fastest "
-        "that matches torch's detections for this model on this machine).",
-    )
 
 
 @dataclass(frozen=True)

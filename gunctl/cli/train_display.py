@@ -210,6 +210,14 @@ class TrainDisplay(Callback):
             self.live = None
 
 
+def _best_record(result) -> dict | None:
+    """The val figures of the best epoch (None when it has none)."""
+    for record in result.history or []:
+        if record.get("epoch") == result.best_epoch and isinstance(record.get("val"), dict):
+            return record["val"]
+    return None
+
+
 def fit_summary(result) -> Table:
     """The result of a run: where its checkpoints are, its best figure, its speed."""
     best = (
@@ -217,6 +225,13 @@ def fit_summary(result) -> Table:
         if result.best_metric is not None
         else "-"
     )
+    best_val = _best_record(result)
+    if best_val is not None and best_val.get("map_50_ci"):
+        from gunctl.cli.validate import with_interval
+
+        # the figure was chosen as the best of several validations on these images: the
+        # interval says how much it moves with the images, not how optimistic the choice is
+        best = f"{with_interval(best_val, 'map_50')}, epoch {result.best_epoch}"
     last = result.history[-1] if result.history else None
     images = sum(r["train"]["images"] for r in result.history) if result.history else 0
     train_seconds = sum(r["train"]["seconds"] for r in result.history) if result.history else 0.0

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from gunctl.core.checkpoint import (
     read_facts,
 )
 from gunctl.core.dataset import GunDataset, make_loader
-from gunctl.core.engine import EvalResult, amp_dtype, evaluate
+from gunctl.core.engine import EvalResult, amp_dtype, detection_metrics, evaluate
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.model import model_from_checkpoint, to_device_layout
 from gunctl.core.rawlock import RawLock
@@ -41,15 +42,23 @@ class ValidationResult:
     data: str  # what was scored, in words
     metrics: dict[str, float | None]
     tta: dict[str, float | None] | None = None  # with --tta: detection metrics of flip TTA
+    runtime: str = "torch"  # what ran the model; only torch gives the validation losses
 
 
 def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResult:
-    """``on_batch(images, total)`` is called after each batch (for a progress display)."""
+    """``on_batch(images, total)`` is called after each batch (for a progress display).
+
+    With ``config.runtime`` torch, ``engine.evaluate`` scores the model (detections and the
+    validation losses); with another runtime (or auto choosing one), the detections come from
+    ``inference.load_detector(...).detect``, as predict gets them, and the same metric code
+    scores them (no losses: that runtime has no training mode).
+    """
     config.check()
     checkpoint = load_checkpoint(config.checkpoint)
     model = _model(checkpoint, config.checkpoint)
     names = class_names(checkpoint, config.checkpoint)[1:]
     device = distributed.resolve_device(config.device, distributed.DistInfo())
+    detector = _runtime_detector(config, model)
     reading = config.layout if config.data is None else None  # --data: a private scratch copy
     with (
         RawLock(reading, exclusive=False, command="gunctl validate")
@@ -61,16 +70,20 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
         loader = make_loader(dataset, config.workers, device, batch_size=config.batch_size)
         if on_batch:
             on_batch(0, len(dataset))  # the total shows before the first batch
-        result = evaluate(
-            to_device_layout(model, device, config.channels_last),
-            loader,
-            device,
-            score_threshold=config.score_threshold,
-            iou_threshold=config.iou_threshold,
-            on_batch=(lambda n: on_batch(n, len(dataset))) if on_batch else None,
-            amp_dtype=amp_dtype(config.amp, device),
-            class_names=names,
-        )
+        counted = (lambda n: on_batch(n, len(dataset))) if on_batch else None
+        if detector is not None:
+            result = _evaluate_detector(detector, loader, config, names, counted)
+        else:
+            result = evaluate(
+                to_device_layout(model, device, config.channels_last),
+                loader,
+                device,
+                score_threshold=config.score_threshold,
+                iou_threshold=config.iou_threshold,
+                on_batch=counted,
+                amp_dtype=amp_dtype(config.amp, device),
+                class_names=names,
+            )
         if config.save_predictions is not None:
             save_predictions(
                 config.save_predictions, dataset, result, config.score_threshold, names
@@ -78,7 +91,68 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
         tta = _validate_tta(model, loader, device, config, names) if config.tta else None
     facts = read_facts(checkpoint, config.checkpoint).report()
     facts["class_names"] = names
-    return ValidationResult(config.checkpoint, facts, described, result.metrics, tta)
+    runtime = "torch" if detector is None else _runtime_name(detector)
+    return ValidationResult(config.checkpoint, facts, described, result.metrics, tta, runtime)
+
+
+def _runtime_detector(config: ValidateConfig, model):
+    """The detector of ``config.runtime`` when it is not torch (None: torch, today's path).
+    It keeps every box the torch model would (its heads' own score floor), so that mAP sees the
+    same detections whichever runtime ran them."""
+    if config.runtime == "torch":
+        return None
+    from gunctl.core.forward import head_limits
+    from gunctl.core.inference import load_detector
+
+    floor = float(head_limits(model).score_thresh)
+    detector = load_detector(
+        config.checkpoint,
+        device=config.device,
+        score_threshold=floor,
+        amp=config.amp,
+        channels_last=config.channels_last,
+        runtime=config.runtime,
+    )
+    return None if _runtime_name(detector) == "torch" else detector
+
+
+def _runtime_name(detector) -> str:
+    return str(detector.identity.get("runtime") or "torch")
+
+
+def _evaluate_detector(detector, loader, config: ValidateConfig, names, on_batch) -> EvalResult:
+    """Detections from ``detector.detect`` (uint8 images, as predict passes them), scored by
+    ``engine.detection_metrics``; no losses."""
+    predictions, targets = [], []
+    detect_seconds = 0.0
+    started = time.perf_counter()
+    for images, batch_targets in loader:
+        pixels = [(image * 255).round().to(torch.uint8) for image in images]
+        tick = time.perf_counter()
+        records = detector.detect(pixels, score_threshold=detector.threshold)
+        detect_seconds += time.perf_counter() - tick
+        predictions.extend(_as_tensors(record) for record in records)
+        targets.extend({k: v.cpu() for k, v in t.items()} for t in batch_targets)
+        if on_batch:
+            on_batch(len(images))
+    metrics = detection_metrics(
+        predictions, targets, config.score_threshold, config.iou_threshold, names
+    )
+    metrics.update(
+        seconds=time.perf_counter() - started,
+        detect_seconds=detect_seconds,
+        images_per_s=len(predictions) / detect_seconds if detect_seconds else 0.0,
+    )
+    return EvalResult(metrics, predictions, targets)
+
+
+def _as_tensors(record: dict) -> dict[str, torch.Tensor]:
+    """A predictions.jsonl record as engine's per-image tensors."""
+    return {
+        "boxes": torch.tensor(record["boxes"], dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(record["scores"], dtype=torch.float32).reshape(-1),
+        "labels": torch.tensor(record["label_ids"], dtype=torch.int64).reshape(-1),
+    }
 
 
 def _validate_tta(model, loader, device, config: ValidateConfig, names) -> dict:
