@@ -152,7 +152,7 @@ def _prepare(config: PredictConfig, info: DistInfo, on_record):
     distributed.resolve_device(config.device, info)  # auto, cuda: the GPU of LOCAL_RANK
     detector = load_detector(**config.detector_kwargs())
     log.info(
-        "model: %s; score threshold %.4f (%s); %d processes",
+        "model: %s; score threshold %.4f (%s); %d process(es)",
         config.checkpoint,
         detector.threshold,
         detector.threshold_origin,
