@@ -72,7 +72,7 @@ def validate_checkpoint(config: ValidateConfig, on_batch=None) -> ValidationResu
             on_batch(0, len(dataset))  # the total shows before the first batch
         counted = (lambda n: on_batch(n, len(dataset))) if on_batch else None
         if detector is not None:
-            result = _evaluate_detector(detector, loader, config, names, counted)
+            result = evaluate_detector(detector, loader, config, names, counted)
         else:
             result = evaluate(
                 to_device_layout(model, device, config.channels_last),
@@ -120,7 +120,7 @@ def _runtime_name(detector) -> str:
     return str(detector.identity.get("runtime") or "torch")
 
 
-def _evaluate_detector(detector, loader, config: ValidateConfig, names, on_batch) -> EvalResult:
+def evaluate_detector(detector, loader, config: ValidateConfig, names, on_batch) -> EvalResult:
     """Detections from ``detector.detect`` (uint8 images, as predict passes them), scored by
     ``engine.detection_metrics``; no losses."""
     predictions, targets = [], []

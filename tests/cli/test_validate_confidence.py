@@ -94,3 +94,71 @@ def test_runtime_onnx_scores_like_torch(scored, gunctl):
     assert abs(mine["tp"] - reference["tp"]) <= 1
     table = _validate(gunctl, out, path, "--runtime", "onnx")
     assert "val losses" in table.stdout and "n/a" in table.stdout
+
+
+def test_detections_through_the_inference_core_score_like_evaluate(scored):
+    """The --runtime path (load_detector(...).detect on uint8 images, records back to tensors,
+    the model's own score floor) run with the torch runtime: the figures of engine.evaluate,
+    up to the records' rounding (boxes to 0.01 px, scores to 1e-5), and no losses."""
+    import torch
+
+    from gunctl.config import Layout, ValidateConfig
+    from gunctl.core.checkpoint import load_checkpoint
+    from gunctl.core.dataset import GunDataset, make_loader
+    from gunctl.core.engine import evaluate
+    from gunctl.core.forward import head_limits
+    from gunctl.core.inference import load_detector
+    from gunctl.core.model import model_from_checkpoint
+    from gunctl.core.split import open_split
+    from gunctl.core.validate import evaluate_detector
+
+    out, path = scored
+    layout = Layout(out)
+    split, _ = open_split(layout, stale="warn")
+    loader = make_loader(GunDataset(layout.raw, split["val"]), 0, torch.device("cpu"), batch_size=4)
+    model = model_from_checkpoint(load_checkpoint(path), path)
+    floor = float(head_limits(model).score_thresh)
+    evaluated = evaluate(model, loader, torch.device("cpu"))
+    detector = load_detector(path, device="cpu", score_threshold=floor, runtime="torch")
+    config = ValidateConfig(checkpoint=path, layout=layout)
+    detected = evaluate_detector(detector, loader, config, ["gun"], None)
+    counts = [[len(p["scores"]) for p in r.predictions] for r in (evaluated, detected)]
+    assert counts[0] == counts[1] and sum(counts[0]) > 0  # the same boxes kept (the floor)
+    metrics, reference = detected.metrics, evaluated.metrics
+    assert "loss" not in metrics and metrics["images"] == reference["images"]
+    for key in ("map_50", "map", "mar_100", "precision", "recall"):
+        assert metrics[key] == pytest.approx(reference[key], abs=1e-3), key
+    assert metrics["map_50_ci"] == pytest.approx(reference["map_50_ci"], abs=1e-3)
+
+
+def test_run_summary_gives_the_best_epoch_interval():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from gunctl.cli.train_display import fit_summary
+
+    val = {"map_50": 0.7134, "map_50_ci": [0.581, 0.832], "images": 30, "map": 0.3}
+    history = [
+        {"epoch": 1, "train": {"images": 10, "seconds": 1.0}, "val": {**val, "map_50": 0.6}},
+        {"epoch": 2, "train": {"images": 10, "seconds": 1.0}, "val": val},
+        {"epoch": 3, "train": {"images": 10, "seconds": 1.0}, "val": {"map": 0.2}},
+    ]
+    result = SimpleNamespace(
+        best_metric=0.7134,
+        best_epoch=2,
+        history=history,
+        run_name="r",
+        weights_origin="none",
+        last_checkpoint="last.pth",
+        best_checkpoint="best.pth",
+        promotion=None,
+        model_copy=None,
+        run_dir="runs/r",
+        seconds=3.0,
+        stopped_early=None,
+    )
+    console = Console(width=200, record=True)
+    console.print(fit_summary(result))
+    text = console.export_text()
+    assert "0.7134 (95 % CI 0.58-0.83, 30 images, bootstrap), epoch 2" in text
