@@ -163,3 +163,22 @@ def test_run_summary_gives_the_best_epoch_interval():
     console.print(fit_summary(result))
     text = console.export_text()
     assert "0.7134 (95 % CI 0.58-0.83, 30 images, bootstrap), epoch 2" in text
+
+
+@pytest.mark.slow
+def test_train_summary_and_checkpoint_carry_the_interval(tmp_path, gunctl):
+    """One tiny epoch through the CLI: the summary's best line gives the interval and the
+    image count, and best.pth keeps them with its val metrics."""
+    from helpers import TINY_CLI
+
+    from gunctl.core.checkpoint import load_checkpoint
+
+    out = tmp_path / "artifacts"
+    assert gunctl("ingest", "--source", "demo", "--count", "16", "--out", out).exit_code == 0
+    result = gunctl("train", "--epochs", "1", "--out", out, "--run-name", "ci", *TINY_CLI)
+    assert result.exit_code == 0, result.output
+    val = load_checkpoint(out / "runs" / "ci" / "best.pth")["metrics"]["val"]
+    low, high = val["map_50_ci"]
+    assert low <= val["map_50"] <= high and val["images"] >= 1
+    line = next(row for row in result.stdout.splitlines() if "best val mAP@0.5" in row)
+    assert f"(95 % CI {low:.2f}-{high:.2f}, {val['images']} images, bootstrap)" in line
