@@ -130,6 +130,7 @@ def show_predict_summary(result) -> None:
         ("detections", str(result.detections)),
         ("score threshold", f"{result.threshold:.3f}"),
         ("images/s", f"{result.images_per_s:.2f}"),
+        ("runtime", result.runtime),
         *([("processes", str(result.world_size))] if result.world_size > 1 else []),
         ("problems", str(len(result.problems))),
         ("output", str(result.out or "-")),

@@ -114,32 +114,12 @@ def _torchscript(wrapper: OneImageModule, out: Path, metadata: dict) -> None:
 
 
 def _onnx(wrapper: OneImageModule, out: Path, metadata: dict, opset: int):
-    import warnings
-
     onnx = _require("onnx")
-    example = check_image(360, 480, seed=0)
-    buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                buffer,
-                dynamo=False,  # the TorchScript exporter handles torchvision's detection models
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["boxes", "scores", "labels"],
-                dynamic_axes={
-                    "image": {1: "height", 2: "width"},
-                    "boxes": {0: "detections"},
-                    "scores": {0: "detections"},
-                    "labels": {0: "detections"},
-                },
-            )
+        data = onnx_graph(wrapper, (check_image(360, 480, seed=0),), ["image"], opset)
     except Exception as exc:
         raise OutputError(f"{out}: ONNX export failed ({first_line(exc)})") from None
-    proto = onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(data)
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
@@ -147,6 +127,34 @@ def _onnx(wrapper: OneImageModule, out: Path, metadata: dict, opset: int):
     diffs = _check_onnx(wrapper, data, out)
     write_bytes_atomic(out, data)
     return diffs
+
+
+def onnx_graph(module, example: tuple, input_names: list[str], opset: int = 17) -> bytes:
+    """``module`` traced to an ONNX graph in memory: ``input_names[0]`` a 3 x H x W image of any
+    height and width (the others as in ``example``), outputs ``boxes``, ``scores``, ``labels``
+    of any count. Also what ``--runtime onnx|openvino`` runs for a checkpoint (runtimes.py)."""
+    import warnings
+
+    buffer = io.BytesIO()
+    detections = {0: "detections"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            dynamo=False,  # the TorchScript exporter handles torchvision's detection models
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={
+                input_names[0]: {1: "height", 2: "width"},
+                "boxes": detections,
+                "scores": detections,
+                "labels": detections,
+            },
+        )
+    return buffer.getvalue()
 
 
 def _check_onnx(wrapper: OneImageModule, data: bytes, out: Path) -> tuple[float, float]:

@@ -15,6 +15,7 @@ uint8 ``3 x H x W`` RGB tensors and returns one record per image: ``width``, ``h
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from gunctl.core.forward import DetectionModule, configure_heads, head_limits
 from gunctl.errors import CheckpointError, UsageError, first_line
 
 ONNX_SUFFIX = ".onnx"
+log = logging.getLogger("gunctl")
 
 
 class Detector:
@@ -38,7 +40,7 @@ class Detector:
 
     def __init__(
         self,
-        backend: Any,  # _TorchBackend or _OnnxBackend: run(images, threshold, cap)
+        backend: Any,  # _TorchBackend or runtimes.GraphBackend: run(images, threshold, cap)
         identity: dict[str, Any],
         class_names: list[str],
         threshold: float,
@@ -109,22 +111,29 @@ def load_detector(
     """Load a gunctl checkpoint (``.pth``, full or slim) or an exported ``.onnx`` file.
 
     ``score_threshold`` None: the checkpoint's best-F1 threshold, else 0.5 (an ONNX file's own
-    threshold); ``max_detections`` None: the model's own cap.
+    threshold); ``max_detections`` None: the model's own cap. ``runtime``: what runs the
+    forward pass (``runtimes.py``); the one that ran is ``identity["runtime"]``.
     """
-    from gunctl.config import check_device, check_number
+    from gunctl.config import RUNTIMES, check_device, check_number
 
     check_device(device)
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime must be one of {', '.join(RUNTIMES)}; not {runtime!r}")
     if score_threshold is not None:
         check_number("--score-threshold", score_threshold, 0.0, 1.0)
     if max_detections is not None:
         check_number("--max-detections", max_detections, 1, 10_000)
     path = Path(path)
     if path.suffix.lower() == ONNX_SUFFIX:
-        return _load_onnx(path, device, score_threshold, max_detections)
-    return _load_checkpoint(path, device, score_threshold, max_detections, half, amp, channels_last)
+        return _load_onnx(path, device, score_threshold, max_detections, runtime)
+    return _load_checkpoint(
+        path, device, score_threshold, max_detections, half, amp, channels_last, runtime
+    )
 
 
-def _load_checkpoint(path, device, score_threshold, max_detections, half, amp, channels_last):
+def _load_checkpoint(
+    path, device, score_threshold, max_detections, half, amp, channels_last, runtime
+):
     from gunctl.core import distributed
     from gunctl.core.checkpoint import (
         class_names,
@@ -147,22 +156,63 @@ def _load_checkpoint(path, device, score_threshold, max_detections, half, amp, c
     model = model_from_checkpoint(checkpoint, path)
     configure_heads(model, threshold, max_detections)
     backend = _TorchBackend(model, resolved, half, amp, channels_last)
+    family = read_facts(checkpoint, path).model
+    backend, ran, check = _checkpoint_runtime(runtime, backend, model, path, family, resolved)
     min_size, max_size = input_size(checkpoint, path)
-    identity = _identity(path, "checkpoint", read_facts(checkpoint, path).model, names)
+    identity = _identity(path, "checkpoint", family, names)
     identity.update(min_size=min_size, max_size=max_size, epoch=checkpoint.get("epoch"))
+    identity.update(runtime=ran, parity=check)
     return Detector(backend, identity, names, threshold, origin, max_detections)
 
 
-def _load_onnx(path: Path, device: str, score_threshold, max_detections) -> Detector:
+def _checkpoint_runtime(runtime, torch_backend, model, path, family, device):
+    """(backend, the runtime's name, its parity figures or None): torch, or the first of the
+    asked runtimes (auto: ``runtimes.AUTO_ORDER`` on the CPU) that is installed and matches
+    torch on the probe image. An explicit runtime that cannot run or differs: one line."""
+    from gunctl.core import runtimes
+
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return torch_backend, "torch", None
+    if device.type != "cpu":
+        raise UsageError(f"{path}: --runtime {runtime} runs on the CPU; this run is on {device}")
+    explicit = runtime != "auto"
+    heads = head_limits(model)
+    floor, cap = float(heads.score_thresh), int(heads.detections_per_img)
+    graph = None
+    for name in (runtime,) if explicit else runtimes.AUTO_ORDER:
+        module = runtimes.import_runtime(name, path, explicit)
+        if module is None:
+            continue
+        try:
+            graph = graph or runtimes.checkpoint_graph(model, path)
+            frame = runtimes.Frame(model)
+            candidate = runtimes.BACKENDS[name](module, graph, floor, path, frame)
+        except (UsageError, CheckpointError) as exc:
+            if explicit:
+                raise
+            log.info("runtime %s skipped: %s", name, exc)
+            continue
+        check = runtimes.parity(torch_backend, candidate, runtimes.PROBE_FLOOR, cap)
+        if runtimes.passes(check):
+            return candidate, name, check
+        if explicit:
+            raise UsageError(
+                f"{path}: {family} in {name} differs from torch ({runtimes.describe(check)}); "
+                "use --runtime torch"
+            )
+        log.info("runtime %s skipped: differs from torch (%s)", name, runtimes.describe(check))
+    return torch_backend, "torch", None
+
+
+def _load_onnx(path: Path, device: str, score_threshold, max_detections, runtime) -> Detector:
+    from gunctl.core import runtimes
+
     if device not in ("auto", "cpu"):
         raise UsageError(f"{path}: ONNX files run on the CPU here (onnxruntime); not {device}")
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UsageError(
-            f"{path}: an ONNX model needs onnxruntime (pip install onnxruntime)"
-        ) from None
+    if runtime == "torch":
+        raise UsageError(f"{path}: an ONNX file runs in onnxruntime or openvino, not torch")
     _regular_file(path)
+    onnxruntime = runtimes.import_runtime("onnx", path, explicit=True)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map
@@ -178,9 +228,30 @@ def _load_onnx(path: Path, device: str, score_threshold, max_detections) -> Dete
         threshold, origin = exported, "the ONNX file's own threshold"
     else:  # the file keeps only boxes at or above its own threshold
         threshold, origin = max(float(score_threshold), exported), "--score-threshold"
-    backend = _OnnxBackend(session, exported)
+    backend, ran, check = _file_runtime(runtime, onnxruntime, path, exported)
     identity = _identity(path, "onnx", meta.get("model", "onnx").strip('"'), names)
+    identity.update(runtime=ran, parity=check)
     return Detector(backend, identity, names, threshold, origin, max_detections)
+
+
+def _file_runtime(runtime, onnxruntime, path, exported):
+    """An exported file in onnxruntime (export checked it against torch), or in OpenVINO when
+    asked and it matches onnxruntime on the probe image. auto keeps onnxruntime: the file
+    resizes inside the graph, where OpenVINO's float32 size arithmetic can differ by 1 px."""
+    from gunctl.core import runtimes
+
+    reference = runtimes.onnxruntime_backend(onnxruntime, path, exported, path)
+    if runtime != "openvino":
+        return reference, "onnx", None
+    module = runtimes.import_runtime("openvino", path, explicit=True)
+    candidate = runtimes.openvino_backend(module, path, exported, path)
+    check = runtimes.parity(reference, candidate, exported, 10_000)
+    if not runtimes.passes(check):
+        raise UsageError(
+            f"{path}: openvino differs from onnxruntime ({runtimes.describe(check)}); "
+            "use --runtime onnx"
+        )
+    return candidate, "openvino", check
 
 
 class _TorchBackend:
@@ -224,29 +295,6 @@ def _heads_at_least(model: nn.Module, threshold: float, cap: int | None) -> Iter
         yield
     finally:
         heads.score_thresh, heads.detections_per_img = saved
-
-
-class _OnnxBackend:
-    """An exported file in onnxruntime: one image per run (the file's signature)."""
-
-    device = torch.device("cpu")
-
-    def __init__(self, session, threshold: float):
-        self.session = session
-        self.threshold = threshold
-
-    def run(self, images: list[Tensor], threshold: float, cap: int | None) -> list[dict]:
-        outputs = []
-        for image in images:
-            boxes, scores, labels = self.session.run(None, {"image": image.contiguous().numpy()})
-            outputs.append(
-                {
-                    "boxes": torch.from_numpy(boxes),
-                    "scores": torch.from_numpy(scores),
-                    "labels": torch.from_numpy(labels),
-                }
-            )
-        return outputs
 
 
 def _identity(path: Path, fmt: str, model: str, names: list[str]) -> dict[str, Any]:

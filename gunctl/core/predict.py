@@ -51,6 +51,7 @@ class PredictResult:
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     ignored: int = 0
+    runtime: str = "torch"  # what ran the model (load_detector's choice under --runtime auto)
     rank: int = 0  # under torchrun, this process's rank (the counts are the whole job's)
     world_size: int = 1
 
@@ -71,13 +72,15 @@ def predict(
     out = _check_out(config)
     detector = load_detector(**config.detector_kwargs())
     log.info(
-        "model: %s; score threshold %.4f (%s)",
+        "model: %s; score threshold %.4f (%s); runtime %s",
         config.checkpoint,
         detector.threshold,
         detector.threshold_origin,
+        detector.identity.get("runtime", "torch"),
     )
     found = inputs.collect(config.sources)
     result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
+    result.runtime = detector.identity.get("runtime", "torch")
     images, videos = _read_found(found, config, result)
     total = len(images) + sum(frames_to_predict(info, config.vid_stride) for _, info in videos)
     run = _Run(config, detector, result, out, on_progress, on_record, total)

@@ -73,7 +73,7 @@ class ServeState:
     def model(self) -> dict[str, Any]:
         """The model's identity for clients (its path on the server is left out)."""
         identity = self.detector.identity
-        keys = ("name", "sha256", "format", "model", "class_names")
+        keys = ("name", "sha256", "format", "model", "class_names", "runtime")
         return {key: identity.get(key) for key in keys}
 
     def access(self, scope, status: int, seconds: float) -> None:

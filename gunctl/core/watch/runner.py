@@ -445,10 +445,11 @@ def watch(
 
         detector = load_detector(**config.detector_kwargs())
         log.info(
-            "model: %s; score threshold %.4f (%s)",
+            "model: %s; score threshold %.4f (%s); runtime %s",
             config.checkpoint,
             detector.threshold,
             detector.threshold_origin,
+            detector.identity.get("runtime", "torch"),
         )
     runner = _Watch(config, detector, stop or threading.Event(), on_event, on_status)
     runner.result.detector = str(getattr(detector, "path", config.checkpoint))

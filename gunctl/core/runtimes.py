@@ -1,0 +1,219 @@
+"""Runtimes other than torch for the inference core (``--runtime onnx|openvino|auto``).
+
+A checkpoint is traced to ONNX in memory (``export.onnx_graph``; nothing is written) with the
+heads' score floor as a second input, so that a call may lower it as torch's backend does.
+The graph runs in onnxruntime or OpenVINO (f32: OpenVINO's default on a bf16-capable CPU is
+bf16, which moves scores by more than the tolerance). Before a runtime is used, a parity check
+runs it and torch on a probe image at a low floor: every box scoring clearly above the cut in
+one must be in the other with the same label, within ``BOX_TOLERANCE_PX`` and
+``SCORE_TOLERANCE`` (export's bar).
+
+``auto`` on the CPU tries ``AUTO_ORDER`` (the fastest first, measured by
+``benchmarks/bench_runtimes.py``) and keeps the first that is installed and passes; on CUDA
+it is torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import resize_boxes
+
+from gunctl.core.export import BOX_TOLERANCE_PX, SCORE_TOLERANCE, check_image, onnx_graph
+from gunctl.core.forward import family_heads, head_limits, resize_fixed, resize_for_model
+from gunctl.errors import CheckpointError, UsageError, first_line
+
+# the fastest first (benchmarks/README.md, bench_runtimes.py); torch is the last resort
+AUTO_ORDER = ("openvino", "onnx")
+# what each runtime imports, and how to get it
+PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+INSTALL = {"onnx": "pip install onnxruntime", "openvino": "pip install 'gunctl[openvino]'"}
+# the probe's floor: low enough that an untrained or weak model still gives boxes to compare
+PROBE_FLOOR = 0.01
+PROBE_SHAPE = (360, 480)
+
+
+class FloorModule(nn.Module):
+    """A resized, normalised float image and the heads' score floor in; the heads' boxes (in
+    the resized image's pixels), scores and label ids out. The floor is an input rather than
+    a constant of the graph; the resize stays outside (``Frame``): OpenVINO computes the
+    sizes' float64 arithmetic in float32, which makes some images 1 px larger than torch's."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.transform = model.transform
+        self.heads = family_heads(model)
+        self.limits = head_limits(model)
+
+    def forward(self, image: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        saved = self.limits.score_thresh
+        self.limits.score_thresh = floor  # compared as `scores > floor` in every family
+        try:
+            padded = self.transform.batch_images([image], self.transform.size_divisible)
+            found = self.heads(ImageList(padded, [(image.shape[-2], image.shape[-1])]))[0]
+        finally:
+            self.limits.score_thresh = saved
+        return found["boxes"], found["scores"], found["labels"]
+
+
+class Frame:
+    """What ``DetectionModule`` does around the heads, in torch: uint8 image to the resized,
+    normalised input of ``FloorModule``, and its boxes back to the image's pixels."""
+
+    def __init__(self, model: nn.Module):
+        self.transform = model.transform
+
+    def resized(self, image: Tensor) -> Tensor:
+        transform = self.transform
+        normalised = transform.normalize(image.float() / 255.0)
+        if transform.fixed_size is not None:
+            return resize_fixed(normalised, transform.fixed_size)
+        return resize_for_model(normalised, int(transform.min_size[-1]), int(transform.max_size))
+
+    @staticmethod
+    def boxes(boxes: Tensor, resized: Tensor, image: Tensor) -> Tensor:
+        return resize_boxes(boxes, list(resized.shape[-2:]), list(image.shape[-2:]))
+
+
+def import_runtime(runtime: str, path, explicit: bool):
+    """The runtime's package, or None (auto) / a one-line error (explicit) when missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(PACKAGES[runtime])
+    except ImportError:
+        if not explicit:
+            return None
+        raise UsageError(
+            f"{path}: --runtime {runtime} needs the {PACKAGES[runtime]} package "
+            f"({INSTALL[runtime]})"
+        ) from None
+
+
+def checkpoint_graph(model: nn.Module, path) -> bytes:
+    """The loaded model (heads configured) as an ONNX graph in memory."""
+    example = (Frame(model).resized(check_image(*PROBE_SHAPE, seed=0)), torch.tensor(0.05))
+    try:
+        return onnx_graph(FloorModule(model).eval(), example, ["image", "floor"])
+    except Exception as exc:  # the tracer and exporter raise many kinds
+        raise UsageError(f"{path}: cannot trace the model to ONNX ({first_line(exc)})") from None
+
+
+class GraphBackend:
+    """An ONNX graph in onnxruntime or OpenVINO: one image per run. A checkpoint's graph
+    (``frame`` given) takes the resized image and the floor; an exported file takes the uint8
+    image and keeps its own threshold (``floor``)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, run_one, floor: float, frame: Frame | None = None):
+        self._run_one = run_one
+        self.floor = floor
+        self.frame = frame
+
+    def run(self, images: list[Tensor], threshold: float, cap: int | None) -> list[dict]:
+        # as torch's backend: a call may ask for more than the floor (a checkpoint's graph)
+        floor = np.asarray(min(self.floor, threshold), dtype=np.float32)
+        outputs = []
+        for image in images:
+            if self.frame is None:
+                found = self._run_one({"image": image.contiguous().numpy()})
+            else:
+                resized = self.frame.resized(image)
+                found = self._run_one({"image": resized.numpy(), "floor": floor})
+            boxes, scores, labels = (torch.from_numpy(np.asarray(v)) for v in found)
+            if self.frame is not None:
+                boxes = self.frame.boxes(boxes, resized, image)
+            outputs.append({"boxes": boxes, "scores": scores, "labels": labels})
+        return outputs
+
+
+def onnxruntime_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
+    """``graph``: bytes of a checkpoint's graph (``frame`` given) or an exported file."""
+    options = module.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # one knob for every runtime
+    options.inter_op_num_threads = 1
+    source = graph if isinstance(graph, bytes) else str(graph)
+    try:
+        session = module.InferenceSession(
+            source, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own kinds for a corrupt graph
+        raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+    return GraphBackend(lambda feeds: session.run(None, feeds), floor, frame)
+
+
+def openvino_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
+    core = module.Core()
+    settings = {
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",  # bf16 (its default here) breaks parity
+    }
+    try:
+        model = core.read_model(graph if isinstance(graph, bytes) else str(graph))
+        compiled = core.compile_model(model, "CPU", settings)
+    except Exception as exc:  # OpenVINO raises RuntimeError with a long text
+        raise CheckpointError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from None
+    request = compiled.create_infer_request()
+
+    def run_one(feeds):
+        result = request.infer(feeds)
+        return [result[compiled.output(i)] for i in range(3)]
+
+    return GraphBackend(run_one, floor, frame)
+
+
+BACKENDS = {"onnx": onnxruntime_backend, "openvino": openvino_backend}
+
+
+def probe() -> Tensor:
+    """The parity check's image: the export check's test card (deterministic)."""
+    return check_image(*PROBE_SHAPE, seed=1)
+
+
+def parity(reference, candidate, floor: float, cap: int) -> dict:
+    """Run both backends on the probe at ``floor``; the largest differences between their
+    detections scoring clearly above the cut, and how many were compared."""
+    image = probe()
+    a = reference.run([image], floor, None)[0]
+    b = candidate.run([image], floor, None)[0]
+    return differences(a, b, floor, cap)
+
+
+def differences(a: dict, b: dict, floor: float, cap: int) -> dict:
+    """Match each box of ``a`` and ``b`` scoring at least the cut plus the score tolerance to
+    the nearest box of the same label in the other (boxes near the cut may fall either side
+    of it). The cut is the floor, or the lowest score kept when a side reached the cap."""
+    cut = floor
+    for side in (a, b):
+        if len(side["scores"]) >= cap:
+            cut = max(cut, float(side["scores"].min()))
+    box_diff = score_diff = 0.0
+    compared = 0
+    for one, other in ((a, b), (b, a)):
+        for box, score, label in zip(one["boxes"], one["scores"], one["labels"], strict=True):
+            if float(score) < cut + SCORE_TOLERANCE:
+                continue
+            same = other["labels"] == label
+            if not bool(same.any()):
+                return {"boxes_px": float("inf"), "scores": float("inf"), "compared": compared}
+            distance = (other["boxes"][same] - box).abs().amax(dim=1)
+            best = int(distance.argmin())
+            box_diff = max(box_diff, float(distance[best]))
+            score_diff = max(score_diff, abs(float(other["scores"][same][best] - score)))
+            compared += one is a
+    return {"boxes_px": box_diff, "scores": score_diff, "compared": compared}
+
+
+def passes(diff: dict) -> bool:
+    return diff["boxes_px"] <= BOX_TOLERANCE_PX and diff["scores"] <= SCORE_TOLERANCE
+
+
+def describe(diff: dict) -> str:
+    return (
+        f"boxes by {diff['boxes_px']:.3f} px, scores by {diff['scores']:.2e} over "
+        f"{diff['compared']} box(es) of the probe image"
+    )

@@ -1,0 +1,181 @@
+"""--runtime onnx|openvino|auto: a checkpoint traced in memory and run in onnxruntime or
+OpenVINO gives torch's detections; a runtime that cannot run or differs is one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_checkpoint
+
+from gunctl.core import runtimes
+from gunctl.core.export import check_image
+from gunctl.core.inference import load_detector
+from gunctl.errors import UsageError
+
+THRESHOLD = 0.05
+NO_OPENVINO = importlib.util.find_spec("openvino") is None
+RUNTIMES = [
+    "onnx",
+    pytest.param("openvino", marks=pytest.mark.skipif(NO_OPENVINO, reason="pip install openvino")),
+]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def torch_detections(ckpt):
+    """The expected values: torch's detections on two images of sizes other than the probe's."""
+    detector = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime="torch")
+    assert detector.identity["runtime"] == "torch"
+    found = [detector.detect([image])[0] for image in _images()]  # a batch would pad them
+    assert all(record["boxes"] for record in found)  # something to compare
+    return found
+
+
+def _images():
+    return [check_image(200, 300, seed=5), check_image(260, 180, seed=6)]
+
+
+def _assert_match(expected: dict, got: dict) -> None:
+    """Same number of boxes; each torch box has one of the same label within 1 px whose score
+    is within 1e-3."""
+    assert len(got["boxes"]) == len(expected["boxes"])
+    free = list(range(len(got["boxes"])))
+    for box, score, label in zip(
+        expected["boxes"], expected["scores"], expected["labels"], strict=True
+    ):
+        near = [
+            i
+            for i in free
+            if got["labels"][i] == label
+            and max(abs(a - b) for a, b in zip(got["boxes"][i], box, strict=True)) <= 1.0
+            and abs(got["scores"][i] - score) <= 1e-3
+        ]
+        assert near, f"no match for {box} {score} {label}"
+        free.remove(near[0])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_runtime_gives_torchs_detections(ckpt, torch_detections, runtime):
+    detector = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime=runtime)
+    assert detector.identity["runtime"] == runtime
+    check = detector.identity["parity"]
+    assert check["compared"] > 0 and check["boxes_px"] <= 1.0 and check["scores"] <= 1e-3
+    for expected, got in zip(torch_detections, detector.detect(_images()), strict=True):
+        _assert_match(expected, got)
+
+
+def test_auto_picks_a_runtime_that_passed(ckpt):
+    detector = load_detector(ckpt, device="cpu", runtime="auto")
+    installed = [r for r in runtimes.AUTO_ORDER if _installed(r)]
+    assert detector.identity["runtime"] == installed[0]
+
+
+def test_a_lower_threshold_per_call_reaches_below_the_loaded_one(ckpt, torch_detections):
+    """As torch's backend lowers the heads' floor for one call, so does the graph's input."""
+    detector = load_detector(ckpt, device="cpu", score_threshold=0.9, runtime="onnx")
+    found = detector.detect(_images(), score_threshold=THRESHOLD)
+    for expected, got in zip(torch_detections, found, strict=True):
+        _assert_match(expected, got)
+
+
+def test_missing_package_explicit_is_one_line_auto_skips(ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(UsageError, match=r"needs the openvino package .*gunctl\[openvino\]"):
+        load_detector(ckpt, device="cpu", runtime="openvino")
+    assert load_detector(ckpt, device="cpu", runtime="auto").identity["runtime"] == "onnx"
+
+
+def test_parity_failure_explicit_is_one_line_auto_falls_back(ckpt, monkeypatch):
+    monkeypatch.setattr(runtimes, "BOX_TOLERANCE_PX", -1.0)  # any difference is too much
+    with pytest.raises(UsageError, match="fasterrcnn.* in onnx differs from torch") as caught:
+        load_detector(ckpt, device="cpu", runtime="onnx")
+    assert "\n" not in str(caught.value)
+    monkeypatch.setattr(runtimes, "AUTO_ORDER", ("onnx",))
+    assert load_detector(ckpt, device="cpu", runtime="auto").identity["runtime"] == "torch"
+
+
+def test_parity_failure_through_predict_exits_2(gunctl, ckpt, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(tmp_path / "a.jpg")
+    monkeypatch.setattr(runtimes, "SCORE_TOLERANCE", -1.0)
+    result = gunctl(
+        "predict",
+        tmp_path / "a.jpg",
+        "--weights",
+        ckpt,
+        "--runtime",
+        "onnx",
+        "--out",
+        tmp_path / "out",
+        "--workers",
+        "0",
+    )
+    assert result.exit_code == 2
+    assert "differs from torch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_onnx_file_with_runtime_torch_is_one_line(ckpt, tmp_path):
+    from gunctl.config import ExportConfig
+    from gunctl.core.export import export
+
+    onnx = export(ExportConfig(checkpoint=ckpt, format="onnx", out=tmp_path / "m.onnx")).path
+    with pytest.raises(UsageError, match="m.onnx: an ONNX file runs in onnxruntime or openvino"):
+        load_detector(onnx, runtime="torch")
+    assert load_detector(onnx, runtime="onnx").identity["runtime"] == "onnx"
+    if _installed("openvino"):
+        assert load_detector(onnx, runtime="openvino").identity["runtime"] == "openvino"
+
+
+def test_predict_cli_onnx_writes_torchs_predictions(gunctl, ckpt, tmp_path, sample_data):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name in sorted(p.name for p in (sample_data / "Images").iterdir())[:3]:
+        shutil.copy(sample_data / "Images" / name, pictures / name)
+    records = {}
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / runtime
+        result = gunctl(
+            "predict",
+            pictures,
+            "--weights",
+            ckpt,
+            "--runtime",
+            runtime,
+            "--score-threshold",
+            str(THRESHOLD),
+            "--out",
+            out,
+            "--workers",
+            "0",
+            "--no-save-images",
+            "--batch-size",
+            "1",  # torch pads a batch of images of different sizes: other detections
+        )
+        assert result.exit_code == 0, result.output
+        assert f"runtime: {runtime}" in result.stdout
+        lines = (out / "predictions.jsonl").read_text().splitlines()
+        records[runtime] = [json.loads(line) for line in lines]
+    assert sum(len(r["boxes"]) for r in records["torch"]) > 0
+    for expected, got in zip(records["torch"], records["onnx"], strict=True):
+        assert expected["source"] == got["source"]
+        _assert_match(expected, got)
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(runtimes.PACKAGES[name]) is not None
+
+
+def test_probe_is_deterministic():
+    assert torch.equal(runtimes.probe(), runtimes.probe())
