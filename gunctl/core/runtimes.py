@@ -9,8 +9,10 @@ one must be in the other with the same label, within ``BOX_TOLERANCE_PX`` and
 ``SCORE_TOLERANCE`` (export's bar).
 
 ``auto`` on the CPU tries ``AUTO_ORDER`` (the fastest first, measured by
-``benchmarks/bench_runtimes.py``) and keeps the first that is installed and passes; on CUDA
-it is torch.
+``benchmarks/bench_runtimes.py``) and keeps the first that is installed and passes (else
+torch); on CUDA it is torch. Its cost at load: the trace (about 2 s at one thread), the
+session and two runs of the probe image. bf16 stays off (benchmarks/README.md: faster, but
+mAP@0.5 moved by up to 0.011 on the folds measured).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from gunctl.core.export import BOX_TOLERANCE_PX, SCORE_TOLERANCE, check_image, o
 from gunctl.core.forward import family_heads, head_limits, resize_fixed, resize_for_model
 from gunctl.errors import CheckpointError, UsageError, first_line
 
-# the fastest first (benchmarks/README.md, bench_runtimes.py); torch is the last resort
-AUTO_ORDER = ("openvino", "onnx")
+# the fastest first, by bench_runtimes.py at one CPU thread (benchmarks/README.md): onnxruntime
+# 123-125 ms/img, OpenVINO f32 147-153, torch fp32 159-187 (ResNet-18 FPN Faster R-CNN and FCOS
+# at 192 px); torch is the last resort. A fixed order: a timed probe would build every runtime
+# at each load (OpenVINO's compile alone is 1.4-2.4 s).
+AUTO_ORDER = ("onnx", "openvino")
 # what each runtime imports, and how to get it
 PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
 INSTALL = {"onnx": "pip install onnxruntime", "openvino": "pip install 'gunctl[openvino]'"}

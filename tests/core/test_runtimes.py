@@ -92,7 +92,12 @@ def test_missing_package_explicit_is_one_line_auto_skips(ckpt, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
     with pytest.raises(UsageError, match=r"needs the openvino package .*gunctl\[openvino\]"):
         load_detector(ckpt, device="cpu", runtime="openvino")
+    monkeypatch.setattr(runtimes, "AUTO_ORDER", ("openvino", "onnx"))
     assert load_detector(ckpt, device="cpu", runtime="auto").identity["runtime"] == "onnx"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UsageError, match=r"--runtime onnx needs the onnxruntime package"):
+        load_detector(ckpt, device="cpu", runtime="onnx")
+    assert load_detector(ckpt, device="cpu", runtime="auto").identity["runtime"] == "torch"
 
 
 def test_parity_failure_explicit_is_one_line_auto_falls_back(ckpt, monkeypatch):
