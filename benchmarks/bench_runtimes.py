@@ -150,6 +150,7 @@ def predict(checkpoint: Path, folder: Path, runtime: str, threads: int, args) ->
         command = [sys.executable, "-m", "gunctl", "predict", str(folder)]
         command += ["--weights", str(checkpoint), "--runtime", runtime, "--device", "cpu"]
         command += ["--out", str(Path(tmp) / "out"), "--batch-size", "1"]
+        command += ["--no-save-images"] if args.no_save_images else []
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         load = os.getloadavg()[0]
         started = time.perf_counter()
@@ -178,6 +179,9 @@ def main() -> None:
     parser.add_argument("--no-predict", action="store_true", help="bare loops only")
     parser.add_argument(
         "--predict-runtimes", nargs="+", default=["torch", "onnx", "openvino", "auto"]
+    )
+    parser.add_argument(
+        "--no-save-images", action="store_true", help="predict writes predictions.jsonl only"
     )
     args = parser.parse_args()
     import torch

@@ -130,6 +130,7 @@ def _predict(config, info: DistInfo, on_progress, on_record) -> PredictResult:
         result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
         result.rank, result.world_size = info.rank, info.world_size
         result.runtime = detector.identity.get("runtime", "torch")
+        result.runtime = detector.identity.get("runtime", "torch")
         part = out / part_name(info.rank, info.world_size) if out and config.save_json else None
         _work(config, detector, result, share, part, on_progress if info.is_main else None)
         _add_up(result, _together(distributed.gather_objects, _counts(result)), plan, info)
@@ -153,10 +154,11 @@ def _prepare(config: PredictConfig, info: DistInfo, on_record):
     distributed.resolve_device(config.device, info)  # auto, cuda: the GPU of LOCAL_RANK
     detector = load_detector(**config.detector_kwargs())
     log.info(
-        "model: %s; score threshold %.4f (%s); %d process(es)",
+        "model: %s; score threshold %.4f (%s); runtime %s; %d process(es)",
         config.checkpoint,
         detector.threshold,
         detector.threshold_origin,
+        detector.identity.get("runtime", "torch"),
         info.world_size,
     )
     if not info.is_main:
