@@ -3,8 +3,9 @@
 A checkpoint is traced to ONNX in memory (``export.onnx_graph``; nothing is written) with the
 heads' score floor as a second input, so that a call may lower it as torch's backend does;
 the resize, normalisation and box rescale stay in torch around it (``Frame``), one image per
-run. The cap of detections per image is the one loaded (a call cannot raise it). The graph runs in onnxruntime or OpenVINO (f32: OpenVINO's default on a bf16-capable CPU is
-bf16, which moves scores by more than the tolerance). Before a runtime is used, a parity check
+run. The cap of detections per image is the one loaded (a call cannot raise it). The graph
+runs in onnxruntime or OpenVINO (f32: OpenVINO's default on a bf16-capable CPU is bf16,
+which moves scores by more than the tolerance). Before a runtime is used, a parity check
 runs it and torch on a probe image at a low floor: every box scoring clearly above the cut in
 one must be in the other with the same label, within ``BOX_TOLERANCE_PX`` and
 ``SCORE_TOLERANCE`` (export's bar).
