@@ -184,3 +184,21 @@ def _installed(name: str) -> bool:
 
 def test_probe_is_deterministic():
     assert torch.equal(runtimes.probe(), runtimes.probe())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("family", ["retinanet", "fcos", "ssdlite"])  # Faster R-CNN: above
+def test_every_family_runs_in_the_runtime_as_in_torch(family, runtime, tmp_path):
+    """The dense and SSD heads take the floor as a graph input too (small untrained models)."""
+    from test_families import FAMILIES, _checkpoint  # tests/core: the families' small models
+
+    assert family in FAMILIES
+    ckpt = _checkpoint(family, tmp_path / f"{family}.pth")
+    reference = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime="torch")
+    detector = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime=runtime)
+    assert detector.identity["runtime"] == runtime
+    for image in _images():
+        expected = reference.detect([image])[0]
+        assert expected["boxes"]
+        _assert_match(expected, detector.detect([image])[0])
