@@ -187,12 +187,17 @@ def _checkpoint_runtime(runtime, torch_backend, model, path, family, device):
             graph = graph or runtimes.checkpoint_graph(model, path)
             frame = runtimes.Frame(model)
             candidate = runtimes.BACKENDS[name](module, graph, floor, path, frame)
+            check = runtimes.parity(torch_backend, candidate, runtimes.PROBE_FLOOR, cap)
         except (UsageError, CheckpointError) as exc:
             if explicit:
                 raise
             log.info("runtime %s skipped: %s", name, exc)
             continue
-        check = runtimes.parity(torch_backend, candidate, runtimes.PROBE_FLOOR, cap)
+        except Exception as exc:  # the runtime's own failure on the probe image
+            if explicit:
+                raise UsageError(f"{path}: {family} fails in {name} ({first_line(exc)})") from None
+            log.info("runtime %s skipped: %s", name, first_line(exc))
+            continue
         if runtimes.passes(check):
             return candidate, name, check
         if explicit:
