@@ -10,6 +10,11 @@ and the default score threshold (the checkpoint's accessors); ``detector.detect(
 uint8 ``3 x H x W`` RGB tensors and returns one record per image: ``width``, ``height``,
 ``boxes`` (``x1 y1 x2 y2`` in the image's own pixels), ``scores``, ``labels`` (class names) and
 ``label_ids``.
+
+What runs the forward pass is ``runtime``: torch (``_TorchBackend``), or the checkpoint traced
+to ONNX in memory and run in onnxruntime or OpenVINO after a parity check against torch
+(``runtimes.py``); ``auto`` picks the fastest that passes on the CPU, torch on CUDA. The one
+that ran is ``detector.identity["runtime"]`` (with its parity figures, ``"parity"``).
 """
 
 import contextlib
