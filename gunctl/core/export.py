@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from gunctl.config import ExportConfig
 from gunctl.core.checkpoint import (
@@ -36,13 +35,11 @@ from gunctl.core.checkpoint import (
 from gunctl.core.fileio import write_bytes_atomic
 from gunctl.core.forward import OneImageModule, configure_heads
 from gunctl.core.model import model_from_checkpoint
+from gunctl.core.runtimes import BOX_TOLERANCE_PX, SCORE_TOLERANCE, check_image, onnx_graph
 from gunctl.errors import OutputError, UsageError, first_line
 
 log = logging.getLogger("gunctl")
 _SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "pth": ".slim.pth"}
-# An exported model must match eager PyTorch within these (the issue's bar).
-BOX_TOLERANCE_PX = 1.0
-SCORE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -129,34 +126,6 @@ def _onnx(wrapper: OneImageModule, out: Path, metadata: dict, opset: int):
     return diffs
 
 
-def onnx_graph(module, example: tuple, input_names: list[str], opset: int = 17) -> bytes:
-    """``module`` traced to an ONNX graph in memory: ``input_names[0]`` a 3 x H x W image of any
-    height and width (the others as in ``example``), outputs ``boxes``, ``scores``, ``labels``
-    of any count. Also what ``--runtime onnx|openvino`` runs for a checkpoint (runtimes.py)."""
-    import warnings
-
-    buffer = io.BytesIO()
-    detections = {0: "detections"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
-        torch.onnx.export(
-            module,
-            example,
-            buffer,
-            dynamo=False,  # the TorchScript exporter handles torchvision's detection models
-            opset_version=opset,
-            input_names=input_names,
-            output_names=["boxes", "scores", "labels"],
-            dynamic_axes={
-                input_names[0]: {1: "height", 2: "width"},
-                "boxes": detections,
-                "scores": detections,
-                "labels": detections,
-            },
-        )
-    return buffer.getvalue()
-
-
 def _check_onnx(wrapper: OneImageModule, data: bytes, out: Path) -> tuple[float, float]:
     """Run the file in onnxruntime on an image of another size than the traced one; refuse
     to keep it when it differs from the eager model beyond the tolerances."""
@@ -193,21 +162,6 @@ def compare(boxes_a, scores_a, boxes_b, scores_b) -> tuple[float, float]:
         box_diff = max(box_diff, float(distance[best]))
         score_diff = max(score_diff, abs(float(scores_b[best]) - float(score)))
     return box_diff, score_diff
-
-
-def check_image(height: int, width: int, seed: int) -> Tensor:
-    """A uint8 test card (smooth gradients with a few blocks): gives the detector edges."""
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.linspace(0, 1, height).view(height, 1)
-    x = torch.linspace(0, 1, width).view(1, width)
-    image = torch.stack([y.expand(height, width), x.expand(height, width), (x * y)]) * 200
-    for _ in range(6):
-        top, left = (
-            int(v) for v in torch.randint(0, min(height, width) // 2, (2,), generator=generator)
-        )
-        colour = torch.randint(0, 255, (3, 1, 1), generator=generator).float()
-        image[:, top : top + height // 4, left : left + width // 5] = colour
-    return image.round().clamp(0, 255).to(torch.uint8)
 
 
 def _require(name: str):

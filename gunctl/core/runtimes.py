@@ -1,6 +1,6 @@
 """Runtimes other than torch for the inference core (``--runtime onnx|openvino|auto``).
 
-A checkpoint is traced to ONNX in memory (``export.onnx_graph``; nothing is written) with the
+A checkpoint is traced to ONNX in memory (``onnx_graph``, nothing written) with the
 heads' score floor as a second input, so that a call may lower it as torch's backend does;
 the resize, normalisation and box rescale stay in torch around it (``Frame``), one image per
 run. The cap of detections per image is the one loaded (a call cannot raise it). The graph
@@ -19,16 +19,20 @@ mAP@0.5 moved by up to 0.011 on the folds measured).
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes
 
-from gunctl.core.export import BOX_TOLERANCE_PX, SCORE_TOLERANCE, check_image, onnx_graph
 from gunctl.core.forward import family_heads, head_limits, resize_fixed, resize_for_model
 from gunctl.errors import CheckpointError, UsageError, first_line
 
+# An exported or runtime model must match eager PyTorch within these (the issue's bar).
+BOX_TOLERANCE_PX = 1.0
+SCORE_TOLERANCE = 1e-3
 # the fastest first, by bench_runtimes.py at one CPU thread (benchmarks/README.md): onnxruntime
 # 123-125 ms/img, OpenVINO f32 147-153, torch fp32 159-187 (ResNet-18 FPN Faster R-CNN and FCOS
 # at 192 px); torch is the last resort. A fixed order: a timed probe would build every runtime
@@ -82,6 +86,49 @@ class Frame:
     @staticmethod
     def boxes(boxes: Tensor, resized: Tensor, image: Tensor) -> Tensor:
         return resize_boxes(boxes, list(resized.shape[-2:]), list(image.shape[-2:]))
+
+
+def onnx_graph(module, example: tuple, input_names: list[str], opset: int = 17) -> bytes:
+    """``module`` traced to an ONNX graph in memory: ``input_names[0]`` a 3 x H x W image of any
+    height and width (the others as in ``example``), outputs ``boxes``, ``scores``, ``labels``
+    of any count. Also what ``gunctl export --format onnx`` writes."""
+    import warnings
+
+    buffer = io.BytesIO()
+    detections = {0: "detections"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            dynamo=False,  # the TorchScript exporter handles torchvision's detection models
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={
+                input_names[0]: {1: "height", 2: "width"},
+                "boxes": detections,
+                "scores": detections,
+                "labels": detections,
+            },
+        )
+    return buffer.getvalue()
+
+
+def check_image(height: int, width: int, seed: int) -> Tensor:
+    """A uint8 test card (smooth gradients with a few blocks): gives the detector edges."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 1, height).view(height, 1)
+    x = torch.linspace(0, 1, width).view(1, width)
+    image = torch.stack([y.expand(height, width), x.expand(height, width), (x * y)]) * 200
+    for _ in range(6):
+        top, left = (
+            int(v) for v in torch.randint(0, min(height, width) // 2, (2,), generator=generator)
+        )
+        colour = torch.randint(0, 255, (3, 1, 1), generator=generator).float()
+        image[:, top : top + height // 4, left : left + width // 5] = colour
+    return image.round().clamp(0, 255).to(torch.uint8)
 
 
 def import_runtime(runtime: str, path, explicit: bool):

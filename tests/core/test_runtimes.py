@@ -14,8 +14,8 @@ import torch
 from helpers import tiny_checkpoint
 
 from gunctl.core import runtimes
-from gunctl.core.export import check_image
 from gunctl.core.inference import load_detector
+from gunctl.core.runtimes import check_image
 from gunctl.errors import UsageError
 
 THRESHOLD = 0.05
