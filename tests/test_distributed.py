@@ -75,6 +75,8 @@ def test_validate_agrees_with_the_metrics_of_training(ddp_run):
         "--json",
         "--batch-size",
         "4",
+        "--runtime",
+        "torch",  # training validated in torch; the default (auto) may pick onnxruntime
     )
     assert result.returncode == 0, result.stderr
     scored = json.loads(result.stdout)["metrics"]

@@ -253,7 +253,7 @@ def test_exports_match_the_checkpoint_in_their_runtimes(family, tmp_path):
     )
     onnx = export(ExportConfig(checkpoint=ckpt, format="onnx", score_threshold=threshold))
     assert onnx.max_box_diff <= 1.0 and onnx.max_score_diff <= 1e-3
-    reference = load_detector(ckpt, device="cpu", score_threshold=threshold)
+    reference = load_detector(ckpt, device="cpu", score_threshold=threshold, runtime="torch")
     runtime = load_detector(onnx.path, score_threshold=threshold)
     assert runtime.identity["model"] == FAMILIES[family]
     module = torch.jit.load(str(scripted.path))
