@@ -61,7 +61,8 @@ def main() -> int:
     figures["quality"] = collect_quality(args.quality_glob)
     print_table(
         ("model", "weights", "params (M)", "size", "ms/img b1 (CPU ms)",
-         f"ms/img b{args.batch_size} (CPU ms)", "ONNX ms/img (CPU ms)", "ONNX parity px / score"),
+         f"ms/img b{args.batch_size} (CPU ms)", "--runtime auto ms/img", "ONNX ms/img (CPU ms)",
+         "ONNX parity px / score"),
         rows,
         title=f"CPU, {args.threads} threads, {len(images)} sample images "
         f"(load average {figures['environment']['load_avg_start'][0]:.1f} at the start)",
@@ -101,7 +102,7 @@ def measure(name: str, checkpoint: Path | None, images, tmp: Path, args) -> dict
     if checkpoint is None:
         checkpoint = untrained_checkpoint(name, tmp / f"{name}.pth", images)
     threshold = None if trained else 0.05
-    detector = load_detector(checkpoint, device="cpu", score_threshold=threshold)
+    detector = load_detector(checkpoint, device="cpu", score_threshold=threshold, runtime="torch")
     model = detector._backend.model
     params = sum(p.numel() for p in model.parameters())
     one, one_cpu = per_image_ms(detector.detect, images, 1, args.warmup)
@@ -118,6 +119,14 @@ def measure(name: str, checkpoint: Path | None, images, tmp: Path, args) -> dict
         f"cpu_ms_per_image_batch{args.batch_size}": batched_cpu,
         "boxes_per_image": statistics.fmean(len(r["boxes"]) for r in detector.detect(images[:8])),
     }
+    # what predict, validate, serve and watch run by default (--runtime auto)
+    started = time.perf_counter()
+    default = load_detector(checkpoint, device="cpu", score_threshold=threshold)
+    result["auto_load_s"] = time.perf_counter() - started
+    result["auto_runtime"] = default.identity.get("runtime")
+    result["auto_ms_per_image"], result["auto_cpu_ms_per_image"] = per_image_ms(
+        default.detect, images, 1, args.warmup
+    )
     onnx_path = tmp / f"{name}.onnx"
     try:
         exported = export(
@@ -242,6 +251,7 @@ def row(name: str, r: dict) -> list:
         size,
         f"{r['ms_per_image_batch1']:.1f} ({r['cpu_ms_per_image_batch1']:.1f})",
         f"{batched:.1f} ({batched_cpu:.1f})",
+        f"{r['auto_ms_per_image']:.1f} ({r['auto_runtime']}, load {r['auto_load_s']:.1f} s)",
         onnx,
         f"{parity[0]:.3g} / {parity[1]:.1e}" if parity else "-",
     ]
