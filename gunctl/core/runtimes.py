@@ -19,7 +19,9 @@ mAP@0.5 moved by up to 0.011 on the folds measured).
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -168,6 +170,10 @@ class GraphBackend:
         self.frame = frame
 
     def run(self, images: list[Tensor], threshold: float, cap: int | None) -> list[dict]:
+        with _torch_on_one_thread():
+            return self._run(images, threshold)
+
+    def _run(self, images: list[Tensor], threshold: float) -> list[dict]:
         # as torch's backend: a call may ask for more than the floor (a checkpoint's graph)
         floor = np.asarray(min(self.floor, threshold), dtype=np.float32)
         outputs = []
@@ -182,6 +188,20 @@ class GraphBackend:
                 boxes = self.frame.boxes(boxes, resized, image)
             outputs.append({"boxes": boxes, "scores": scores, "labels": labels})
         return outputs
+
+
+@contextlib.contextmanager
+def _torch_on_one_thread() -> Iterator[None]:
+    """torch's resize and box rescale around the graph on one thread: torch's OpenMP threads
+    spin for a while after each parallel region, on the cores the runtime's own threads need
+    (bench_models.py at 2 threads: Faster R-CNN in onnxruntime 63 ms/img with torch's threads
+    spinning, 46.5 without them; SSDlite 39 and 8.8)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def onnxruntime_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
