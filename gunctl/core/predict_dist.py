@@ -130,7 +130,6 @@ def _predict(config, info: DistInfo, on_progress, on_record) -> PredictResult:
         result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
         result.rank, result.world_size = info.rank, info.world_size
         result.runtime = detector.identity.get("runtime", "torch")
-        result.runtime = detector.identity.get("runtime", "torch")
         part = out / part_name(info.rank, info.world_size) if out and config.save_json else None
         _work(config, detector, result, share, part, on_progress if info.is_main else None)
         _add_up(result, _together(distributed.gather_objects, _counts(result)), plan, info)
