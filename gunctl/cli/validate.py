@@ -232,7 +232,8 @@ def with_interval(metrics: dict, key: str, digits: int = 4, images: bool = True)
     if not (isinstance(interval, (list, tuple)) and len(interval) == 2):
         return f"{value:.{digits}f}"
     low, high = (float(v) for v in interval)
-    rests = f", {count} images, bootstrap" if images and isinstance(count, int) else ""
+    noun = "image" if count == 1 else "images"
+    rests = f", {count} {noun}, bootstrap" if images and isinstance(count, int) else ""
     return f"{value:.{digits}f} (95 % CI {low:.2f}-{high:.2f}{rests})"
 
 
