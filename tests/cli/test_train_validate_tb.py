@@ -56,7 +56,8 @@ def test_train_makes_a_split_and_reports(trained):
 def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
     out, _ = trained
     ckpt = out / "runs" / "first" / "best.pth"
-    table = gunctl("validate", ckpt, "--out", out)
+    # torch: the runtime training validated in, with its losses (auto may pick onnxruntime)
+    table = gunctl("validate", ckpt, "--out", out, "--runtime", "torch")
     assert table.exit_code == 0, table.output
     for label in (
         "mAP@0.5:0.95",
@@ -72,7 +73,9 @@ def test_validate_table_json_and_gates(trained, gunctl, tmp_path):
         assert label in table.stdout, label
 
     report_file = tmp_path / "report.json"
-    result = gunctl("validate", ckpt, "--out", out, "--json", "--report", report_file)
+    result = gunctl(
+        "validate", ckpt, "--out", out, "--json", "--report", report_file, "--runtime", "torch"
+    )
     assert result.exit_code == 0
     report = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert json.loads(report_file.read_text()) == report
