@@ -69,7 +69,7 @@ def predict(
     JSONL record as it is made (for ``--json``). Under torchrun, ``predict_dist`` shares the
     inputs out across the ranks."""
     config.check()
-    out = _check_out(config)
+    out = check_out(config)
     detector = load_detector(**config.detector_kwargs())
     log.info(
         "model: %s; score threshold %.4f (%s); runtime %s",
@@ -81,9 +81,9 @@ def predict(
     found = inputs.collect(config.sources)
     result = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
     result.runtime = detector.identity.get("runtime", "torch")
-    images, videos = _read_found(found, config, result)
+    images, videos = read_found(found, config, result)
     total = len(images) + sum(frames_to_predict(info, config.vid_stride) for _, info in videos)
-    run = _Run(config, detector, result, out, on_progress, on_record, total)
+    run = PredictRun(config, detector, result, out, on_progress, on_record, total)
     run.go(images, videos)
     if result.images + result.frames == 0:
         raise nothing_read(result)
@@ -98,7 +98,7 @@ def nothing_read(result: PredictResult) -> DataError:
     )
 
 
-class _Run:
+class PredictRun:
     """One predict call: the JSONL file, the writer thread, the counters and the progress."""
 
     def __init__(self, config, detector, result, out, on_progress, on_record, total):
@@ -116,7 +116,7 @@ class _Run:
             return  # nothing to read: nothing is created, no folder is left behind
         made, claim = [], None
         if self.out is not None:
-            self.out, made, claim = _claim_out(self.out, numbered=self.config.out is None)
+            self.out, made, claim = claim_out(self.out, numbered=self.config.out is None)
             self.result.out = self.out
         try:
             self.write(images, videos, self.out / JSONL if self.out is not None else None)
@@ -298,7 +298,7 @@ class _ImageSet(torch.utils.data.Dataset):
         return index, pixels, None
 
 
-def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: _Run) -> None:
+def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: PredictRun) -> None:
     from PIL import Image
 
     image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
@@ -307,7 +307,7 @@ def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: _Run) -> 
     write_with(target, lambda handle: image.save(handle, format=fmt, quality=90))
 
 
-def _write_frame(writer, pixels: np.ndarray, record: dict, run: _Run) -> None:
+def _write_frame(writer, pixels: np.ndarray, record: dict, run: PredictRun) -> None:
     from PIL import Image
 
     image = Image.fromarray(pixels)
@@ -315,7 +315,7 @@ def _write_frame(writer, pixels: np.ndarray, record: dict, run: _Run) -> None:
     writer.write(np.asarray(image))
 
 
-def _draw(image, record: dict, run: _Run) -> None:
+def _draw(image, record: dict, run: PredictRun) -> None:
     from gunctl.core.draw import annotate
 
     annotate(
@@ -340,7 +340,7 @@ def _discard_video(writer, partial: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _read_found(found: inputs.Collected, config: PredictConfig, result: PredictResult):
+def read_found(found: inputs.Collected, config: PredictConfig, result: PredictResult):
     """The images and the probed videos (item, info) to predict, in the order they are
     predicted; what was left out is counted and named in ``result``."""
     result.ignored = len(found.ignored)
@@ -381,7 +381,7 @@ def _probe_videos(items, config: PredictConfig, result: PredictResult) -> list:
     return videos
 
 
-def _check_out(config: PredictConfig) -> Path | None:
+def check_out(config: PredictConfig) -> Path | None:
     """The output folder (not created yet), or None when nothing is to be written."""
     if not (config.save_images or config.save_json):
         return None
@@ -394,7 +394,7 @@ def _check_out(config: PredictConfig) -> Path | None:
     return config.layout.root / "predictions" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _claim_out(out: Path, numbered: bool) -> tuple[Path, list[Path], int]:
+def claim_out(out: Path, numbered: bool) -> tuple[Path, list[Path], int]:
     """Create the output folder exclusively and lock it for the run: (folder, the folders
     created, the locked descriptor). A second predict into the same --out is refused, even
     at the same moment; the default timestamped folder takes -2, -3... when taken."""

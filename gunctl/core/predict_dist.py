@@ -5,7 +5,7 @@ Rank 0 reads the command line's inputs once (every rank then works on the same l
 same unique output names), probes the videos and deals the items out (``partition``: a video
 weighs its frames, so that the ranks finish together); it claims the output folder before any
 rank writes into it (which must therefore be one folder that all ranks see: on several
-machines, a shared file system). Each rank detects its share with the same ``_Run`` as one
+machines, a shared file system). Each rank detects its share with the same ``PredictRun`` as one
 process, writing annotated copies into that folder and its records into a part file
 (``.predictions.jsonl.part<R>-of-<N>``, each line prefixed with its item's place in the job's
 input order). When every rank has finished, the counts and problem lines are gathered, and
@@ -48,12 +48,12 @@ from gunctl.core.inference import load_detector
 from gunctl.core.predict import (
     JSONL,
     PredictResult,
-    _check_out,
-    _claim_out,
-    _read_found,
-    _Run,
+    PredictRun,
+    check_out,
+    claim_out,
     frames_to_predict,
     nothing_read,
+    read_found,
 )
 from gunctl.errors import EXIT_BAD_INPUT, GunctlError, UsageError, cannot_write, first_line
 
@@ -162,9 +162,9 @@ def _prepare(config: PredictConfig, info: DistInfo, on_record):
     )
     if not info.is_main:
         return detector, None
-    out = _check_out(config)
+    out = check_out(config)
     noted = PredictResult(config.checkpoint, out, detector.threshold, str(detector.device))
-    images, videos = _read_found(inputs.collect(config.sources), config, noted)
+    images, videos = read_found(inputs.collect(config.sources), config, noted)
     items = [(item, None) for item in images] + videos
     return detector, _Plan(items, noted.problems, noted.ignored, out)
 
@@ -176,7 +176,7 @@ def _claim(plan: _Plan, config: PredictConfig) -> None:
         result.ignored = plan.ignored
         raise nothing_read(result)
     if plan.out is not None:
-        plan.out, plan.made, plan.claim = _claim_out(plan.out, numbered=config.out is None)
+        plan.out, plan.made, plan.claim = claim_out(plan.out, numbered=config.out is None)
 
 
 def _agree(failure: BaseException | None, info: DistInfo) -> None:
@@ -244,7 +244,7 @@ def _work(config, detector, result, share, part: Path | None, on_progress) -> No
     total = sum(
         1 if video is None else frames_to_predict(video, config.vid_stride) for _, _, video in share
     )
-    run = _Run(config, detector, result, result.out, on_progress, None, total)
+    run = PredictRun(config, detector, result, result.out, on_progress, None, total)
     run.order = {item: place for place, item, _ in share}
     images = [item for _, item, video in share if video is None]
     videos = [(item, video) for _, item, video in share if video is not None]

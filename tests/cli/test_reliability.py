@@ -327,11 +327,11 @@ def test_two_predicts_into_one_new_out_one_wins(tmp_path, checkpoint):
 
 
 def test_the_default_predictions_folder_is_claimed_exclusively(tmp_path):
-    from gunctl.core.predict import _claim_out
+    from gunctl.core.predict import claim_out
 
     base = tmp_path / "artifacts" / "predictions" / "20261204-170000"
-    first, made, fd1 = _claim_out(base, numbered=True)
-    second, _, fd2 = _claim_out(base, numbered=True)  # the same second
+    first, made, fd1 = claim_out(base, numbered=True)
+    second, _, fd2 = claim_out(base, numbered=True)  # the same second
     assert (first, second) == (base, base.with_name(base.name + "-2"))
     assert made == [tmp_path / "artifacts", tmp_path / "artifacts" / "predictions", base]
     os.close(fd1)
