@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -190,18 +191,36 @@ class GraphBackend:
         return outputs
 
 
+# torch keeps its thread count per thread, seeded from a process-wide value when a thread first
+# runs torch; set_num_threads writes both. The count to come back to is read by the first caller
+# in, so that one caller's 1 is never restored as another's count.
+_ONE_THREAD_LOCK = threading.Lock()
+_one_thread_callers = 0
+_threads_before = 1
+
+
 @contextlib.contextmanager
 def _torch_on_one_thread() -> Iterator[None]:
     """torch's resize and box rescale around the graph on one thread: torch's OpenMP threads
     spin for a while after each parallel region, on the cores the runtime's own threads need
     (bench_models.py at 2 threads: Faster R-CNN in onnxruntime 63 ms/img with torch's threads
-    spinning, 46.5 without them; SSDlite 39 and 8.8)."""
-    threads = torch.get_num_threads()
+    spinning, 46.5 without them; SSDlite 39 and 8.8). Several threads may run models at once
+    (serve's batcher, watch's cameras, predict's writer): each gets the count from before the
+    first of them back on exit. A thread that first runs torch while one is inside starts
+    with 1 (torch offers no per-thread setting)."""
+    global _one_thread_callers, _threads_before
+    with _ONE_THREAD_LOCK:
+        if _one_thread_callers == 0:
+            _threads_before = torch.get_num_threads()
+        _one_thread_callers += 1
+        before = _threads_before
     torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _ONE_THREAD_LOCK:
+            torch.set_num_threads(before)
+            _one_thread_callers -= 1
 
 
 def onnxruntime_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:

@@ -202,3 +202,46 @@ def test_every_family_runs_in_the_runtime_as_in_torch(family, runtime, tmp_path)
         expected = reference.detect([image])[0]
         assert expected["boxes"]
         _assert_match(expected, detector.detect([image])[0])
+
+
+def test_models_run_in_several_threads_give_torch_its_thread_count_back():
+    """Two threads inside the runtime's one-thread section at once, leaving in the order they
+    came: the second must not restore the first's 1 as the process's count."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the count to come back to, whatever this machine has
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    after: dict[str, int] = {}
+
+    def first():
+        with runtimes._torch_on_one_thread():
+            after["first inside"] = torch.get_num_threads()
+            first_in.set()
+            second_in.wait(10)
+        after["first"] = torch.get_num_threads()
+        first_out.set()
+
+    def second():  # starts torch while the first is inside
+        first_in.wait(10)
+        with runtimes._torch_on_one_thread():
+            second_in.set()
+            first_out.wait(10)
+        after["second"] = torch.get_num_threads()
+
+    def later():
+        after["later thread"] = torch.get_num_threads()
+
+    try:
+        threads = [threading.Thread(target=target) for target in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        late = threading.Thread(target=later)
+        late.start()
+        late.join(20)
+        after["main"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert after == {"first inside": 1, "first": 2, "second": 2, "later thread": 2, "main": 2}
