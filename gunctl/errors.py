@@ -37,7 +37,7 @@ class CheckpointError(GunctlError):
 
 
 class RunLockedError(GunctlError):
-    """Another gunctl process is writing to the same run."""
+    """Another gunctl process is writing to the same run (or export folder)."""
 
 
 class OutputError(GunctlError):

@@ -289,6 +289,39 @@ def test_export_data_never_writes_through_a_symlinked_subfolder(tmp_path, ingest
     assert snapshot(tmp_path) == before  # nothing moved in, outside or inside
 
 
+def test_a_second_export_into_the_same_folder_is_refused_while_the_first_writes(tmp_path, ingested):
+    """Another process holds the folder (as a running export does): the export fails at once
+    with one line and writes nothing; once that process is gone the same command works."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "export"
+    target.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(target),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_gunctl("export-data", target, "--out", ingested, "--format", "yolo")
+        one_line_error(result, str(target), "another gunctl export-data is writing here")
+        assert list(target.iterdir()) == []
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    result = run_gunctl("export-data", target, "--out", ingested, "--format", "yolo")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in target.iterdir()) == ["data.yaml", "images", "labels"]
+
+
 @pytest.mark.parametrize("lock", ["run", "raw"])
 def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, lock):
     victim = tmp_path / "victim.txt"

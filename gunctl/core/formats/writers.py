@@ -6,7 +6,8 @@ folder inside it and moved into place at the end, so a failure leaves no half-wr
 (only the hidden folder, removed on the way out; a folder the export made is removed too).
 A non-empty folder is refused unless ``force`` (then files of the same name are replaced;
 nothing else there is touched); a sub-folder there that is a symlink is refused, never
-written through.
+written through. One export at a time writes into a folder (a lock on it; a second one fails
+at once with exit code 2).
 
 - YOLO: ``images/<image>``, ``labels/<stem>.txt`` (``class cx cy w h``, normalised),
   ``data.yaml`` (``names`` by id; ``train`` and ``val`` both name ``images``).
@@ -16,11 +17,13 @@ written through.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from gunctl.core import tree
 from gunctl.core.fileio import make_dirs, make_dirs_under, remove_created
 from gunctl.core.labels import read_targets
 from gunctl.core.manifest import class_names_of, read_manifest
-from gunctl.errors import DataError, OutputError, UsageError
+from gunctl.errors import DataError, OutputError, RunLockedError, UsageError
 
 EXPORT_FORMATS = ("yolo", "coco")
 
@@ -49,17 +52,20 @@ def export_data(layout: Layout, folder: Path, format_name: str, force: bool) -> 
     manifest = read_manifest(layout)
     names = class_names_of(manifest)
     folder = Path(folder)
-    made = _check_target(folder, layout, force)
+    made = _check_target(folder, layout)
     try:
-        items = [_item(layout, entry, len(names)) for entry in manifest.get("files", [])]
-        stage = Path(tempfile.mkdtemp(prefix=".gunctl-export-", dir=folder))
-        try:
-            (_write_yolo if format_name == "yolo" else _write_coco)(stage, items, names)
-            _move_into(stage, folder)
-        except OSError as exc:
-            raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        with _only_writer(folder):
+            if not force and any(folder.iterdir()):
+                raise UsageError(f"{folder}: not empty; pass --force to write into it anyway")
+            items = [_item(layout, entry, len(names)) for entry in manifest.get("files", [])]
+            stage = Path(tempfile.mkdtemp(prefix=".gunctl-export-", dir=folder))
+            try:
+                (_write_yolo if format_name == "yolo" else _write_coco)(stage, items, names)
+                _move_into(stage, folder)
+            except OSError as exc:
+                raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
     except BaseException:
         remove_created(made)  # a failed export leaves no empty folder behind
         raise
@@ -67,20 +73,41 @@ def export_data(layout: Layout, folder: Path, format_name: str, force: bool) -> 
     return ExportResult(folder, format_name, len(items), boxes, names)
 
 
-def _check_target(folder: Path, layout: Layout, force: bool) -> list[Path]:
-    """Refuse a target that is not a folder, lies in raw/, or is not empty without --force;
-    make it. Returns the folders made (removed again when the export fails)."""
+def _check_target(folder: Path, layout: Layout) -> list[Path]:
+    """Refuse a target that is not a folder or lies in raw/; make it. Returns the folders made
+    (removed again when the export fails)."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: exists and is not a folder")
     resolved = folder.resolve()
     if resolved == layout.raw.resolve() or resolved.is_relative_to(layout.raw.resolve()):
         raise UsageError(f"{folder}: inside {layout.raw}; export the data set somewhere else")
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise UsageError(f"{folder}: not empty; pass --force to write into it anyway")
     try:
         return make_dirs(folder)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def _only_writer(folder: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself (nothing is left in it; the kernel releases it
+    when the process ends, even by kill -9): a second export into the same folder is refused
+    instead of mixing its files with the first's. Its emptiness is checked under the lock."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(
+                f"{folder}: another gunctl export-data is writing here; wait for it"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _item(layout: Layout, entry: dict, classes: int) -> dict:
