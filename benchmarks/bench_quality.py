@@ -18,7 +18,8 @@ with a flag: the recipe fills only the rest.
     .venv/bin/python benchmarks/bench_quality.py --recipe plain --minutes 15 --seeds 0 1
     .venv/bin/python benchmarks/bench_quality.py --epochs 3 --set mosaic=0 --name no-mosaic
 
-Results go to stdout and to benchmarks/results/quality-<name>.json.
+Results go to stdout and to benchmarks/results/quality-<name>.json; the temporary data and
+runs are removed at the end unless --keep (then their folder is printed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import ast
 import dataclasses
 import json
 import math
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,15 +47,21 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="gunctl-quality-"))
-    raw_root = None if args.holdout else ingest(args.data, root / "data")
-    runs = []
-    for seed in args.seeds:
-        holdout = None
-        if args.holdout:
-            kept, holdout = set_aside(args.data, root / f"holdout{seed}", args.holdout, seed)
-            raw_root = ingest(kept, root / f"data{seed}")
-        runs.append(run_fold(args, raw_root, root / f"fold{seed}", seed, holdout))
-        report(args, runs)
+    try:
+        raw_root = None if args.holdout else ingest(args.data, root / "data")
+        runs = []
+        for seed in args.seeds:
+            holdout = None
+            if args.holdout:
+                kept, holdout = set_aside(args.data, root / f"holdout{seed}", args.holdout, seed)
+                raw_root = ingest(kept, root / f"data{seed}")
+            runs.append(run_fold(args, raw_root, root / f"fold{seed}", seed, holdout))
+            report(args, runs)
+    finally:
+        if args.keep:
+            print(f"kept: {root} (fold<seed>/runs/bench/best.pth and last.pth)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # 80-270 MB a seed
     return 0
 
 
@@ -61,7 +69,6 @@ def set_aside(data: Path, root: Path, count: int, seed: int) -> tuple[Path, Path
     """Copy the sample (Kaggle layout: Images/N.jpeg, Labels/N.txt) into two folders: ``count``
     images drawn with ``seed`` (the holdout) and the rest."""
     import random
-    import shutil
 
     stems = sorted(p.stem for p in (data / "Images").iterdir() if p.is_file())
     held = set(random.Random(seed).sample(stems, count))
@@ -94,6 +101,9 @@ def parse_args():
     parser.add_argument("--name", default=None, help="results file: quality-<name>.json")
     parser.add_argument(
         "--holdout", type=int, default=0, help="images set aside per seed, scored at the end"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary data and runs (path printed)"
     )
     args = parser.parse_args()
     if args.minutes is None and args.epochs is None and args.steps is None:
