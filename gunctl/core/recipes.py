@@ -92,8 +92,8 @@ FAMILY_OPTIONS = {
 }
 # A family's own values, over the recipe's (never over the user's). SSDlite: torchvision's
 # 320 px square (a fixed size: no multi-scale training). The learning rate is the scratch
-# recipe's for every family: for SSDlite 3e-4 beat 1e-4 and 1e-3 on both seeds at 15 CPU-
-# minutes (benchmarks/README.md, "SSDlite's learning rate"); the others are not tuned.
+# recipe's for every family: at 15 CPU-minutes SSDlite's 3e-4 beat 1e-4 and 1e-3 on both
+# seeds, FCOS's beat 1e-3 and tied 1e-4 (benchmarks/README.md, "SSDlite's learning rate").
 FAMILY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "ssdlite": {
         "scratch": {"model.min_size": 320, "model.max_size": 320},
