@@ -7,10 +7,12 @@ at its scratch recipe's size, written by gunctl's checkpoint writer) and each th
 - bare loops, batch 1, on ``--images`` of the sample's images (decoded once): torch fp32,
   torch under CPU autocast bf16, the in-memory ONNX graph in onnxruntime, the same graph in
   OpenVINO (f32, and bf16 for information: it fails the parity check); each the backend's
-  ``run`` that ``Detector.detect`` calls, after ``--warmup`` runs;
+  ``run`` that ``Detector.detect`` calls, after ``--warmup`` runs; for a fixed-size family
+  (SSDlite) also onnxruntime and OpenVINO given four images per call (their second graph);
 - ``gunctl predict`` on the whole folder with ``--runtime torch|onnx|openvino|auto``
-  (OMP_NUM_THREADS set to the thread count): its images/s (first image to last) and the
-  command's wall time (start-up, the export and the parity check included);
+  (OMP_NUM_THREADS set to the thread count; ``--batch-size`` as given, else predict's own):
+  its images/s (first image to last) and the command's wall time (start-up, the export and
+  the parity check included);
 - the load time of each runtime (trace, compile, parity check) and what ``auto`` chose;
 - the same torch loop on a worker thread instead of the main thread (predict detects on the
   main thread; an earlier note saw 5-20x differences under heavy load).
@@ -116,6 +118,7 @@ def bare(checkpoint: Path, images, args) -> tuple[list[dict], dict]:
     frame = Frame(torch_backend.model)
     loads["trace"] = time.perf_counter() - started
     heads_floor = float(head_limits(torch_backend.model).score_thresh)
+    batched = {}
     for name in ("onnx", "openvino"):
         module = import_runtime(name, checkpoint, explicit=False)
         if module is None:
@@ -124,13 +127,30 @@ def bare(checkpoint: Path, images, args) -> tuple[list[dict], dict]:
         backend = BACKENDS[name](module, graph, heads_floor, checkpoint, frame)
         loads[name] = time.perf_counter() - started
         loops[name] = lambda image, b=backend: b.run([image], floor, None)
+        if backend.batch > 1:
+            batched[name] = backend
         if name == "openvino":
             loops["openvino bf16"] = openvino_bf16(module, graph, min(heads_floor, floor))
     pool = ThreadPoolExecutor(1)  # predict detects on the main thread; this on a worker
     loops["torch fp32 (worker thread)"] = lambda image: pool.submit(torch_run, image).result()
     rows = time_loops(loops, images, args.warmup)
     pool.shutdown()
+    for name, backend in batched.items():  # a fixed-size family's graph of several images
+        rows.append(time_batched(f"{name}, {backend.batch} at a time", backend, images, floor))
     return rows, loads
+
+
+def time_batched(name: str, backend, images, floor: float) -> dict:
+    """ms per image of ``backend.run`` on groups of ``backend.batch`` images (each group's time
+    shared out), after one warm-up group."""
+    size = backend.batch
+    backend.run(images[:size], floor, None)
+    times = []
+    for start in range(0, len(images) - size + 1, size):
+        started = time.perf_counter()
+        backend.run(images[start : start + size], floor, None)
+        times += [(time.perf_counter() - started) * 1000 / size] * size
+    return {"loop": name, **summary(times)}
 
 
 def openvino_bf16(module, graph: bytes, floor: float):
@@ -140,16 +160,17 @@ def openvino_bf16(module, graph: bytes, floor: float):
 
     core = module.Core()
     settings = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
-    request = core.compile_model(core.read_model(graph), "CPU", settings).create_infer_request()
+    request = core.compile_model(core.read_model(graph.one), "CPU", settings).create_infer_request()
     feed = {"floor": np.asarray(floor, dtype=np.float32)}
-    return lambda image: request.infer({"image": image.numpy(), **feed})
+    return lambda image: request.infer({"image": image[None].numpy(), **feed})
 
 
 def predict(checkpoint: Path, folder: Path, runtime: str, threads: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "gunctl", "predict", str(folder)]
         command += ["--weights", str(checkpoint), "--runtime", runtime, "--device", "cpu"]
-        command += ["--out", str(Path(tmp) / "out"), "--batch-size", "1"]
+        command += ["--out", str(Path(tmp) / "out")]
+        command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         command += ["--no-save-images"] if args.no_save_images else []
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         load = os.getloadavg()[0]
@@ -182,6 +203,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-save-images", action="store_true", help="predict writes predictions.jsonl only"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="predict's --batch-size (default: its own)"
     )
     args = parser.parse_args()
     import torch

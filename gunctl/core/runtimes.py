@@ -3,7 +3,9 @@
 A checkpoint is traced to ONNX in memory (``onnx_graph``, nothing written) with the
 heads' score floor as a second input, so that a call may lower it as torch's backend does;
 the resize, normalisation and box rescale stay in torch around it (``Frame``), one image per
-run. The cap of detections per image is the one loaded (a call cannot raise it). The graph
+run, or ``GRAPH_BATCH`` at once for a family with one fixed input size (SSDlite: a second
+graph, whose images stack without padding). The cap of detections per image is the one
+loaded (a call cannot raise it). The graph
 runs in onnxruntime or OpenVINO (f32: OpenVINO's default on a bf16-capable CPU is bf16,
 which moves scores by more than the tolerance). Before a runtime is used, a parity check
 runs it and torch on a probe image at a low floor: every box scoring clearly above the cut in
@@ -23,6 +25,7 @@ import contextlib
 import io
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,13 +50,22 @@ INSTALL = {"onnx": "pip install onnxruntime", "openvino": "pip install 'gunctl[o
 # the probe's floor: low enough that an untrained or weak model still gives boxes to compare
 PROBE_FLOOR = 0.01
 PROBE_SHAPE = (360, 480)
+# Images per run of the second graph of a fixed-size family (SSDlite), `predict`'s default
+# --batch-size: bench_runtimes.py at 2 threads, SSDlite 320 in onnxruntime, 8.8-9.5 ms/img four
+# at a time against 13.8-14.2 one at a time (8 at once: 8.4-8.8); at 1 thread 11.8 either way.
+GRAPH_BATCH = 4
+# the graph's outputs: each detection's box, score, label id and the index of its image
+OUTPUTS = ("boxes", "scores", "labels", "image_index")
 
 
 class FloorModule(nn.Module):
-    """A resized, normalised float image and the heads' score floor in; the heads' boxes (in
-    the resized image's pixels), scores and label ids out. The floor is an input rather than
-    a constant of the graph; the resize stays outside (``Frame``): OpenVINO computes the
-    sizes' float64 arithmetic in float32, which makes some images 1 px larger than torch's."""
+    """N resized, normalised float images of one size (N x 3 x H x W) and the heads' score
+    floor in; the heads' boxes (in the resized images' pixels), scores, label ids and each
+    detection's image index out. Traced at N = 1 with any height and width, or at N =
+    ``GRAPH_BATCH`` with a fixed-size family's size (the heads' per-image loop is unrolled).
+    The floor is an input rather than a constant of the graph; the resize stays outside
+    (``Frame``): OpenVINO computes the sizes' float64 arithmetic in float32, which makes some
+    images 1 px larger than torch's."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -61,15 +73,23 @@ class FloorModule(nn.Module):
         self.heads = family_heads(model)
         self.limits = head_limits(model)
 
-    def forward(self, image: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         saved = self.limits.score_thresh
         self.limits.score_thresh = floor  # compared as `scores > floor` in every family
         try:
-            padded = self.transform.batch_images([image], self.transform.size_divisible)
-            found = self.heads(ImageList(padded, [(image.shape[-2], image.shape[-1])]))[0]
+            each = list(images.unbind(0))
+            padded = self.transform.batch_images(each, self.transform.size_divisible)
+            size = (images.shape[-2], images.shape[-1])
+            found = self.heads(ImageList(padded, [size] * len(each)))
         finally:
             self.limits.score_thresh = saved
-        return found["boxes"], found["scores"], found["labels"]
+        index = [torch.full_like(one["labels"], i) for i, one in enumerate(found)]
+        return (
+            torch.cat([one["boxes"] for one in found]),
+            torch.cat([one["scores"] for one in found]),
+            torch.cat([one["labels"] for one in found]),
+            torch.cat(index),
+        )
 
 
 class Frame:
@@ -78,6 +98,7 @@ class Frame:
 
     def __init__(self, model: nn.Module):
         self.transform = model.transform
+        self.fixed = model.transform.fixed_size is not None  # one input size (SSDlite)
 
     def resized(self, image: Tensor) -> Tensor:
         transform = self.transform
@@ -91,14 +112,23 @@ class Frame:
         return resize_boxes(boxes, list(resized.shape[-2:]), list(image.shape[-2:]))
 
 
-def onnx_graph(module, example: tuple, input_names: list[str], opset: int = 17) -> bytes:
-    """``module`` traced to an ONNX graph in memory: ``input_names[0]`` a 3 x H x W image of any
-    height and width (the others as in ``example``), outputs ``boxes``, ``scores``, ``labels``
-    of any count. Also what ``gunctl export --format onnx`` writes."""
+def onnx_graph(
+    module,
+    example: tuple,
+    input_names: list[str],
+    opset: int = 17,
+    outputs: tuple[str, ...] = OUTPUTS[:3],
+    image_axes: dict[int, str] | None = None,
+) -> bytes:
+    """``module`` traced to an ONNX graph in memory: ``input_names[0]`` an image whose
+    ``image_axes`` may vary (default: a 3 x H x W image of any height and width; the others as
+    in ``example``), ``outputs`` of any count (default ``boxes``, ``scores``, ``labels``). Also
+    what ``gunctl export --format onnx`` writes."""
     import warnings
 
     buffer = io.BytesIO()
     detections = {0: "detections"}
+    image_axes = {1: "height", 2: "width"} if image_axes is None else image_axes
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shapes as Python values
         torch.onnx.export(
@@ -108,13 +138,8 @@ def onnx_graph(module, example: tuple, input_names: list[str], opset: int = 17) 
             dynamo=False,  # the TorchScript exporter handles torchvision's detection models
             opset_version=opset,
             input_names=input_names,
-            output_names=["boxes", "scores", "labels"],
-            dynamic_axes={
-                input_names[0]: {1: "height", 2: "width"},
-                "boxes": detections,
-                "scores": detections,
-                "labels": detections,
-            },
+            output_names=list(outputs),
+            dynamic_axes={input_names[0]: image_axes, **{name: detections for name in outputs}},
         )
     return buffer.getvalue()
 
@@ -149,46 +174,91 @@ def import_runtime(runtime: str, path, explicit: bool):
         ) from None
 
 
-def checkpoint_graph(model: nn.Module, path) -> bytes:
-    """The loaded model (heads configured) as an ONNX graph in memory."""
-    example = (Frame(model).resized(check_image(*PROBE_SHAPE, seed=0)), torch.tensor(0.05))
+@dataclass(frozen=True)
+class Graphs:
+    """A checkpoint's graphs: ``one`` image of any size per run, and for a fixed-size family
+    ``batch``, ``GRAPH_BATCH`` images of that size per run (else None)."""
+
+    one: bytes
+    batch: bytes | None = None
+
+
+def checkpoint_graph(model: nn.Module, path) -> Graphs:
+    """The loaded model (heads configured) as ONNX graphs in memory."""
+    frame = Frame(model)
+    floor = torch.tensor(0.05)
+    module = FloorModule(model).eval()
+    names = ["image", "floor"]
     try:
-        return onnx_graph(FloorModule(model).eval(), example, ["image", "floor"])
+        one = onnx_graph(
+            module,
+            (frame.resized(check_image(*PROBE_SHAPE, seed=0))[None], floor),
+            names,
+            outputs=OUTPUTS,
+            image_axes={2: "height", 3: "width"},
+        )
+        batch = None
+        if frame.fixed:  # every image resizes to the same size: they stack
+            images = [frame.resized(image) for image in probes(GRAPH_BATCH)]
+            example = (torch.stack(images), floor)
+            batch = onnx_graph(module, example, names, outputs=OUTPUTS, image_axes={})
     except Exception as exc:  # the tracer and exporter raise many kinds
         raise UsageError(f"{path}: cannot trace the model to ONNX ({first_line(exc)})") from None
+    return Graphs(one, batch)
 
 
 class GraphBackend:
-    """An ONNX graph in onnxruntime or OpenVINO: one image per run. A checkpoint's graph
-    (``frame`` given) takes the resized image and the floor; an exported file takes the uint8
-    image and keeps its own threshold (``floor``)."""
+    """An ONNX graph in onnxruntime or OpenVINO. A checkpoint's graph (``frame`` given) takes
+    resized images and the floor: one per run, or ``GRAPH_BATCH`` per run through
+    ``run_batch`` (a fixed-size family's second graph) while a call has that many left; an
+    exported file takes one uint8 image per run and keeps its own threshold (``floor``)."""
 
     device = torch.device("cpu")
 
-    def __init__(self, run_one, floor: float, frame: Frame | None = None):
+    def __init__(self, run_one, floor: float, frame: Frame | None = None, run_batch=None):
         self._run_one = run_one
+        self._run_batch = run_batch
         self.floor = floor
         self.frame = frame
+        self.batch = GRAPH_BATCH if run_batch is not None else 1
 
     def run(self, images: list[Tensor], threshold: float, cap: int | None) -> list[dict]:
         with _torch_on_one_thread():
+            if self.frame is None:
+                return [self._file_run(image) for image in images]
             return self._run(images, threshold)
 
+    def _file_run(self, image: Tensor) -> dict:
+        boxes, scores, labels = (
+            torch.from_numpy(np.asarray(v))
+            for v in self._run_one({"image": image.contiguous().numpy()})
+        )
+        return {"boxes": boxes, "scores": scores, "labels": labels}
+
     def _run(self, images: list[Tensor], threshold: float) -> list[dict]:
-        # as torch's backend: a call may ask for more than the floor (a checkpoint's graph)
+        # as torch's backend: a call may ask for more than the floor
         floor = np.asarray(min(self.floor, threshold), dtype=np.float32)
-        outputs = []
-        for image in images:
-            if self.frame is None:
-                found = self._run_one({"image": image.contiguous().numpy()})
-            else:
-                resized = self.frame.resized(image)
-                found = self._run_one({"image": resized.numpy(), "floor": floor})
-            boxes, scores, labels = (torch.from_numpy(np.asarray(v)) for v in found)
-            if self.frame is not None:
-                boxes = self.frame.boxes(boxes, resized, image)
-            outputs.append({"boxes": boxes, "scores": scores, "labels": labels})
-        return outputs
+        resized = [self.frame.resized(image) for image in images]
+        found: list[dict] = []
+        start = 0
+        while self._run_batch is not None and len(images) - start >= self.batch:
+            stacked = torch.stack(resized[start : start + self.batch]).numpy()
+            found += _per_image(self._run_batch({"image": stacked, "floor": floor}), self.batch)
+            start += self.batch
+        for one in resized[start:]:
+            found += _per_image(self._run_one({"image": one[None].numpy(), "floor": floor}), 1)
+        for output, small, image in zip(found, resized, images, strict=True):
+            output["boxes"] = self.frame.boxes(output["boxes"], small, image)
+        return found
+
+
+def _per_image(arrays, count: int) -> list[dict]:
+    """A checkpoint graph's outputs split by their image index."""
+    boxes, scores, labels, index = (torch.from_numpy(np.asarray(v)) for v in arrays)
+    return [
+        {"boxes": boxes[index == i], "scores": scores[index == i], "labels": labels[index == i]}
+        for i in range(count)
+    ]
 
 
 # torch keeps its thread count per thread, seeded from a process-wide value when a thread first
@@ -224,18 +294,26 @@ def _torch_on_one_thread() -> Iterator[None]:
 
 
 def onnxruntime_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
-    """``graph``: bytes of a checkpoint's graph (``frame`` given) or an exported file."""
+    """``graph``: a checkpoint's ``Graphs`` (``frame`` given) or an exported file's path."""
     options = module.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # one knob for every runtime
     options.inter_op_num_threads = 1
-    source = graph if isinstance(graph, bytes) else str(graph)
-    try:
-        session = module.InferenceSession(
-            source, sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises its own kinds for a corrupt graph
-        raise CheckpointError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
-    return GraphBackend(lambda feeds: session.run(None, feeds), floor, frame)
+
+    def session(source):
+        try:
+            made = module.InferenceSession(
+                source, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own kinds for a corrupt graph
+            raise CheckpointError(
+                f"{path}: not a readable ONNX model ({first_line(exc)})"
+            ) from None
+        return lambda feeds: made.run(None, feeds)
+
+    if not isinstance(graph, Graphs):
+        return GraphBackend(session(str(graph)), floor)
+    batch = session(graph.batch) if graph.batch is not None else None
+    return GraphBackend(session(graph.one), floor, frame, batch)
 
 
 def openvino_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
@@ -245,18 +323,24 @@ def openvino_backend(module, graph, floor: float, path, frame=None) -> GraphBack
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",  # bf16 (its default here) breaks parity
     }
-    try:
-        model = core.read_model(graph if isinstance(graph, bytes) else str(graph))
-        compiled = core.compile_model(model, "CPU", settings)
-    except Exception as exc:  # OpenVINO raises RuntimeError with a long text
-        raise CheckpointError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from None
-    request = compiled.create_infer_request()
 
-    def run_one(feeds):
-        result = request.infer(feeds)
-        return [result[compiled.output(i)] for i in range(3)]
+    def compiled(source):
+        try:
+            model = core.compile_model(core.read_model(source), "CPU", settings)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a long text
+            raise CheckpointError(f"{path}: OpenVINO cannot read it ({first_line(exc)})") from None
+        request = model.create_infer_request()
 
-    return GraphBackend(run_one, floor, frame)
+        def run(feeds):
+            result = request.infer(feeds)
+            return [result[output] for output in model.outputs]
+
+        return run
+
+    if not isinstance(graph, Graphs):
+        return GraphBackend(compiled(str(graph)), floor)
+    batch = compiled(graph.batch) if graph.batch is not None else None
+    return GraphBackend(compiled(graph.one), floor, frame, batch)
 
 
 BACKENDS = {"onnx": onnxruntime_backend, "openvino": openvino_backend}
@@ -267,13 +351,25 @@ def probe() -> Tensor:
     return check_image(*PROBE_SHAPE, seed=1)
 
 
+def probes(count: int) -> list[Tensor]:
+    """``count`` different test cards of the probe's size, the probe first."""
+    return [check_image(*PROBE_SHAPE, seed=seed) for seed in range(1, count + 1)]
+
+
 def parity(reference, candidate, floor: float, cap: int) -> dict:
-    """Run both backends on the probe at ``floor``; the largest differences between their
-    detections scoring clearly above the cut, and how many were compared."""
+    """Run both backends on the probe at ``floor`` (and on ``candidate.batch`` different test
+    cards at once, when it runs several per call); the largest differences between their
+    detections scoring clearly above the cut, and how many were compared on the probe."""
     image = probe()
     a = reference.run([image], floor, None)[0]
-    b = candidate.run([image], floor, None)[0]
-    return differences(a, b, floor, cap)
+    check = differences(a, candidate.run([image], floor, None)[0], floor, cap)
+    if candidate.batch > 1:
+        cards = probes(candidate.batch)
+        for card, got in zip(cards, candidate.run(cards, floor, None), strict=True):
+            other = differences(reference.run([card], floor, None)[0], got, floor, cap)
+            check["boxes_px"] = max(check["boxes_px"], other["boxes_px"])
+            check["scores"] = max(check["scores"], other["scores"])
+    return check
 
 
 def differences(a: dict, b: dict, floor: float, cap: int) -> dict:

@@ -245,3 +245,33 @@ def test_models_run_in_several_threads_give_torch_its_thread_count_back():
     finally:
         torch.set_num_threads(before)
     assert after == {"first inside": 1, "first": 2, "second": 2, "later thread": 2, "main": 2}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_fixed_size_family_runs_four_images_per_graph_call_as_torch_one_by_one(runtime, tmp_path):
+    """SSDlite's images all resize to one square: its second graph takes GRAPH_BATCH of them
+    per run. Six different images (one batch of four, then two alone) must each get torch's
+    own detections for that image, not a neighbour's."""
+    from test_families import _checkpoint
+
+    ckpt = _checkpoint("ssdlite", tmp_path / "ssdlite.pth")
+    reference = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime="torch")
+    detector = load_detector(ckpt, device="cpu", score_threshold=THRESHOLD, runtime=runtime)
+    backend = detector._backend
+    assert backend.batch == runtimes.GRAPH_BATCH == 4
+    calls = {"batch": 0, "one": 0}
+    for kind, name in (("batch", "_run_batch"), ("one", "_run_one")):
+        inner = getattr(backend, name)
+        setattr(
+            backend,
+            name,
+            lambda feeds, k=kind, f=inner: calls.__setitem__(k, calls[k] + 1) or f(feeds),
+        )
+    images = [check_image(100 + 20 * i, 180 - 10 * i, seed=10 + i) for i in range(6)]
+    expected = [reference.detect([image])[0] for image in images]
+    assert len({json.dumps(e["scores"]) for e in expected}) == len(images)  # all differ
+    got = detector.detect(images)
+    assert calls == {"batch": 1, "one": 2}
+    for one, other in zip(expected, got, strict=True):
+        assert one["boxes"] and (one["width"], one["height"]) == (other["width"], other["height"])
+        _assert_match(one, other)
