@@ -145,7 +145,14 @@ def test_recipes_fit_each_family():
     ssd = resolved("ssdlite320_mobilenet_v3_large")
     assert (ssd.model.min_size, ssd.model.max_size, ssd.model.train_sizes) == (320, 320, ())
     assert ssd.model.norm == "default" and not ssd.fit_anchors
-    assert ssd.lr == resolved("fasterrcnn_resnet18_fpn").lr
+    assert ssd.lr == fcos.lr == resolved("fasterrcnn_resnet18_fpn").lr == 3e-4
+    assert retina.lr == 1e-4  # its own, measured (recipes.FAMILY_VALUES)
+    mine = TrainConfig(
+        model=ModelConfig(name="retinanet_resnet18_fpn", weights="none"),
+        lr=5e-4,
+        explicit=("model.name", "model.weights", "lr"),
+    )
+    assert resolve(mine).lr == 5e-4  # never over the user's
 
 
 @pytest.mark.parametrize(
