@@ -15,7 +15,8 @@ one must be in the other with the same label, within ``BOX_TOLERANCE_PX`` and
 ``auto`` on the CPU tries ``AUTO_ORDER`` (the fastest first, measured by
 ``benchmarks/bench_runtimes.py``) and keeps the first that is installed and passes (else
 torch); on CUDA it is torch. Its cost at load: the trace (about 2 s at one thread), the
-session and two runs of the probe image. bf16 stays off (benchmarks/README.md: faster, but
+session and two runs of the probe image (SSDlite: a second trace and session, and four test
+cards more: 3.4 s in all at 2 threads). bf16 stays off (benchmarks/README.md: faster, but
 mAP@0.5 moved by up to 0.011 on the folds measured).
 """
 
@@ -51,8 +52,8 @@ INSTALL = {"onnx": "pip install onnxruntime", "openvino": "pip install 'gunctl[o
 PROBE_FLOOR = 0.01
 PROBE_SHAPE = (360, 480)
 # Images per run of the second graph of a fixed-size family (SSDlite), `predict`'s default
-# --batch-size: bench_runtimes.py at 2 threads, SSDlite 320 in onnxruntime, 8.8-9.5 ms/img four
-# at a time against 13.8-14.2 one at a time (8 at once: 8.4-8.8); at 1 thread 11.8 either way.
+# --batch-size: bench_runtimes.py at 2 threads, SSDlite 320 in onnxruntime, 7.9 ms/img four at
+# a time against 10.3 one at a time (benchmarks/README.md; 8 at once gained little more).
 GRAPH_BATCH = 4
 # the graph's outputs: each detection's box, score, label id and the index of its image
 OUTPUTS = ("boxes", "scores", "labels", "image_index")
