@@ -311,10 +311,7 @@ def onnxruntime_backend(module, graph, floor: float, path, frame=None) -> GraphB
             ) from None
         return lambda feeds: made.run(None, feeds)
 
-    if not isinstance(graph, Graphs):
-        return GraphBackend(session(str(graph)), floor)
-    batch = session(graph.batch) if graph.batch is not None else None
-    return GraphBackend(session(graph.one), floor, frame, batch)
+    return _graph_backend(session, graph, floor, frame)
 
 
 def openvino_backend(module, graph, floor: float, path, frame=None) -> GraphBackend:
@@ -338,10 +335,16 @@ def openvino_backend(module, graph, floor: float, path, frame=None) -> GraphBack
 
         return run
 
+    return _graph_backend(compiled, graph, floor, frame)
+
+
+def _graph_backend(load, graph, floor: float, frame) -> GraphBackend:
+    """``load(source)``: a runner of one graph in the runtime; ``graph``: a checkpoint's
+    ``Graphs`` or an exported file's path."""
     if not isinstance(graph, Graphs):
-        return GraphBackend(compiled(str(graph)), floor)
-    batch = compiled(graph.batch) if graph.batch is not None else None
-    return GraphBackend(compiled(graph.one), floor, frame, batch)
+        return GraphBackend(load(str(graph)), floor)
+    batch = load(graph.batch) if graph.batch is not None else None
+    return GraphBackend(load(graph.one), floor, frame, batch)
 
 
 BACKENDS = {"onnx": onnxruntime_backend, "openvino": openvino_backend}

@@ -260,13 +260,16 @@ def test_a_fixed_size_family_runs_four_images_per_graph_call_as_torch_one_by_one
     backend = detector._backend
     assert backend.batch == runtimes.GRAPH_BATCH == 4
     calls = {"batch": 0, "one": 0}
-    for kind, name in (("batch", "_run_batch"), ("one", "_run_one")):
-        inner = getattr(backend, name)
-        setattr(
-            backend,
-            name,
-            lambda feeds, k=kind, f=inner: calls.__setitem__(k, calls[k] + 1) or f(feeds),
-        )
+
+    def counted(kind, inner):
+        def run(feeds):
+            calls[kind] += 1
+            return inner(feeds)
+
+        return run
+
+    backend._run_batch = counted("batch", backend._run_batch)
+    backend._run_one = counted("one", backend._run_one)
     images = [check_image(100 + 20 * i, 180 - 10 * i, seed=10 + i) for i in range(6)]
     expected = [reference.detect([image])[0] for image in images]
     assert len({json.dumps(e["scores"]) for e in expected}) == len(images)  # all differ
