@@ -8,6 +8,7 @@ the labels stay legible when many boxes overlap.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 TRUE_COLOUR = (0, 200, 0)
@@ -72,7 +73,10 @@ def _legend(truths: int, kept: int, detections: int, threshold: float) -> list[s
     return [f"{truths} true (green)", found + (f", {below} below" if below else "")]
 
 
+@functools.lru_cache(maxsize=16)
 def _font(size: int):
+    """The default font at ``size``, loaded once (loading it, and the first glyphs it renders,
+    cost about a millisecond per call)."""
     from PIL import ImageFont
 
     try:
@@ -152,24 +156,31 @@ def annotate(
     from PIL import ImageDraw
 
     line, size = style(image.width, image.height)
-    font = _font(size)
     draw = ImageDraw.Draw(image)
     for i, (box, score, label) in enumerate(zip(boxes, scores, labels, strict=True)):
         colour = _PALETTE[(class_index[i] if class_index else 1) % len(_PALETTE)]
         draw.rectangle(list(box), outline=colour, width=line)
-        _tag(draw, (box[0], box[1]), f"{label} {score:.2f}", font, colour, above=True)
+        tag = _tag(f"{label} {score:.2f}", size, colour)
+        x, y = round(box[0]), round(box[1])
+        above = y - tag.height + 1  # the tag's last row on the box's top edge
+        y = above if above >= 0 else y  # inside the box when there is no room above
+        image.paste(tag, (x, y))
     count = len(boxes)
     legend = f"score >= {threshold:.2f}: {count} detection{'' if count == 1 else 's'}"
-    _tag(draw, (0, 0), legend, font, (32, 32, 32), above=False)
+    image.paste(_tag(legend, size, (32, 32, 32)), (0, 0))
     return image
 
 
-def _tag(draw, corner, text: str, font, fill, above: bool) -> None:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+@functools.lru_cache(maxsize=512)  # a few MB at most: tags are small
+def _tag(text: str, size: int, fill: tuple[int, int, int]):
+    """``text`` in white on ``fill``, padded, as a small PIL image, rendered once and pasted
+    wherever it recurs: rendering the glyphs was most of the cost of an annotated copy (video
+    frames and predict's images repeat the same few labels, scores and legends)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(size)
+    left, top, right, bottom = font.getbbox(text)
     pad = max(1, (bottom - top) // 5)
-    width, height = right - left + 2 * pad, bottom - top + 2 * pad
-    x, y = corner
-    if above:
-        y = y - height if y - height >= 0 else y  # inside the box when there is no room above
-    draw.rectangle((x, y, x + width, y + height), fill=fill)
-    draw.text((x + pad - left, y + pad - top), text, fill=(255, 255, 255), font=font)
+    tag = Image.new("RGB", (right - left + 2 * pad + 1, bottom - top + 2 * pad + 1), fill)
+    ImageDraw.Draw(tag).text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    return tag

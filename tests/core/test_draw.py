@@ -41,3 +41,47 @@ def test_many_overlapping_detections_get_few_labels():
     red = lambda p: int((np.asarray(p) == np.array(PRED_COLOUR)).all(axis=-1).sum())  # noqa: E731
     # Labels at nearly the same corner would cover each other: only the first is written.
     assert red(drawn) == red(few)
+
+
+def _drawn_directly(image, boxes, scores, labels, threshold, class_index):
+    """predict's annotation drawn glyph by glyph with ImageDraw (what annotate's rendered-once
+    tags must reproduce exactly)."""
+    from PIL import ImageDraw, ImageFont
+
+    from gunctl.core.draw import _PALETTE, style
+
+    line, size = style(image.width, image.height)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(image)
+
+    def tag(corner, text, fill, above):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(1, (bottom - top) // 5)
+        width, height = right - left + 2 * pad, bottom - top + 2 * pad
+        x, y = corner
+        if above:
+            y = y - height if y - height >= 0 else y
+        draw.rectangle((x, y, x + width, y + height), fill=fill)
+        draw.text((x + pad - left, y + pad - top), text, fill=(255, 255, 255), font=font)
+
+    for box, score, label, index in zip(boxes, scores, labels, class_index, strict=True):
+        colour = _PALETTE[index % len(_PALETTE)]
+        draw.rectangle(box, outline=colour, width=line)
+        tag((box[0], box[1]), f"{label} {score:.2f}", colour, True)
+    tag((0, 0), f"score >= {threshold:.2f}: {len(boxes)} detections", (32, 32, 32), False)
+    return image
+
+
+def test_annotated_copies_draw_the_same_pixels_as_drawing_each_glyph():
+    from gunctl.core.draw import annotate
+
+    rng = np.random.default_rng(0)
+    for size in ((320, 200), (1280, 720)):  # two font sizes: the tags of one are not reused
+        image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+        boxes = [[40, 60, 150, 180], [200, 5, 300, 90], [10, 150, 90, 199]]  # one at the top
+        args = (boxes, [0.93, 0.51, 0.7], ["pistol", "rifle", "pistol"], 0.5, [0, 1, 0])
+        for _ in range(2):  # the second time from the rendered tags
+            got = np.asarray(annotate(image.copy(), *args))
+            want = np.asarray(_drawn_directly(image.copy(), *args))
+            assert (got != np.asarray(image)).any()
+            np.testing.assert_array_equal(got, want)
