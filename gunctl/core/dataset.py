@@ -12,12 +12,11 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gunctl.core import tree
 from gunctl.core.fileio import TooLarge, read_bounded
-from gunctl.core.images import MAX_PIXELS, ImageProblem, decode_rgb
+from gunctl.core.images import MAX_PIXELS, ImageProblem, decode_rgb, planes
 from gunctl.core.labels import MAX_LABEL_BYTES, read_targets
 from gunctl.core.paths import confine
 from gunctl.core.transforms import EvalTransform
@@ -94,7 +93,7 @@ class GunDataset(torch.utils.data.Dataset):
             raise DataError(f"{image_path} or its label: {exc}") from None
         except OSError as exc:
             raise DataError(f"{exc.filename}: cannot read ({exc.strerror})") from None
-        pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(planes(rgb))
         boxes, classes = read_targets(label_bytes, meta.width, meta.height, str(label_path))
         return (
             pixels,

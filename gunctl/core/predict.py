@@ -29,7 +29,7 @@ import torch
 from gunctl.config import PredictConfig
 from gunctl.core import inputs
 from gunctl.core.fileio import atomic_open, make_dirs, remove_created, write_with
-from gunctl.core.images import ImageProblem, decode_rgb
+from gunctl.core.images import ImageProblem, decode_rgb, from_planes, planes
 from gunctl.core.inference import load_detector
 from gunctl.errors import DataError, UsageError, cannot_write
 
@@ -294,14 +294,12 @@ class _ImageSet(torch.utils.data.Dataset):
             return index, None, f"{item.name}: {problem.detail or problem.kind}"
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             return index, None, f"{item.name}: cannot read ({getattr(exc, 'strerror', 0) or exc})"
-        pixels = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(planes(rgb))
         return index, pixels, None
 
 
 def _save_image(target: Path, pixels: torch.Tensor, record: dict, run: PredictRun) -> None:
-    from PIL import Image
-
-    image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    image = from_planes(pixels)
     _draw(image, record, run)
     fmt = "PNG" if target.suffix.lower() == ".png" else "JPEG"  # inputs named it (.jpg added)
     write_with(target, lambda handle: image.save(handle, format=fmt, quality=90))

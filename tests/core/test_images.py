@@ -48,3 +48,20 @@ def test_only_jpeg_and_png_within_limits(data, kind):
     with pytest.raises(ImageProblem) as raised:
         decode_rgb(data)
     assert raised.value.kind == kind
+
+
+def test_planes_put_channels_first_and_from_planes_undoes_it():
+    import torch
+
+    from gunctl.core.images import from_planes, planes
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))  # 7 wide, 5 high
+    got = planes(rgb)
+    assert got.shape == (3, 5, 7) and got.dtype == np.uint8
+    for x, y in ((0, 0), (6, 4), (3, 1)):
+        assert tuple(int(v) for v in got[:, y, x]) == rgb.getpixel((x, y))
+    for pixels in (got, torch.from_numpy(got)):
+        back = from_planes(pixels)
+        assert back.mode == "RGB" and back.size == (7, 5)
+        assert np.array_equal(np.asarray(back), np.asarray(rgb))

@@ -188,10 +188,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Any:
     """Bytes -> a uint8 3xHxW tensor, or HTTPProblem: 415 not JPEG/PNG (by content, not by
     name or Content-Type), 413 a decompression bomb (pixels above the limit, refused before
     they are decoded), 400 empty, broken or truncated data, or an extreme aspect ratio."""
-    import numpy as np
     import torch
 
-    from gunctl.core.images import ImageProblem, decode_rgb
+    from gunctl.core.images import ImageProblem, decode_rgb, planes
 
     if not data:
         raise HTTPProblem(400, "bad_image", f"{name}: empty")
@@ -204,4 +203,4 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Any:
         if problem.kind == "image_too_large":
             raise HTTPProblem(413, "image_too_large", f"{name}: {detail}") from None
         raise HTTPProblem(400, "bad_image", f"{name}: {detail}") from None
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(planes(rgb))
