@@ -602,3 +602,16 @@ def test_page_draws_the_boxes_of_an_uploaded_image(served, images, browser):
     )
     assert coloured[1:] == [expected["width"], expected["height"]]
     assert coloured[0] > 100  # box outlines and label backgrounds drawn over the image
+
+
+def test_connections_the_service_accepts_have_nagle_off():
+    """The listening socket passes TCP_NODELAY to what it accepts (asyncio sets it only on
+    sockets made with proto IPPROTO_TCP, which create_server's are not): without it each
+    answer on a kept-alive connection waited ~40 ms for the client's delayed ACK."""
+    from gunctl.core.serve.server import bind
+
+    listener = bind("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()[:2], timeout=10):
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
