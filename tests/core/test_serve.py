@@ -318,9 +318,14 @@ def test_readyz_is_503_until_the_warm_up_inference(model, detector):
         response = httpx.get(f"{url}/readyz")
         assert response.status_code == 503 and "loading" in response.json()["message"]
         assert httpx.post(f"{url}/v1/detect", content=b"x").status_code == 503
+        # HEAD, as some load balancers probe: the same status, no body
+        for path, status in (("/healthz", 200), ("/readyz", 503)):
+            head = httpx.head(f"{url}{path}")
+            assert (head.status_code, head.content) == (status, b""), path
         release.set()
         wait_ready(url, timeout=30)
         assert httpx.get(f"{url}/readyz").json()["model"]["name"] == "tiny.pth"
+        assert httpx.head(f"{url}/readyz").status_code == 200
 
 
 def test_full_queue_is_503_with_retry_after(model, detector, images):

@@ -3,8 +3,8 @@
 ``gunctl serve`` loads this module.
 
 Routes: ``POST /v1/detect`` (one image: a multipart file or the raw body), ``POST
-/v1/detect/batch`` (several multipart files), ``GET /v1/model``, ``GET /healthz`` (the process
-answers), ``GET /readyz`` (model loaded and warmed up, not draining; 503 otherwise), ``GET
+/v1/detect/batch`` (several multipart files), ``GET /v1/model``, ``GET|HEAD /healthz`` (the process
+answers), ``GET|HEAD /readyz`` (model loaded and warmed up, not draining; 503 otherwise), ``GET
 /metrics`` (Prometheus) and ``GET /`` (a page to try it in a browser).
 
 A detection response is a ``predictions.jsonl`` line of ``gunctl predict`` (``source``,
@@ -222,11 +222,12 @@ def _routes(app, state: ServeState) -> None:
     def page() -> HTMLResponse:
         return HTMLResponse(_page(), headers=PAGE_HEADERS)
 
-    @app.get("/healthz")
+    # Probes may use HEAD (HTTP requires it wherever GET is served; uvicorn sends no body).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     def readyz():
         if state.draining.is_set():
             return _problem_response(HTTPProblem(503, "not_ready", "shutting down"))
