@@ -240,9 +240,8 @@ def save_predictions(
     """Per image: a PNG with true (green) and predicted (red) boxes; plus COCO-style JSON:
     ``predictions.json`` (detection results) and ``ground_truth.json`` (images, annotations),
     so that any COCO tool can re-score them."""
-    from PIL import Image
-
     from gunctl.core.draw import draw_detections
+    from gunctl.core.images import from_planes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,10 +266,10 @@ def save_predictions(
                 strict=True,
             )
         ]
-        pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        pixels = (image * 255).round().to(torch.uint8)
         names = ["background", *class_names]
         drawn = draw_detections(
-            Image.fromarray(pixels),
+            from_planes(pixels),
             truth["boxes"].tolist(),
             pred["boxes"].tolist(),
             pred["scores"].tolist(),
