@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 TRUE_COLOUR = (0, 200, 0)
 PRED_COLOUR = (230, 30, 30)
+MAX_NAME_CHARS = 48  # longer class names are cut in labels: a tag stays a few KB
 
 
 def draw_detections(
@@ -57,7 +58,7 @@ def draw_detections(
         x1, y1, x2, y2 = _clamp(box, width, height)
         draw.rectangle((x1, y1, x2, y2), outline=PRED_COLOUR, width=line)
         if rank < max_labels:
-            text = f"{name} {score:.2f}" if name else f"{score:.2f}"
+            text = f"{_cut(name)} {score:.2f}" if name else f"{score:.2f}"
             _label(draw, font, text, (x1, y1), placed, width)
     _write_legend(draw, font, legend, height, width)
     return canvas
@@ -71,6 +72,12 @@ def _legend(truths: int, kept: int, detections: int, threshold: float) -> list[s
     )
     below = detections - kept
     return [f"{truths} true (green)", found + (f", {below} below" if below else "")]
+
+
+def _cut(name: str) -> str:
+    """A class name of at most MAX_NAME_CHARS (names come from checkpoints and data sets
+    that nobody checked: one of 20,000 characters would be a picture wider than any image)."""
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 3] + "..."
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,7 +167,7 @@ def annotate(
     for i, (box, score, label) in enumerate(zip(boxes, scores, labels, strict=True)):
         colour = _PALETTE[(class_index[i] if class_index else 1) % len(_PALETTE)]
         draw.rectangle(list(box), outline=colour, width=line)
-        tag = _tag(f"{label} {score:.2f}", size, colour)
+        tag = _tag(f"{_cut(label)} {score:.2f}", size, colour)
         x, y = round(box[0]), round(box[1])
         above = y - tag.height + 1  # the tag's last row on the box's top edge
         y = above if above >= 0 else y  # inside the box when there is no room above

@@ -85,3 +85,24 @@ def test_annotated_copies_draw_the_same_pixels_as_drawing_each_glyph():
             want = np.asarray(_drawn_directly(image.copy(), *args))
             assert (got != np.asarray(image)).any()
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_very_long_class_name_is_cut_in_the_label_and_the_score_stays():
+    """Class names come from checkpoints and data sets nobody checked: a name of 20,000
+    characters is drawn as its first 45 and "...", with its score."""
+    from gunctl.core.draw import annotate
+
+    def annotated(name):
+        image = Image.new("RGB", (600, 200), (90, 90, 90))
+        return np.asarray(annotate(image, [[40, 100, 150, 180]], [0.9], [name], 0.5, [0]))
+
+    np.testing.assert_array_equal(annotated("x" * 20_000), annotated("x" * 45 + "..."))
+    assert not np.array_equal(annotated("x" * 20_000), annotated("x" * 45))
+
+
+def test_validation_pictures_cut_long_class_names_too():
+    image = Image.new("RGB", (280, 180), (90, 90, 90))
+    boxes, scores = [[20, 40, 200, 160]], [0.9]
+    long_one = draw_detections(image, [], boxes, scores, 0.5, pred_names=["y" * 20_000])
+    cut = draw_detections(image, [], boxes, scores, 0.5, pred_names=["y" * 45 + "..."])
+    np.testing.assert_array_equal(np.asarray(long_one), np.asarray(cut))
